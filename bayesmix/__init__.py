@@ -1,0 +1,45 @@
+"""bayesmix: Bayesian Gaussian mixtures with measurement errors for star catalogues.
+
+The public API is re-exported here lazily, so ``import bayesmix`` stays cheap and
+JAX is imported (and switched to float64) only when a numerical name is first used.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0.dev0"
+
+_EXPORTS = {
+    # catalogue I/O (numpy + astropy)
+    "Catalogue": "catalogue",
+    "DropReport": "catalogue",
+    "read_catalogue": "catalogue",
+    "read_table": "catalogue",
+    "write_table": "catalogue",
+    "read_provenance": "catalogue",
+    # likelihood core (JAX)
+    "MixtureParams": "likelihood",
+    "Observations": "likelihood",
+    "as_observations": "likelihood",
+    "check_params": "likelihood",
+    "component_log_prob": "likelihood",
+    "log_likelihood": "likelihood",
+    "responsibilities": "likelihood",
+    # simulated catalogues
+    "simulate_cluster_field": "simulate",
+    "simulate_mixture": "simulate",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bayesmix' has no attribute {name!r}")
+    value = getattr(import_module(f"bayesmix.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,0 +1,1040 @@
+"""Catalogue I/O on astropy Tables: read, select, cut, build error covariances, write back.
+
+This layer is numpy + astropy only (no JAX), so reading a catalogue stays fast.
+
+The path from a file to a fit::
+
+    cat = read_catalogue("ngc288_rv.csv", values="RV", errors="E_RV",
+                         covariates=["DCEN"], select={"Cluster": "NGC 288"})
+    cat.values        # (n_stars, n_features)
+    cat.error_covs    # (n_stars, n_features, n_features)
+    cat.report        # every dropped row, by reason
+
+Nothing is dropped silently: each cut records the source-table rows it removed
+under a reason, the summary is logged, and ``Catalogue.report`` holds it as data.
+Input that cannot be used as asked raises ``ValueError`` naming the column and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import json
+import logging
+import os
+import platform
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.table import MaskedColumn, Table
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "LAYOUTS",
+    "Catalogue",
+    "DropReport",
+    "FixedWidthLayout",
+    "make_provenance",
+    "read_catalogue",
+    "read_provenance",
+    "read_table",
+    "write_table",
+]
+
+PROVENANCE_KEY = "bayesmix_provenance"
+MALFORMED_KEY = "malformed_rows"
+
+
+# --------------------------------------------------------------------------- reading tables
+
+
+@dataclass(frozen=True)
+class FixedWidthLayout:
+    """Column positions of a fixed-width ASCII table whose header cannot be parsed.
+
+    Attributes
+    ----------
+    names : tuple of str
+        Column names given to the fields, in order.
+    spans : tuple of (int, int)
+        ``(start, stop)`` character offsets of each field (0-based, stop exclusive).
+    header_lines : int
+        Lines before the first data row.
+    signature : tuple of str
+        Leading words of the first header line, used to recognise the file.
+    text_columns : tuple of str
+        Columns whose values may contain blanks (names); in any other column an
+        inner blank means the row overflowed its fields and cannot be trusted.
+    units : dict of str to str
+        Units of some columns, as the header states them.
+    description : str
+    """
+
+    names: tuple[str, ...]
+    spans: tuple[tuple[int, int], ...]
+    header_lines: int
+    signature: tuple[str, ...] = ()
+    text_columns: tuple[str, ...] = ("Cluster",)
+    units: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self):
+        if len(self.names) != len(self.spans):
+            raise ValueError(
+                f"layout has {len(self.names)} names but {len(self.spans)} spans; give one span per name."
+            )
+
+
+def _spans(widths, start=0):
+    out = []
+    for w in widths:
+        out.append((start, start + w))
+        start += w
+    return tuple(out)
+
+
+# Baumgardt & Hilker's globular-cluster tables (people.smp.uq.edu.au/HolgerBaumgardt/globular/).
+# Their headers have blank-separated names with blanks inside ("2MASS ID", "lg Trh") and
+# unlabelled uncertainty columns, so the positions are spelled out here.
+LAYOUTS: dict[str, FixedWidthLayout] = {
+    "baumgardt_rv": FixedWidthLayout(
+        names=("Cluster", "TWOMASS_ID", "RA", "DEC", "RV", "E_RV", "DCEN", "J_mag", "E_J_mag",
+               "K_mag", "E_K_mag", "P_Mem", "NRV", "P_Single"),
+        spans=_spans((9, 18, 13, 13, 10, 10, 9, 6, 6, 8, 6, 10, 3, 9)),
+        header_lines=2,
+        signature=("Cluster", "2MASS", "ID", "RA", "DEC", "RV"),
+        text_columns=("Cluster", "TWOMASS_ID"),
+        units={"RA": "deg", "DEC": "deg", "RV": "km/s", "E_RV": "km/s", "DCEN": "arcsec",
+               "J_mag": "mag", "E_J_mag": "mag", "K_mag": "mag", "E_K_mag": "mag"},
+        description="Baumgardt & Hilker individual-star line-of-sight velocities "
+        "(appendix/combined_table.txt)",
+    ),
+    "baumgardt_orbits": FixedWidthLayout(
+        names=("Cluster", "RA", "DEC", "l", "b", "Rsun", "ERsun", "R_GC", "RV", "ERV",
+               "mualpha", "E_mualpha", "mu_delta", "E_mu_delta", "rhopmrade", "X", "DX", "Y",
+               "DY", "Z", "DZ", "U", "DU", "V", "DV", "W", "DW", "RPERI", "E_RPERI", "RAPO",
+               "E_RAPO"),
+        spans=((0, 12), (12, 26), (26, 37), (37, 45), (45, 53), (53, 61), (61, 68), (68, 76),
+               (76, 84), (84, 90), (90, 99), (99, 106), (106, 115), (115, 122), (122, 129),
+               (129, 137), (137, 144), (144, 152), (152, 159), (159, 167), (167, 174),
+               (174, 183), (183, 191), (191, 201), (201, 209), (209, 219), (219, 227),
+               (227, 235), (235, 241), (241, 250), (250, 257)),
+        header_lines=2,
+        signature=("Cluster", "RA", "DEC", "l", "b", "Rsun"),
+        units={"RA": "deg", "DEC": "deg", "l": "deg", "b": "deg", "Rsun": "kpc", "ERsun": "kpc",
+               "R_GC": "kpc", "RV": "km/s", "ERV": "km/s", "mualpha": "mas/yr",
+               "E_mualpha": "mas/yr", "mu_delta": "mas/yr", "E_mu_delta": "mas/yr",
+               "RPERI": "kpc", "E_RPERI": "kpc", "RAPO": "kpc", "E_RAPO": "kpc"},
+        description="Baumgardt globular-cluster mean velocities and orbits (orbits_table.txt); "
+        "RV is the header's <RV>",
+    ),
+    "baumgardt_structure": FixedWidthLayout(
+        names=("Cluster", "RA", "DEC", "R_Sun", "R_GC", "Mass", "DM", "V", "E_V", "M_L_V",
+               "E_M_L_V", "rc", "rh_l", "rh_m", "rt", "rho_c", "rho_h_m", "sig_c", "sig_h_m",
+               "lg_Trh", "MF_slope", "F_REM", "sig0", "vesc", "etac", "etah"),
+        spans=((0, 12), (12, 23), (23, 34), (34, 42), (42, 51), (51, 62), (62, 73), (73, 81),
+               (81, 88), (88, 95), (95, 102), (102, 109), (109, 117), (117, 126), (126, 135),
+               (135, 143), (143, 151), (151, 159), (159, 167), (167, 175), (175, 182),
+               (182, 189), (189, 196), (196, 203), (203, 211), (211, 219)),
+        header_lines=2,
+        signature=("Cluster", "RA", "DEC", "R_Sun", "R_GC", "Mass"),
+        units={"RA": "deg", "DEC": "deg", "R_Sun": "kpc", "R_GC": "kpc", "Mass": "solMass",
+               "DM": "solMass", "V": "mag", "rc": "pc", "rh_l": "pc", "rh_m": "pc", "rt": "pc",
+               "sig0": "km/s", "vesc": "km/s"},
+        description="Baumgardt globular-cluster structural parameters (combined_table.txt); "
+        "E_V and E_M_L_V are the unlabelled columns after V and M/L_V",
+    ),
+    "baumgardt_rv_profiles": FixedWidthLayout(
+        names=("Cluster", "radius", "sigma", "sigma_err_up", "sigma_err_low", "data_type"),
+        spans=((0, 12), (12, 20), (20, 27), (27, 33), (33, 39), (39, 44)),
+        header_lines=0,
+        text_columns=("Cluster", "data_type"),
+        units={"radius": "arcsec", "sigma": "km/s", "sigma_err_up": "km/s",
+               "sigma_err_low": "km/s"},
+        description="Baumgardt binned velocity-dispersion profiles (rv.dat)",
+    ),
+}
+
+_FORMAT_ALIASES = {
+    "fits": "fits",
+    "csv": "ascii.csv",
+    "ascii.csv": "ascii.csv",
+    "ecsv": "ascii.ecsv",
+    "ascii.ecsv": "ascii.ecsv",
+    "votable": "votable",
+    "vot": "votable",
+    "fixed_width": "fixed_width",
+    "ascii": "ascii",
+}
+
+_SUFFIX_FORMATS = {
+    ".fits": "fits", ".fit": "fits", ".fts": "fits", ".fits.gz": "fits", ".fit.gz": "fits",
+    ".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".vot": "votable", ".votable": "votable",
+    ".xml": "votable", ".txt": "ascii", ".dat": "ascii",
+}
+
+
+def _infer_format(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in sorted(_SUFFIX_FORMATS, key=len, reverse=True):
+        if name.endswith(suffix):
+            return _SUFFIX_FORMATS[suffix]
+    raise ValueError(
+        f"cannot tell the format of {path.name!r} from its extension; pass format= one of "
+        f"{sorted(set(_FORMAT_ALIASES))}."
+    )
+
+
+def _detect_layout(path: Path) -> str | None:
+    with open(path, errors="replace") as fh:
+        first = fh.readline().split()
+    for name, layout in LAYOUTS.items():
+        sig = layout.signature
+        if sig and tuple(first[: len(sig)]) == sig:
+            return name
+    return None
+
+
+def _read_fixed_width(path: Path, layout: FixedWidthLayout) -> Table:
+    from astropy.io import ascii as astropy_ascii
+
+    lines = Path(path).read_text(errors="replace").splitlines()[layout.header_lines:]
+    lines = [line for line in lines if line.strip()]
+    number_spans = [span for name, span in zip(layout.names, layout.spans, strict=True)
+                    if name not in layout.text_columns]
+    end = layout.spans[-1][1]
+    malformed = []
+    for i, line in enumerate(lines):
+        # An inner blank in a number field, or text past the last field, means a value
+        # overflowed its columns and shifted its neighbours: nothing in the row can be trusted.
+        if len(line.rstrip()) > end or any(" " in line[a:b].strip() for a, b in number_spans):
+            malformed.append(i)
+            blank = list(line[:end].ljust(end))
+            for a, b in number_spans:
+                blank[a:b] = " " * (b - a)
+            lines[i] = "".join(blank)
+    table = astropy_ascii.read(
+        lines,
+        format="fixed_width_no_header",
+        names=layout.names,
+        col_starts=[s for s, _ in layout.spans],
+        col_ends=[e - 1 for _, e in layout.spans],  # astropy's col_ends are inclusive
+        delimiter=" ",
+        guess=False,
+    )
+    for name, unit in layout.units.items():
+        table[name].unit = unit
+    if malformed:
+        table.meta[MALFORMED_KEY] = malformed
+        logger.warning(
+            "%s: %d row(s) overflow their fixed-width fields and were read as blanks: table rows %s "
+            "(read_catalogue drops them under the reason 'malformed')",
+            path, len(malformed), malformed[:10],
+        )
+    return table
+
+
+def read_table(path, format: str | None = None, layout: str | FixedWidthLayout | None = None,
+               **kwargs) -> Table:
+    """Read a table file (FITS, CSV, ECSV, VOTable or fixed-width ASCII) as an astropy Table.
+
+    Parameters
+    ----------
+    path : str or Path
+    format : str, optional
+        ``"fits"``, ``"csv"``, ``"ecsv"``, ``"votable"``, ``"fixed_width"`` or ``"ascii"``
+        (astropy's guessing); inferred from the extension when omitted.
+    layout : str or FixedWidthLayout, optional
+        Column positions for fixed-width files: a name from :data:`LAYOUTS` or a
+        layout. Files whose first line matches a known layout's header are
+        recognised without it (Baumgardt's tables).
+    **kwargs
+        Passed on to :meth:`astropy.table.Table.read`.
+
+    Returns
+    -------
+    astropy.table.Table
+        With ``meta["source_path"]`` set.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"catalogue file not found: {path}")
+    if format is not None and format not in _FORMAT_ALIASES:
+        raise ValueError(f"format={format!r} is not supported; use one of {sorted(_FORMAT_ALIASES)}.")
+    fmt = _FORMAT_ALIASES[format] if format is not None else _infer_format(path)
+    if isinstance(layout, str):
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout={layout!r} is unknown; known layouts: {sorted(LAYOUTS)}.")
+        layout = LAYOUTS[layout]
+    if layout is None and fmt in ("ascii", "fixed_width"):
+        detected = _detect_layout(path)
+        layout = LAYOUTS[detected] if detected else None
+    if layout is not None:
+        table = _read_fixed_width(path, layout)
+    elif fmt == "fixed_width":
+        raise ValueError(
+            f"{path.name}: a fixed-width file needs layout= (one of {sorted(LAYOUTS)} or a "
+            "FixedWidthLayout giving the column names and character spans)."
+        )
+    elif fmt == "fits":
+        from astropy.io.fits.verify import VerifyWarning
+
+        with warnings.catch_warnings():
+            # Survey files often carry names like '[Fe/H]_T13' or units like 'dex';
+            # astropy's complaints about them are not actionable for the user.
+            warnings.simplefilter("ignore", VerifyWarning)
+            table = Table.read(path, format="fits", unit_parse_strict="silent", **kwargs)
+    else:
+        from astropy.io.ascii import InconsistentTableError
+
+        if fmt == "ascii.csv":
+            kwargs.setdefault("comment", "#")  # provenance lines written by write_table
+        try:
+            table = Table.read(path, format=fmt, **kwargs)
+        except InconsistentTableError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ValueError(
+                f"{path.name}: astropy could not parse it as {fmt!r} ({first}). For a fixed-width "
+                f"file pass layout= (known: {sorted(LAYOUTS)}) or a FixedWidthLayout; otherwise "
+                "pass format= explicitly."
+            ) from exc
+    table.meta["source_path"] = str(path)
+    return table
+
+
+# --------------------------------------------------------------------------- drop bookkeeping
+
+
+@dataclass
+class DropReport:
+    """Which source rows were removed, and why; and which errors were raised to a floor.
+
+    Attributes
+    ----------
+    n_input : int
+        Rows in the source table.
+    dropped : dict of str to ndarray
+        Reason -> indices (into the source table) of the rows it removed, in the
+        order the cuts ran. A row is attributed to the first cut that removed it.
+    floored : dict of str to int
+        Error column -> number of errors raised to the floor (rows kept).
+    """
+
+    n_input: int
+    dropped: dict[str, np.ndarray] = field(default_factory=dict)
+    floored: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_dropped(self) -> int:
+        return int(sum(len(v) for v in self.dropped.values()))
+
+    @property
+    def n_kept(self) -> int:
+        return self.n_input - self.n_dropped
+
+    def counts(self) -> dict[str, int]:
+        """Reason -> number of rows dropped for it."""
+        return {reason: len(rows) for reason, rows in self.dropped.items()}
+
+    def as_table(self) -> Table:
+        """One row per reason: ``reason``, ``n_rows``."""
+        counts = self.counts()
+        return Table({"reason": list(counts), "n_rows": list(counts.values())},
+                     dtype=[str, int])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (counts only) for provenance."""
+        return {"n_input": self.n_input, "n_kept": self.n_kept, "dropped": self.counts(),
+                "floored": dict(self.floored)}
+
+    def __str__(self) -> str:
+        lines = [f"kept {self.n_kept} of {self.n_input} rows"]
+        lines += [f"  dropped {n:>7d}: {reason}" for reason, n in self.counts().items()]
+        lines += [f"  floored {n:>7d}: errors in {col!r}" for col, n in self.floored.items()]
+        return "\n".join(lines)
+
+
+class _Selection:
+    """Rows still in play, and the bookkeeping of those removed."""
+
+    def __init__(self, n_rows: int):
+        self.keep = np.ones(n_rows, dtype=bool)
+        self.report = DropReport(n_input=n_rows)
+
+    def drop(self, mask: np.ndarray, reason: str) -> None:
+        hit = mask & self.keep
+        if hit.any():
+            previous = self.report.dropped.get(reason, np.empty(0, dtype=int))
+            self.report.dropped[reason] = np.concatenate([previous, np.flatnonzero(hit)])
+            self.keep &= ~hit
+
+
+# --------------------------------------------------------------------------- the catalogue
+
+
+@dataclass(frozen=True, eq=False)
+class Catalogue:
+    """Stars ready for a mixture fit, with the table they came from.
+
+    Attributes
+    ----------
+    values : ndarray, shape (n_stars, n_features)
+    error_covs : ndarray, shape (n_stars, n_features, n_features)
+        Measurement-error covariance of each star.
+    ids : ndarray, shape (n_stars,)
+        The id column, or the source row index when none was named.
+    feature_names : tuple of str, length n_features
+    units : tuple of (str or None), length n_features
+    covariates : dict of str to ndarray, each shape (n_stars,)
+        Extra per-star quantities (e.g. projected radius) that are not fitted.
+    table : astropy.table.Table
+        The kept rows of the source table, all columns, in catalogue order.
+    source_rows : ndarray of int, shape (n_stars,)
+        Index of each star in the source table.
+    report : DropReport
+    source : str or None
+        Path of the source file.
+    """
+
+    values: np.ndarray
+    error_covs: np.ndarray
+    ids: np.ndarray
+    feature_names: tuple[str, ...]
+    units: tuple[str | None, ...]
+    covariates: dict[str, np.ndarray]
+    table: Table
+    source_rows: np.ndarray
+    report: DropReport
+    source: str | None = None
+
+    @property
+    def n_stars(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.values.shape[1])
+
+    @property
+    def errors(self) -> np.ndarray:
+        """Standard errors, the square root of the error-covariance diagonal, (n_stars, n_features)."""
+        return np.sqrt(np.diagonal(self.error_covs, axis1=1, axis2=2))
+
+    def __repr__(self) -> str:
+        return (f"Catalogue(n_stars={self.n_stars}, features={list(self.feature_names)}, "
+                f"covariates={list(self.covariates)}, source={self.source!r}, "
+                f"dropped={self.report.n_dropped})")
+
+    @classmethod
+    def from_arrays(cls, values, errors=None, *, feature_names=None, ids=None,
+                    covariates: Mapping[str, Any] | None = None) -> Catalogue:
+        """Build a catalogue from arrays (checked like a file's columns).
+
+        Parameters
+        ----------
+        values : array_like, shape (n_stars, n_features) or (n_stars,)
+        errors : array_like, optional
+            Standard errors (n_stars, n_features) or covariances
+            (n_stars, n_features, n_features); None for error-free values.
+        feature_names : sequence of str, optional
+            Defaults to ``x0, x1, ...``.
+        ids : array_like, shape (n_stars,), optional
+        covariates : mapping of str to array_like (n_stars,), optional
+        """
+        x = np.asarray(values)
+        if x.ndim == 1:
+            x = x[:, None]
+        if x.ndim != 2:
+            raise ValueError(f"values must have shape (n_stars, n_features); got {x.shape}.")
+        n_features = x.shape[1]
+        names = list(feature_names) if feature_names is not None else [f"x{j}" for j in range(n_features)]
+        if len(names) != n_features:
+            raise ValueError(f"feature_names has {len(names)} names for {n_features} features.")
+        table = Table()
+        if ids is not None:
+            table["id"] = np.asarray(ids)
+        for j, name in enumerate(names):
+            table[name] = x[:, j]
+        error_kwargs: dict[str, Any] = {}
+        if errors is not None:
+            err = np.asarray(errors)
+            if err.ndim == 1 and n_features == 1:
+                err = err[:, None]
+            if err.ndim == 2:
+                if err.shape != x.shape:
+                    raise ValueError(f"errors has shape {err.shape}; values has {x.shape}: "
+                                     "give one standard error per value.")
+                error_names = [f"{name}_err" for name in names]
+                for j, name in enumerate(error_names):
+                    table[name] = err[:, j]
+                error_kwargs["errors"] = error_names
+            else:
+                table["error_cov"] = err
+                error_kwargs["error_cov_column"] = "error_cov"
+        for name, col in (covariates or {}).items():
+            table[name] = np.asarray(col)
+        return read_catalogue(table, values=names, id_column="id" if ids is not None else None,
+                              covariates=list(covariates or {}), **error_kwargs)
+
+    def with_columns(self, columns: Mapping[str, Any], provenance: Mapping | None = None) -> Table:
+        """The kept source rows with result columns appended (e.g. membership probabilities).
+
+        Parameters
+        ----------
+        columns : mapping of str to array_like, each with leading dimension n_stars
+        provenance : mapping, optional
+            Stored in ``meta`` under ``"bayesmix_provenance"``.
+
+        Returns
+        -------
+        astropy.table.Table
+        """
+        out = self.table.copy(copy_data=True)
+        for name, col in columns.items():
+            if name in out.colnames:
+                raise ValueError(f"result column {name!r} would overwrite an input column of the "
+                                 "same name; choose another name or prefix.")
+            arr = np.asarray(col)
+            if arr.shape[:1] != (self.n_stars,):
+                raise ValueError(f"result column {name!r} has shape {arr.shape}; its first "
+                                 f"dimension must be n_stars={self.n_stars}.")
+            out[name] = arr
+        if provenance is not None:
+            out.meta[PROVENANCE_KEY] = dict(provenance)
+        return out
+
+
+def _as_list(name, value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence):
+        return list(value)
+    raise ValueError(f"{name} must be a column name or a list of column names; got {value!r}.")
+
+
+def _check_columns(table: Table, columns: Sequence[str], role: str) -> None:
+    for col in columns:
+        if col not in table.colnames:
+            close = difflib.get_close_matches(col, table.colnames, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(
+                f"{role} column {col!r} is not in the table.{hint} "
+                f"Available columns: {', '.join(table.colnames[:30])}"
+                f"{' ...' if len(table.colnames) > 30 else ''}"
+            )
+
+
+def _numeric(table: Table, col: str, role: str) -> tuple[np.ndarray, np.ndarray]:
+    """Column as float64 values plus a mask of blank/masked entries."""
+    column = table[col]
+    kind = column.dtype.kind
+    if kind not in "biuf":
+        raise ValueError(
+            f"{role} column {col!r} is not numeric (dtype {column.dtype}); pick a numeric column "
+            "or convert it before reading (e.g. strip units or text flags)."
+        )
+    masked = np.asarray(column.mask) if isinstance(column, MaskedColumn) else np.zeros(len(column), bool)
+    data = np.asarray(column.data if isinstance(column, MaskedColumn) else column, dtype=np.float64)
+    if data.ndim != 1:
+        raise ValueError(f"{role} column {col!r} holds arrays of shape {data.shape[1:]} per row; "
+                         "a scalar column is needed here.")
+    return data, masked
+
+
+def _missing_spec(missing, columns: Sequence[str]) -> dict[str, list[float]]:
+    if missing is None:
+        return {}
+    if isinstance(missing, Mapping):
+        spec = {}
+        for col, vals in missing.items():
+            spec[col] = [float(v) for v in (vals if isinstance(vals, Sequence) else [vals])]
+        return spec
+    vals = [float(v) for v in (missing if isinstance(missing, Sequence) else [missing])]
+    return {col: vals for col in columns}
+
+
+def _floor_spec(error_floor, error_cols: Sequence[str]) -> dict[str, float]:
+    if error_floor is None:
+        return {}
+    if isinstance(error_floor, Mapping):
+        unknown = set(error_floor) - set(error_cols)
+        if unknown:
+            raise ValueError(f"error_floor names {sorted(unknown)}, which are not error columns "
+                             f"({list(error_cols)}).")
+        spec = {col: float(v) for col, v in error_floor.items()}
+    else:
+        spec = {col: float(error_floor) for col in error_cols}
+    for col, v in spec.items():
+        if not np.isfinite(v) or v <= 0:
+            raise ValueError(f"error_floor for {col!r} must be a positive number; got {v}.")
+    return spec
+
+
+def _equal_mask(column, wanted) -> np.ndarray:
+    wanted_list = list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted]
+    col = np.asarray(column.filled() if isinstance(column, MaskedColumn) else column)
+    if col.dtype.kind in "USO":
+        col = np.char.strip(col.astype(str))
+        wanted_list = [str(w).strip() for w in wanted_list]
+    return np.isin(col, wanted_list)
+
+
+def read_catalogue(
+    source,
+    values: str | Sequence[str],
+    errors: str | Sequence[str | None] | None = None,
+    *,
+    correlations: Mapping[tuple[str, str], str] | None = None,
+    error_cov_column: str | None = None,
+    id_column: str | None = None,
+    covariates: str | Sequence[str] | None = None,
+    select: Mapping[str, Any] | None = None,
+    zero_flags: str | Sequence[str] | None = None,
+    missing: float | Sequence[float] | Mapping[str, Any] | None = None,
+    ranges: Mapping[str, tuple[float | None, float | None]] | None = None,
+    drop_nonfinite: bool = False,
+    error_floor: float | Mapping[str, float] | None = None,
+    duplicates: str = "error",
+    format: str | None = None,
+    layout: str | FixedWidthLayout | None = None,
+) -> Catalogue:
+    """Read stars from a table file (or Table), apply selections and cuts, build error covariances.
+
+    Cuts run in this order, each row attributed to the first that removes it:
+    ``select`` -> malformed fixed-width rows -> ``zero_flags`` -> ``missing``
+    -> non-finite (``drop_nonfinite``) -> ``ranges`` -> ``duplicates``.
+
+    Parameters
+    ----------
+    source : str, Path or astropy.table.Table
+    values : str or sequence of str
+        Columns of the fitted features (n_features of them).
+    errors : str or sequence of (str or None), optional
+        Standard-error column for each value column, in the same order (None for an
+        error-free feature). Omit for error-free data.
+    correlations : mapping of (str, str) to str, optional
+        ``{(value_a, value_b): column}`` of error-correlation coefficients.
+    error_cov_column : str, optional
+        A column holding each star's whole (n_features, n_features) error
+        covariance; exclusive with ``errors``.
+    id_column : str, optional
+        Star identifier; the source row index when omitted.
+    covariates : str or sequence of str, optional
+        Extra numeric per-star columns (e.g. projected radius ``"DCEN"``).
+    select : mapping, optional
+        Equality selection ``{column: value or [values]}``, e.g. ``{"Cluster": "NGC 288"}``.
+    zero_flags : str or sequence of str, optional
+        Flag columns that must equal zero.
+    missing : float, sequence of float, or mapping, optional
+        Sentinel values meaning "missing" (e.g. ``9.99``, ``-9999.99``) in any used
+        column, or ``{column: sentinel(s)}``; rows holding one are dropped.
+    ranges : mapping of str to (low, high), optional
+        Keep rows with ``low <= column <= high``; None leaves a side open.
+    drop_nonfinite : bool, default False
+        Drop (and report) rows with NaN, inf or blank entries in used columns.
+        When False such rows raise ``ValueError``.
+    error_floor : float or mapping of str to float, optional
+        Raise errors below this to it (all error columns, or per column). Without
+        a floor, a zero error raises ``ValueError``.
+    duplicates : {"error", "first", "best"}, default "error"
+        What to do with repeated ids: raise, keep the first row, or keep the row
+        with the smallest total error variance.
+    format, layout
+        Passed to :func:`read_table` when ``source`` is a path.
+
+    Returns
+    -------
+    Catalogue
+
+    Raises
+    ------
+    ValueError
+        Missing or non-numeric column, NaN/inf (without ``drop_nonfinite``),
+        negative errors, zero errors without a floor, non-positive-definite error
+        covariances, an empty selection, or inconsistent numbers of columns; the
+        message names the column and the fix.
+    """
+    if isinstance(source, Table):
+        table, path = source, source.meta.get("source_path")
+    else:
+        table, path = read_table(source, format=format, layout=layout), str(source)
+    if len(table) == 0:
+        raise ValueError(f"the table {path or ''} has no rows.".replace("  ", " "))
+
+    value_cols = _as_list("values", values)
+    if not value_cols:
+        raise ValueError("values must name at least one column to fit.")
+    if len(set(value_cols)) != len(value_cols):
+        raise ValueError(f"values lists a column twice: {value_cols}.")
+    n_features = len(value_cols)
+    if errors is not None and error_cov_column is not None:
+        raise ValueError("give either errors (standard-error columns) or error_cov_column, not both.")
+    error_cols = _as_list("errors", errors) if errors is not None else [None] * n_features
+    if len(error_cols) != n_features:
+        raise ValueError(
+            f"errors names {len(error_cols)} column(s) for {n_features} value column(s) "
+            f"{value_cols}; give one error column per value column (None for an error-free one)."
+        )
+    corr_spec = dict(correlations or {})
+    for pair, col in corr_spec.items():
+        if len(pair) != 2 or not set(pair) <= set(value_cols) or pair[0] == pair[1]:
+            raise ValueError(f"correlations key {pair!r} must be a pair of distinct value columns "
+                             f"from {value_cols}.")
+        if error_cov_column is not None:
+            raise ValueError("correlations cannot be combined with error_cov_column (it is whole).")
+        if error_cols[value_cols.index(pair[0])] is None or error_cols[value_cols.index(pair[1])] is None:
+            raise ValueError(f"correlation column {col!r} pairs a feature that has no error column.")
+    covariate_cols = _as_list("covariates", covariates)
+    flag_cols = _as_list("zero_flags", zero_flags)
+    used_error_cols = [c for c in error_cols if c is not None]
+    numeric_cols = value_cols + used_error_cols + list(corr_spec.values()) + covariate_cols
+    _check_columns(table, value_cols, "value")
+    _check_columns(table, used_error_cols, "error")
+    _check_columns(table, list(corr_spec.values()), "correlation")
+    _check_columns(table, covariate_cols, "covariate")
+    _check_columns(table, flag_cols, "flag")
+    _check_columns(table, list(select or {}), "select")
+    _check_columns(table, list(ranges or {}), "range")
+    if error_cov_column is not None:
+        _check_columns(table, [error_cov_column], "error covariance")
+    if id_column is not None:
+        _check_columns(table, [id_column], "id")
+    if duplicates not in ("error", "first", "best"):
+        raise ValueError(f"duplicates={duplicates!r}; use 'error', 'first' or 'best'.")
+    missing_spec = _missing_spec(missing, numeric_cols)
+    _check_columns(table, list(missing_spec), "missing-value")
+    floor_spec = _floor_spec(error_floor, used_error_cols)
+
+    numeric = {col: _numeric(table, col, "value" if col in value_cols else "input")
+               for col in dict.fromkeys(numeric_cols)}
+    sel = _Selection(len(table))
+
+    for col, wanted in (select or {}).items():
+        mask = _equal_mask(table[col], wanted)
+        if not mask.any():
+            sample = np.unique(np.char.strip(np.asarray(table[col]).astype(str)))[:8].tolist()
+            raise ValueError(
+                f"select {col} == {wanted!r} matches no row; values in {col!r} include "
+                f"{', '.join(repr(s) for s in sample)}."
+            )
+        sel.drop(~mask, f"select: {col} not in {wanted!r}" if isinstance(wanted, (list, tuple))
+                 else f"select: {col} != {wanted!r}")
+
+    malformed = np.zeros(len(table), dtype=bool)
+    malformed[np.asarray(table.meta.get(MALFORMED_KEY, []), dtype=int)] = True
+    sel.drop(malformed, "malformed: row overflows its fixed-width fields")
+
+    for col in flag_cols:
+        data, masked = _numeric(table, col, "flag")
+        sel.drop(masked | (data != 0), f"flag: {col} != 0")
+
+    for col, sentinels in missing_spec.items():
+        data, _ = numeric[col] if col in numeric else _numeric(table, col, "missing-value")
+        native = np.asarray(table[col]).dtype
+        # Compare in the column's own precision: 9.99 stored as float32 is not float64 9.99.
+        raw = np.asarray(table[col].data if isinstance(table[col], MaskedColumn) else table[col])
+        for s in sentinels:
+            hit = raw == np.asarray(s, dtype=native) if native.kind == "f" else data == s
+            sel.drop(np.asarray(hit), f"missing: {col} == {s:g}")
+
+    for col, (data, masked) in numeric.items():
+        bad = masked | ~np.isfinite(data)
+        if (bad & sel.keep).any():
+            if not drop_nonfinite:
+                rows = np.flatnonzero(bad & sel.keep)
+                raise ValueError(
+                    f"column {col!r} has {rows.size} NaN, infinite or blank value(s) among the "
+                    f"selected rows (source rows {', '.join(map(str, rows[:5]))}"
+                    f"{', ...' if rows.size > 5 else ''}); pass drop_nonfinite=True to drop and "
+                    "report them, or missing=<sentinel> if they encode a missing value."
+                )
+            sel.drop(bad, f"nonfinite: {col}")
+
+    for col, bounds in (ranges or {}).items():
+        if len(bounds) != 2:
+            raise ValueError(f"ranges[{col!r}] must be (low, high); got {bounds!r}.")
+        low, high = bounds
+        data, masked = numeric[col] if col in numeric else _numeric(table, col, "range")
+        with np.errstate(invalid="ignore"):
+            outside = masked | ~np.isfinite(data)
+            if low is not None:
+                outside |= data < low
+            if high is not None:
+                outside |= data > high
+        sel.drop(outside, f"range: {col} outside [{low}, {high}]")
+
+    # Errors: negative is a data error; zero is legal only with a floor.
+    for col in used_error_cols:
+        data, _ = numeric[col]
+        live = sel.keep
+        negative = live & (data < 0)
+        if negative.any():
+            rows = np.flatnonzero(negative)
+            raise ValueError(
+                f"error column {col!r} has {rows.size} negative value(s) (source rows "
+                f"{', '.join(map(str, rows[:5]))}); if they encode 'missing', pass missing=<value>."
+            )
+        floor = floor_spec.get(col)
+        if floor is None:
+            zero = live & (data**2 == 0)  # also catches errors whose variance underflows
+            if zero.any():
+                rows = np.flatnonzero(zero)
+                raise ValueError(
+                    f"error column {col!r} has {rows.size} zero (or underflowing) value(s) (source rows "
+                    f"{', '.join(map(str, rows[:5]))}{', ...' if rows.size > 5 else ''}); a star "
+                    "cannot be measured perfectly: pass error_floor=<smallest credible error>."
+                )
+        else:
+            # A float32 0.01 reads as 0.0099999998: within float32 precision it is at the floor.
+            low = live & (data < floor) & ~np.isclose(data, floor, rtol=1e-6, atol=0.0)
+            if low.any():
+                sel.report.floored[col] = int(low.sum())
+
+    if id_column is not None:
+        _drop_duplicates(table[id_column], numeric, used_error_cols, floor_spec, sel, duplicates,
+                         id_column)
+
+    if not sel.keep.any():
+        raise ValueError(f"no rows left after the cuts:\n{sel.report}\nloosen the cuts above.")
+
+    rows = np.flatnonzero(sel.keep)
+    x = np.column_stack([numeric[c][0][rows] for c in value_cols])
+    if error_cov_column is not None:
+        covs = _whole_error_covs(table, error_cov_column, rows, n_features)
+    else:
+        covs = _error_covs(numeric, error_cols, value_cols, corr_spec, floor_spec, rows)
+    ids = np.asarray(table[id_column])[rows] if id_column is not None else rows.copy()
+    cov_data = {c: numeric[c][0][rows] for c in covariate_cols}
+    units = tuple(str(table[c].unit) if table[c].unit is not None else None for c in value_cols)
+    kept = table[rows]
+    kept.meta = {k: v for k, v in table.meta.items() if k != MALFORMED_KEY}
+
+    report = sel.report
+    selection_only = all(r.startswith("select:") for r in report.dropped)
+    if report.n_dropped or report.floored:
+        log = logger.info if selection_only and not report.floored else logger.warning
+        log("%s: %s", path or "table", report)
+    return Catalogue(values=x, error_covs=covs, ids=ids, feature_names=tuple(value_cols),
+                     units=units, covariates=cov_data, table=kept, source_rows=rows,
+                     report=report, source=path)
+
+
+def _error_covs(numeric, error_cols, value_cols, corr_spec, floor_spec, rows) -> np.ndarray:
+    n_features = len(value_cols)
+    sig = np.zeros((rows.size, n_features))
+    for j, col in enumerate(error_cols):
+        if col is not None:
+            e = numeric[col][0][rows]
+            sig[:, j] = np.maximum(e, floor_spec[col]) if col in floor_spec else e
+    covs = np.zeros((rows.size, n_features, n_features))
+    idx = np.arange(n_features)
+    covs[:, idx, idx] = sig**2
+    for (a, b), col in corr_spec.items():
+        rho = numeric[col][0][rows]
+        bad = np.abs(rho) >= 1
+        if bad.any():
+            raise ValueError(
+                f"correlation column {col!r} has {int(bad.sum())} value(s) with |rho| >= 1 "
+                f"(catalogue rows {', '.join(map(str, rows[bad][:5]))}): the error covariance "
+                "would be singular; correlations must lie strictly in (-1, 1)."
+            )
+        i, j = value_cols.index(a), value_cols.index(b)
+        covs[:, i, j] = covs[:, j, i] = rho * sig[:, i] * sig[:, j]
+    if corr_spec:
+        _require_pd(covs, rows, f"error covariances built from correlations {list(corr_spec.values())}",
+                    allow_singular_diag=any(c is None for c in error_cols))
+    return covs
+
+
+def _whole_error_covs(table, col, rows, n_features) -> np.ndarray:
+    covs = np.asarray(table[col], dtype=np.float64)[rows]
+    if covs.shape[1:] != (n_features, n_features):
+        raise ValueError(f"error covariance column {col!r} holds {covs.shape[1:]} arrays per row; "
+                         f"{n_features} value columns need ({n_features}, {n_features}).")
+    bad = ~np.isfinite(covs).all(axis=(1, 2))
+    if bad.any():
+        raise ValueError(f"error covariance column {col!r} has NaN or inf in source rows "
+                         f"{', '.join(map(str, rows[bad][:5]))}.")
+    if not np.allclose(covs, np.swapaxes(covs, 1, 2), rtol=1e-10, atol=0):
+        raise ValueError(f"error covariance column {col!r} is not symmetric in every row.")
+    _require_pd(covs, rows, f"error covariance column {col!r}", allow_singular_diag=False)
+    return covs
+
+
+def _require_pd(covs, rows, what, allow_singular_diag) -> None:
+    eig_min = np.linalg.eigvalsh(covs)[:, 0]
+    scale = np.max(np.abs(covs), axis=(1, 2))
+    tol = 1e-12 * scale
+    bad = eig_min < -tol if allow_singular_diag else eig_min <= tol
+    if bad.any():
+        raise ValueError(
+            f"{what}: {int(bad.sum())} row(s) are not positive definite (source rows "
+            f"{', '.join(map(str, rows[bad][:5]))}, smallest eigenvalue {eig_min[bad].min():.3g}); "
+            "check the correlation coefficients and errors of those stars."
+        )
+
+
+def _drop_duplicates(id_col, numeric, error_cols, floor_spec, sel, how, name) -> None:
+    ids = np.asarray(id_col.filled() if isinstance(id_col, MaskedColumn) else id_col)
+    if ids.dtype.kind in "US":
+        ids = np.char.strip(ids.astype(str))
+    live = np.flatnonzero(sel.keep)
+    _, first, counts = np.unique(ids[live], return_index=True, return_counts=True)
+    if (counts == 1).all():
+        return
+    if how == "error":
+        repeated = np.unique(ids[live])[counts > 1]
+        raise ValueError(
+            f"id column {name!r} repeats {repeated.size} id(s) (e.g. "
+            f"{', '.join(repr(i) for i in repeated[:5].tolist())}); pass duplicates='first' or 'best' "
+            "to keep one row per id."
+        )
+    if how == "first":
+        keep_rows = live[first]
+    else:
+        total_var = np.zeros(live.size)
+        for col in error_cols:
+            e = numeric[col][0][live]
+            e = np.maximum(e, floor_spec[col]) if col in floor_spec else e
+            total_var += e**2
+        order = np.lexsort((np.arange(live.size), total_var, ids[live]))
+        sorted_ids = ids[live][order]
+        is_first = np.r_[True, sorted_ids[1:] != sorted_ids[:-1]]
+        keep_rows = live[order[is_first]]
+    mask = np.ones(sel.keep.size, dtype=bool)
+    mask[keep_rows] = False
+    sel.drop(mask, f"duplicates: repeated {name} (kept the {'first' if how == 'first' else 'best-measured'})")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def make_provenance(**extra) -> dict[str, Any]:
+    """Version, time and environment of a run, plus ``extra`` (config, seed, drop counts...).
+
+    Returns
+    -------
+    dict
+        JSON-serialisable.
+    """
+    from bayesmix import __version__
+
+    info: dict[str, Any] = {
+        "bayesmix_version": __version__,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    info.update(extra)
+    json.dumps(info, default=str)  # fail here, not half-way through a write
+    return info
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_table(table: Table, path, format: str | None = None,
+                provenance: Mapping[str, Any] | None = None) -> Path:
+    """Write a table atomically (temporary file, then rename), provenance included.
+
+    Provenance lands in the FITS header (``BMXPROV``, JSON), the ECSV/VOTable
+    metadata, or ``# bayesmix_provenance: {...}`` lines at the top of a CSV; read
+    it back with :func:`read_provenance`.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+    path : str or Path
+    format : str, optional
+        As for :func:`read_table`; inferred from the extension when omitted.
+    provenance : mapping, optional
+        Defaults to ``table.meta["bayesmix_provenance"]`` when present.
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    fmt = _FORMAT_ALIASES.get(format, format) if format else _infer_format(path)
+    if provenance is None:
+        provenance = table.meta.get(PROVENANCE_KEY)
+    out = table.copy(copy_data=False)
+    out.meta = {k: v for k, v in table.meta.items() if k != PROVENANCE_KEY}
+    prov_json = json.dumps(provenance, default=str) if provenance is not None else None
+
+    if fmt == "fits":
+        out.meta = {}
+        if prov_json is not None:
+            out.meta["BMXPROV"] = prov_json
+
+        def write(tmp):
+            out.write(tmp, format="fits", overwrite=True)
+    elif fmt == "ascii.csv":
+        multidim = [c for c in out.colnames if out[c].ndim > 1]
+        if multidim:
+            raise ValueError(f"CSV cannot hold the multidimensional column(s) {multidim}; write "
+                             ".fits or .ecsv instead, or split them into scalar columns.")
+
+        def write(tmp):
+            buf = io.StringIO()
+            out.meta = {}
+            out.write(buf, format="ascii.csv")
+            with open(tmp, "w") as fh:
+                if prov_json is not None:
+                    fh.write(f"# {PROVENANCE_KEY}: {prov_json}\n")
+                fh.write(buf.getvalue())
+    elif fmt in ("ascii.ecsv", "votable"):
+        if provenance is not None and fmt == "ascii.ecsv":
+            out.meta[PROVENANCE_KEY] = json.loads(prov_json)
+        elif provenance is not None:
+            # astropy's VOTable writer keeps only the table DESCRIPTION of all the metadata.
+            out.meta = {"description": f"{PROVENANCE_KEY}: {prov_json}"}
+
+        def write(tmp):
+            out.write(tmp, format=fmt, overwrite=True)
+    else:
+        raise ValueError(f"cannot write format {fmt!r}; use .fits, .csv, .ecsv or .vot.")
+    _atomic_write(path, write)
+    return path
+
+
+def read_provenance(path) -> dict[str, Any] | None:
+    """The provenance written by :func:`write_table`, or None if the file has none."""
+    path = Path(path)
+    fmt = _infer_format(path)
+    if fmt == "ascii.csv":
+        with open(path) as fh:
+            for line in fh:
+                if not line.startswith("#"):
+                    break
+                prefix = f"# {PROVENANCE_KEY}: "
+                if line.startswith(prefix):
+                    return json.loads(line[len(prefix):])
+        return None
+    meta = read_table(path, format=fmt.replace("ascii.", "")).meta
+    if "BMXPROV" in meta:
+        return json.loads(meta["BMXPROV"])
+    description = meta.get("description", "")
+    if isinstance(description, str) and description.strip().startswith(f"{PROVENANCE_KEY}: "):
+        return json.loads(description.strip()[len(PROVENANCE_KEY) + 2:])
+    value = meta.get(PROVENANCE_KEY)
+    return json.loads(value) if isinstance(value, str) else value

@@ -1,0 +1,27 @@
+"""Shared fixtures: where the real catalogues live, and whether their absence is allowed."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_data_dir() -> Path:
+    override = os.environ.get("BAYESMIX_SHARED_DATA")
+    return Path(override) if override else REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ``../shared/data``; skips when absent unless BAYESMIX_REQUIRE_SHARED_DATA=1."""
+    path = _shared_data_dir()
+    if not path.is_dir():
+        if os.environ.get("BAYESMIX_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(
+                f"BAYESMIX_REQUIRE_SHARED_DATA=1 but the shared catalogues are missing at {path} "
+                "(set BAYESMIX_SHARED_DATA to their folder)."
+            )
+        pytest.skip(f"real catalogues not found at {path} (a user's clone has no ../shared)")
+    return path

@@ -1,0 +1,215 @@
+"""The likelihood core against brute force: scipy, a numpy loop, scikit-learn, finite differences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+from scipy.special import logsumexp as np_logsumexp
+from scipy.stats import multivariate_normal
+from sklearn.mixture import GaussianMixture
+
+from bayesmix.likelihood import (
+    UNROLL_MAX_FEATURES,
+    MixtureParams,
+    Observations,
+    as_observations,
+    check_params,
+    cholesky_factor,
+    component_log_prob,
+    log_joint,
+    log_likelihood,
+    log_likelihood_per_star,
+    responsibilities,
+)
+
+
+def random_spd(rng, d, scale=1.0):
+    a = rng.normal(size=(d, d))
+    return scale * (a @ a.T + 0.2 * np.eye(d))
+
+
+def random_problem(rng, n_stars, n_components, n_features, with_errors=True):
+    x = rng.normal(scale=2.0, size=(n_stars, n_features))
+    w = rng.dirichlet(np.ones(n_components))
+    mu = rng.normal(scale=2.0, size=(n_components, n_features))
+    cov = np.stack([random_spd(rng, n_features) for _ in range(n_components)])
+    if with_errors:
+        s = np.stack([random_spd(rng, n_features, 0.3) for _ in range(n_stars)])
+    else:
+        s = np.zeros((n_stars, n_features, n_features))
+    params = MixtureParams(jnp.asarray(w), jnp.asarray(mu), jnp.asarray(cov))
+    return params, Observations(jnp.asarray(x), jnp.asarray(s)), (x, w, mu, cov, s)
+
+
+# Both code paths: unrolled small-D arithmetic and LAPACK above UNROLL_MAX_FEATURES.
+DIMS = [1, 2, 5, UNROLL_MAX_FEATURES + 2]
+
+
+@pytest.mark.parametrize("n_features", DIMS)
+def test_component_log_prob_matches_scipy(n_features):
+    rng = np.random.default_rng(n_features)
+    params, data, (x, _, mu, cov, s) = random_problem(rng, 23, 4, n_features)
+    got = np.asarray(jax.jit(component_log_prob)(params, data))
+    assert got.shape == (23, 4)
+    want = np.array([[multivariate_normal(mu[k], cov[k] + s[i]).logpdf(x[i]) for k in range(4)]
+                     for i in range(23)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("n_features", DIMS)
+def test_mixture_log_likelihood_matches_numpy_loop(n_features):
+    rng = np.random.default_rng(100 + n_features)
+    params, data, (x, w, mu, cov, s) = random_problem(rng, 17, 3, n_features)
+    per_star = []
+    for i in range(x.shape[0]):
+        terms = []
+        for k in range(w.size):
+            total = cov[k] + s[i]
+            r = x[i] - mu[k]
+            sign, logdet = np.linalg.slogdet(total)
+            assert sign > 0
+            maha = r @ np.linalg.solve(total, r)
+            terms.append(np.log(w[k]) - 0.5 * (n_features * np.log(2 * np.pi) + logdet + maha))
+        per_star.append(np_logsumexp(terms))
+    per_star = np.array(per_star)
+    np.testing.assert_allclose(np.asarray(log_likelihood_per_star(params, data)), per_star,
+                               rtol=0, atol=1e-10)
+    np.testing.assert_allclose(float(log_likelihood(params, data)), per_star.sum(), rtol=1e-12)
+    sw = rng.uniform(0.1, 2.0, size=x.shape[0])
+    np.testing.assert_allclose(float(log_likelihood(params, data, sample_weight=jnp.asarray(sw))),
+                               (sw * per_star).sum(), rtol=1e-12)
+
+
+def test_per_star_log_weights_override():
+    rng = np.random.default_rng(7)
+    params, data, _ = random_problem(rng, 11, 2, 1)
+    lw = np.log(rng.dirichlet(np.ones(2), size=11))
+    got = np.asarray(log_joint(params, data, jnp.asarray(lw)))
+    want = np.asarray(component_log_prob(params, data)) + lw
+    np.testing.assert_allclose(got, want, atol=1e-14)
+    r = np.asarray(responsibilities(params, data, jnp.asarray(lw)))
+    np.testing.assert_allclose(r, np.exp(want - np_logsumexp(want, axis=1, keepdims=True)),
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("n_features", [1, 2, 3])
+def test_responsibilities_match_sklearn_without_errors(n_features):
+    rng = np.random.default_rng(200 + n_features)
+    params, data, (x, w, mu, cov, _) = random_problem(rng, 50, 3, n_features, with_errors=False)
+    gm = GaussianMixture(n_components=3, covariance_type="full")
+    gm.weights_, gm.means_, gm.covariances_ = w, mu, cov
+    gm.precisions_cholesky_ = np.linalg.cholesky(np.linalg.inv(cov))
+    np.testing.assert_allclose(np.asarray(responsibilities(params, data)), gm.predict_proba(x),
+                               rtol=0, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(log_likelihood_per_star(params, data)),
+                               gm.score_samples(x), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("n_features", [1, 2, UNROLL_MAX_FEATURES + 1])
+def test_gradients_finite_and_match_finite_differences(n_features):
+    rng = np.random.default_rng(300 + n_features)
+    params, data, _ = random_problem(rng, 9, 2, n_features)
+    chol = np.linalg.cholesky(np.asarray(params.covariances))
+
+    # Differentiate through an unconstrained parameterisation, as the samplers will.
+    def loss(theta):
+        logits, mu, lower = theta
+        w = jax.nn.softmax(logits)
+        cov = lower @ jnp.swapaxes(lower, -1, -2)
+        return log_likelihood(MixtureParams(w, mu, cov), data)
+
+    theta = (jnp.log(params.weights), params.means, jnp.asarray(chol))
+    grads = jax.grad(loss)(theta)
+    for g in jax.tree_util.tree_leaves(grads):
+        assert np.all(np.isfinite(np.asarray(g)))
+    eps = 1e-6
+    flat, unravel = ravel_pytree(theta)
+    gflat, _ = ravel_pytree(grads)
+    for idx in rng.choice(flat.size, size=min(12, flat.size), replace=False):
+        step = jnp.zeros_like(flat).at[idx].set(eps)
+        fd = (loss(unravel(flat + step)) - loss(unravel(flat - step))) / (2 * eps)
+        np.testing.assert_allclose(float(gflat[idx]), float(fd), rtol=1e-5, atol=1e-6)
+
+
+def test_vmap_over_parameter_draws_equals_loop():
+    rng = np.random.default_rng(4)
+    params, data, _ = random_problem(rng, 13, 2, 2)
+    shifts = jnp.asarray(rng.normal(size=(5, 2, 2)))
+    batched = MixtureParams(jnp.broadcast_to(params.weights, (5, 2)), params.means + shifts,
+                            jnp.broadcast_to(params.covariances, (5, 2, 2, 2)))
+    got = jax.vmap(log_likelihood, in_axes=(0, None))(batched, data)
+    want = [log_likelihood(MixtureParams(params.weights, params.means + shifts[i],
+                                         params.covariances), data) for i in range(5)]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-13)
+
+
+def test_cholesky_factor_matches_numpy():
+    rng = np.random.default_rng(5)
+    for d in DIMS:
+        a = np.stack([random_spd(rng, d) for _ in range(6)])
+        np.testing.assert_allclose(np.asarray(cholesky_factor(jnp.asarray(a))),
+                                   np.linalg.cholesky(a), atol=1e-12)
+
+
+def test_non_positive_definite_total_covariance_gives_nan_not_a_number():
+    # Inside jit nothing can raise; the contract is NaN so callers can reject the point.
+    params = MixtureParams(jnp.array([1.0]), jnp.zeros((1, 2)), jnp.array([[[1.0, 2.0], [2.0, 1.0]]]))
+    data = Observations(jnp.zeros((3, 2)), jnp.zeros((3, 2, 2)))
+    assert np.all(np.isnan(np.asarray(component_log_prob(params, data))))
+
+
+# --------------------------------------------------------------------------- boundary checks
+
+
+def test_as_observations_shapes_and_standard_errors():
+    obs = as_observations(np.array([1.0, 2.0, 3.0]), np.array([0.1, 0.2, 0.3]))
+    assert obs.values.shape == (3, 1) and obs.error_covs.shape == (3, 1, 1)
+    np.testing.assert_allclose(np.asarray(obs.error_covs[:, 0, 0]), [0.01, 0.04, 0.09])
+    obs = as_observations(np.ones((4, 2)))
+    assert np.all(np.asarray(obs.error_covs) == 0) and obs.values.dtype == jnp.float64
+
+
+@pytest.mark.parametrize(
+    ("values", "errors", "match"),
+    [
+        (np.ones((3, 2, 2)), None, "shape"),
+        (np.empty((0, 2)), None, "empty"),
+        (np.array([[1.0, np.nan]]), None, "NaN"),
+        (np.array([[1.0], [np.inf]]), None, "NaN or infinite"),
+        (np.ones((3, 2)), np.ones((3, 3)), "shape"),
+        (np.ones((3, 2)), -np.ones((3, 2)), "negative"),
+        (np.ones((2, 2)), np.array([[[1.0, 0.5], [0.4, 1.0]]] * 2), "symmetric"),
+        (np.ones((2, 2)), np.array([[[1.0, 2.0], [2.0, 1.0]]] * 2), "positive semi-definite"),
+        (np.array([["a"]]), None, "numeric"),
+    ],
+)
+def test_as_observations_rejects_bad_input(values, errors, match):
+    with pytest.raises(ValueError, match=match):
+        as_observations(values, errors)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (([0.5, 0.6], [[0.0], [1.0]], [[[1.0]], [[1.0]]]), "sum to 1"),
+        (([0.5, 0.5], [[0.0], [1.0]], [[[1.0]], [[-1.0]]]), r"covariances\[1\] is not positive"),
+        (([1.0], [[0.0, 1.0]], [[[1.0, 0.0], [0.1, 1.0]]]), "symmetric"),
+        (([1.0], [[0.0, 1.0]], [[[1.0]]]), "shape"),
+        (([0.5, 0.5], [[0.0, 1.0]], [[[1.0, 0.0], [0.0, 1.0]]]), "weights must have shape"),
+        (([1.0], [[np.nan]], [[[1.0]]]), "means has NaN"),
+    ],
+)
+def test_check_params_rejects_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        check_params(*args)
+
+
+def test_check_params_accepts_1d_shorthand():
+    p = check_params([0.3, 0.7], [1.0, 2.0], [4.0, 9.0])
+    assert p.means.shape == (2, 1) and p.covariances.shape == (2, 1, 1)
+    assert p.n_components == 2 and p.n_features == 1
+
+
+def test_float64_is_enabled():
+    assert jnp.zeros(1).dtype == jnp.float64

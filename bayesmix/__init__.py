@@ -24,6 +24,15 @@ _EXPORTS = {
     "component_log_prob": "likelihood",
     "log_likelihood": "likelihood",
     "responsibilities": "likelihood",
+    # extreme-deconvolution EM / MAP (JAX)
+    "EMOptions": "em",
+    "EMResult": "em",
+    "EMConvergenceWarning": "em",
+    "GaussianBackground": "em",
+    "MAPPrior": "em",
+    "UniformBackground": "em",
+    "fit_em": "em",
+    "scan_n_components": "em",
     # simulated catalogues
     "simulate_cluster_field": "simulate",
     "simulate_mixture": "simulate",

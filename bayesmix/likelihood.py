@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
@@ -42,6 +43,8 @@ __all__ = [
     "log_likelihood_per_star",
     "mvn_log_prob",
     "responsibilities",
+    "spd_inverse",
+    "spd_solve",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -120,6 +123,155 @@ def _cholesky_unrolled(a):
                 off = off - low[i][m] * low[j][m]
             low[i][j] = off / low[j][j]
     return low
+
+
+def _cholesky_looped(a):
+    """Lower Cholesky factor of ``a`` (..., D, D) in plain XLA arithmetic, for any D.
+
+    A ``fori_loop`` over columns of batched elementwise work: no LAPACK custom call,
+    so it cannot meet the batched cholesky + triangular-solve hang of issue 3, and the
+    graph stays O(1) in D (the unrolled version grows as D**3).
+    """
+    d = a.shape[-1]
+    idx = jnp.arange(d)
+
+    def column(j, low):
+        row_j = lax.dynamic_index_in_dim(low, j, axis=-2, keepdims=False)  # (..., D)
+        # Columns >= j of ``low`` are still zero, so this sums over m < j only.
+        s = lax.dynamic_index_in_dim(a, j, axis=-1, keepdims=False) - jnp.sum(
+            low * row_j[..., None, :], axis=-1
+        )
+        diag = jnp.sqrt(lax.dynamic_index_in_dim(s, j, axis=-1, keepdims=True))
+        col = jnp.where(idx > j, s / diag, jnp.where(idx == j, diag, 0.0))
+        return lax.dynamic_update_index_in_dim(low, col[..., :, None], j, axis=-1)
+
+    return lax.fori_loop(0, d, column, jnp.zeros_like(a))
+
+
+def _tril_inverse_looped(low):
+    """Inverse of a batch of lower-triangular matrices by forward substitution (plain XLA)."""
+    d = low.shape[-1]
+    eye = jnp.eye(d, dtype=low.dtype)
+
+    def row(i, inv):
+        l_row = lax.dynamic_index_in_dim(low, i, axis=-2, keepdims=False)  # (..., D)
+        # Rows >= i of ``inv`` are still zero, so this sums over m < i only.
+        acc = jnp.sum(l_row[..., :, None] * inv, axis=-2)
+        l_ii = lax.dynamic_index_in_dim(l_row, i, axis=-1, keepdims=True)
+        new = (lax.dynamic_index_in_dim(eye, i, axis=0, keepdims=False) - acc) / l_ii
+        return lax.dynamic_update_index_in_dim(inv, new[..., None, :], i, axis=-2)
+
+    return lax.fori_loop(0, d, row, jnp.zeros_like(low))
+
+
+def _spd_inverse_unrolled(a):
+    """Inverse of SPD ``a`` (..., D, D) as a symmetric nested list of (...) arrays.
+
+    Cholesky, then the inverse of the triangular factor by forward substitution, then
+    ``A^-1 = L^-T L^-1``: all elementwise over the batch, so XLA fuses it into the
+    caller's pass (the EM statistics are reduced from it without ever storing
+    an (N, K, D, D) array).
+    """
+    d = a.shape[-1]
+    low = _cholesky_unrolled(a)
+    linv = [[None] * d for _ in range(d)]
+    for i in range(d):
+        linv[i][i] = 1.0 / low[i][i]
+        for j in range(i):
+            acc = low[i][j] * linv[j][j]
+            for m in range(j + 1, i):
+                acc = acc + low[i][m] * linv[m][j]
+            linv[i][j] = -acc * linv[i][i]
+    inv = [[None] * d for _ in range(d)]
+    for r in range(d):
+        for c in range(r, d):
+            acc = linv[c][r] * linv[c][c]
+            for m in range(c + 1, d):
+                acc = acc + linv[m][r] * linv[m][c]
+            inv[r][c] = acc
+            inv[c][r] = acc
+    return inv
+
+
+def spd_inverse(a):
+    """Inverse of a batch of symmetric positive-definite matrices, without LAPACK.
+
+    Parameters
+    ----------
+    a : array, shape (..., n_features, n_features)
+
+    Returns
+    -------
+    array, shape (..., n_features, n_features)
+        Symmetric by construction; NaN where ``a`` is not positive definite.
+
+    Notes
+    -----
+    Unrolled closed-form Cholesky for ``n_features <= UNROLL_MAX_FEATURES``, a
+    loop of batched arithmetic above; never a batched LAPACK call (see issue 3).
+    """
+    a = jnp.asarray(a)
+    d = a.shape[-1]
+    if d > UNROLL_MAX_FEATURES:
+        linv = _tril_inverse_looped(_cholesky_looped(a))
+        return jnp.sum(linv[..., :, :, None] * linv[..., :, None, :], axis=-3)
+    inv = _spd_inverse_unrolled(a)
+    return jnp.stack([jnp.stack(row, axis=-1) for row in inv], axis=-2)
+
+
+def spd_solve(a, b):
+    """Solve ``a x = b`` for a batch of SPD ``a`` and vector or matrix right-hand sides.
+
+    Parameters
+    ----------
+    a : array, shape (..., n_features, n_features)
+        Symmetric positive definite.
+    b : array, shape (..., n_features) or (..., n_features, n_rhs)
+        A trailing axis of length n_features is read as one vector when
+        ``b.ndim == a.ndim - 1``, otherwise as a matrix of n_rhs columns.
+
+    Returns
+    -------
+    array, the shape of ``b`` broadcast against ``a``'s batch
+        NaN where ``a`` is not positive definite.
+
+    Notes
+    -----
+    For ``n_features <= UNROLL_MAX_FEATURES`` this is Cholesky plus forward and back
+    substitution unrolled into elementwise arithmetic (fused by XLA, no (..., D, D)
+    temporaries for the factor); above that it goes through :func:`spd_inverse`.
+    No batched LAPACK call is made: batched cholesky + solve_triangular with a
+    matrix right-hand side was seen to hang on this CPU (issue 3).
+    """
+    a = jnp.asarray(a)
+    b = jnp.asarray(b)
+    vector = b.ndim == a.ndim - 1
+    if vector:
+        b = b[..., None]
+    d = a.shape[-1]
+    if b.shape[-2] != d:
+        raise ValueError(f"b must have {d} rows to match a; got shape {b.shape}.")
+    if d > UNROLL_MAX_FEATURES:
+        x = jnp.sum(spd_inverse(a)[..., :, :, None] * b[..., None, :, :], axis=-2)
+        return x[..., 0] if vector else x
+    low = _cholesky_unrolled(a)
+    cols = []
+    for c in range(b.shape[-1]):
+        y = []
+        for i in range(d):
+            yi = b[..., i, c]
+            for m in range(i):
+                yi = yi - low[i][m] * y[m]
+            y.append(yi / low[i][i])
+        x = [None] * d
+        for i in reversed(range(d)):
+            xi = y[i]
+            for m in range(i + 1, d):
+                xi = xi - low[m][i] * x[m]
+            x[i] = xi / low[i][i]
+        cols.append(jnp.stack(x, axis=-1))
+    out = jnp.stack(cols, axis=-1)
+    return out[..., 0] if vector else out
 
 
 def cholesky_factor(a):

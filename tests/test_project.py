@@ -91,3 +91,16 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "bayesmix"  # installed beside the interpreter
     out = subprocess.run([str(script), "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and __version__ in out.stdout
+
+
+def test_readme_em_example_runs_and_recovers_the_disc(capsys):
+    code = _fenced_blocks("python")[1]
+    assert "fit_em" in code
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    result, scan = namespace["result"], namespace["scan"]
+    assert result.converged
+    order = np.argsort(result.means[:, 1])
+    np.testing.assert_allclose(result.weights[order], [0.7, 0.3], atol=0.03)
+    np.testing.assert_allclose(result.means[order], [[-0.05, 0.05], [-0.50, 0.28]], atol=0.03)
+    assert scan.meta["best_bic"] == 2

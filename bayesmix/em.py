@@ -1,0 +1,1288 @@
+"""Extreme-deconvolution EM and MAP fits of Gaussian mixtures with per-star errors.
+
+The fast point estimate that starts every NUTS run: for star ``i`` with measured
+values ``x_i`` and error covariance ``S_i``, component ``k`` has intrinsic mean
+``mu_k`` and covariance ``Sigma_k``, and the observed value is drawn from
+``N(mu_k, T_ik)`` with ``T_ik = Sigma_k + S_i`` (Bovy, Hogg & Roweis 2011). One EM
+iteration is
+
+* E-step: responsibilities ``q_ik`` from :func:`bayesmix.likelihood.log_joint` (the
+  same likelihood every layer uses), and the posterior of the true value of star
+  ``i`` under component ``k``: mean ``b_ik = mu_k + Sigma_k T_ik^-1 (x_i - mu_k)``
+  and covariance ``B_ik = Sigma_k - Sigma_k T_ik^-1 Sigma_k = Sigma_k T_ik^-1 S_i``;
+* M-step: ``mu_k = sum_i q_ik b_ik / q_k`` and
+  ``Sigma_k = [sum_i q_ik ((b_ik - mu_k)(b_ik - mu_k)^T + B_ik) + Psi_k] / (q_k + c_k)``,
+  where ``Psi_k, c_k`` come from Bovy's regularisation ``w`` and the optional
+  inverse-Wishart-like prior of MAP mode, and the weights from the (Dirichlet-)
+  weighted counts.
+
+How the step is computed (and why it cannot hang)
+--------------------------------------------------
+Because ``Sigma_k`` is the same for every star, all M-step sums reduce to four small
+sufficient statistics per component, accumulated in a single pass over the stars::
+
+    q_k = sum_i q_ik,   u_k = sum_i q_ik z_ik,   Z_k = sum_i q_ik z_ik z_ik^T,
+    R_k = sum_i q_ik T_ik^-1 S_i,         with  z_ik = T_ik^-1 (x_i - mu_k),
+
+so that ``sum q b = q_k mu_k + Sigma_k u_k``, the scatter of ``b`` about the new mean
+is ``Sigma_k Z_k Sigma_k - q_k d_k d_k^T`` (``d_k = Sigma_k u_k / q_k``, the mean shift;
+centring on the old mean keeps this free of cancellation) and ``sum q B = Sigma_k R_k``
+(the product form ``Sigma T^-1 S`` has no cancellation when errors are small).
+``T_ik^-1`` comes from the unrolled closed-form Cholesky of
+:mod:`bayesmix.likelihood` (a loop of batched arithmetic above
+``UNROLL_MAX_FEATURES``): no LAPACK call is made per star, so the batched
+cholesky + triangular-solve deadlock seen on this CPU (issue 3) cannot occur. The
+stars are processed in blocks inside ``lax.scan`` so that every intermediate stays
+in cache and the working memory beyond the data is O(chunk_size * K), whatever N;
+within a block one variadic reduction produces all statistics. Measured with
+``bench/em_speed.py`` (2-core CPU, D = 2, K = 5, N = 1e6): an iteration takes about
+1.5 times one pass computing the N x K log-density matrix, and the whole process
+peaks at about 0.7 GiB (JAX runtime, data and their padded copy included).
+
+Everything inside :func:`fit_em` after validation is one jitted function: the
+initialisation, the iterations (``lax.while_loop``) and ``n_init`` restarts (``vmap``).
+Inputs are validated eagerly in Python before that; nothing is checked inside jit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import warnings
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.scipy.special import xlogy
+
+from bayesmix import _x64  # noqa: F401  (float64 before any array is made)
+from bayesmix.likelihood import (
+    UNROLL_MAX_FEATURES,
+    MixtureParams,
+    Observations,
+    _spd_inverse_unrolled,
+    as_observations,
+    check_params,
+    cholesky_factor,
+    log_joint,
+    mvn_log_prob,
+    spd_inverse,
+)
+
+__all__ = [
+    "DegenerateFitWarning",
+    "EMConvergenceWarning",
+    "EMOptions",
+    "EMResult",
+    "GaussianBackground",
+    "MAPPrior",
+    "UniformBackground",
+    "em_step",
+    "fit_em",
+    "n_free_parameters",
+    "scan_n_components",
+]
+
+logger = logging.getLogger(__name__)
+
+_INIT_METHODS = ("kmeans++", "random", "given")
+# Relative size (to the total sample weight) below which a component's share of the
+# stars is treated as empty: its mean and covariance are then left where they are
+# instead of being divided by a vanishing count.
+_EMPTY_FRACTION = 1e-12
+# Default Bovy regularisation, relative to the mean per-feature variance of the data:
+# far below any statistical error, but enough that a component collapsing onto
+# duplicated stars or a constant feature keeps a positive-definite covariance.
+_AUTO_W_FRACTION = 1e-6
+
+
+# --------------------------------------------------------------------------- public types
+
+
+class EMConvergenceWarning(UserWarning):
+    """EM stopped at ``max_iter`` before the objective changed by less than ``tol``.
+
+    Carries the numbers so that callers can decide (like emcee's ``AutocorrError``).
+
+    Attributes
+    ----------
+    n_iter : int
+        Iterations run.
+    max_iter : int
+    tol : float
+        Tolerance on the change of the total objective per iteration (nats).
+    last_change : float
+        Last change of the total objective (same units as ``tol``).
+    log_likelihood : float
+        Log-likelihood of the returned parameters.
+    """
+
+    def __init__(self, message, *, n_iter=None, max_iter=None, tol=None, last_change=None,
+                 log_likelihood=None):
+        super().__init__(message)
+        self.n_iter = n_iter
+        self.max_iter = max_iter
+        self.tol = tol
+        self.last_change = last_change
+        self.log_likelihood = log_likelihood
+
+
+class DegenerateFitWarning(UserWarning):
+    """Two components of a fit are identical (or a component is empty).
+
+    Attributes
+    ----------
+    pairs : list of tuple of int
+        Index pairs of components with the same mean and covariance.
+    """
+
+    def __init__(self, message, *, pairs=()):
+        super().__init__(message)
+        self.pairs = list(pairs)
+
+
+@dataclasses.dataclass(frozen=True)
+class EMOptions:
+    """Settings of :func:`fit_em` (hashable; changing one recompiles).
+
+    Attributes
+    ----------
+    max_iter : int
+        Maximum number of EM iterations per restart (M-steps).
+    tol : float
+        Converged when the total objective (sample-weighted log-likelihood, plus the
+        log prior in MAP mode or with ``w > 0``) changes by at most ``tol`` nats in an
+        iteration (astroML's convention). A total, not a per-star mean (scikit-learn's
+        ``tol``), because the log-likelihood curvature grows with N: a fixed total
+        change means the same distance from the optimum in units of the statistical
+        error at any N, whereas a per-star tolerance stops ever further from it as
+        N grows.
+    w : float or None
+        Bovy et al.'s covariance regularisation (variance units): ``w * I`` is added to
+        each covariance numerator and 1 to its denominator (their eq. 38), which is an
+        ``|Sigma|^-1/2 exp(-w tr(Sigma^-1)/2)`` prior. pygmmis's ``w`` is a dispersion;
+        its equivalent is ``w_pygmmis**2 * (N / K + 1)``. None (default) picks
+        ``1e-6`` times the mean per-feature variance of the data (errors included),
+        negligible next to any statistical error but enough that no covariance can
+        become singular. Pass 0.0 for the unregularised XD of astroML.
+    init : {"kmeans++", "random", "given"} or None
+        k-means++ seeding plus ``kmeans_iter`` Lloyd iterations on standardised values;
+        K distinct random stars as means with the global covariance; or ``init_params``.
+        None: "given" when ``init_params`` is passed, else "kmeans++".
+    n_init : int
+        Restarts from independent random initialisations, run in parallel with
+        ``vmap``; the one with the highest objective is kept.
+    kmeans_iter : int
+        Lloyd iterations after the k-means++ seeding.
+    chunk_size : int
+        Stars per block of the E-step; bounds the working memory per restart to
+        about ``chunk_size * n_components * 100`` bytes.
+    """
+
+    max_iter: int = 1000
+    tol: float = 1e-3
+    w: float | None = None
+    init: str | None = None
+    n_init: int = 1
+    kmeans_iter: int = 10
+    chunk_size: int = 16384
+
+
+@dataclasses.dataclass(frozen=True)
+class MAPPrior:
+    """Conjugate-style priors that turn the EM fit into a MAP fit.
+
+    Attributes
+    ----------
+    weight_concentration : float or array_like, shape (n_components,) or (n_components + 1,)
+        Dirichlet concentration ``alpha >= 1`` on the weights (the last entry is the
+        background's when there is one). ``alpha > 1`` keeps every weight positive:
+        each component gets ``alpha - 1`` pseudo-stars. (``alpha < 1`` is refused:
+        its MAP is unbounded.)
+    covariance_strength : float
+        ``c > 0``: the covariance prior counts as ``c`` stars with covariance
+        ``covariance_mode``. It is the inverse-Wishart with scale
+        ``Psi = c * covariance_mode`` and ``nu = c - n_features - 1`` degrees of freedom
+        (proper when ``c > 2 * n_features``; MAP needs no normalisation).
+    covariance_mode : float, array_like (n_features,) or (n_features, n_features), or None
+        Prior covariance (isotropic variance, diagonal variances or full). None:
+        ``0.01 * diag(var(values) + mean error variance)``, i.e. a tenth of the
+        data's spread per feature.
+
+    Notes
+    -----
+    The M-step becomes ``Sigma_k = (scatter_k + Psi) / (q_k + c)`` and
+    ``w_k ∝ q_k + alpha_k - 1``: a component with a single star keeps a covariance
+    of about ``covariance_mode * c / (1 + c)``, so nothing can collapse.
+    """
+
+    weight_concentration: Any = 2.0
+    covariance_strength: float = 1.0
+    covariance_mode: Any = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class UniformBackground:
+    """A fixed background of constant density ``1 / prod(high - low)`` over a box.
+
+    Its shape is fixed; its weight is fitted unless ``fit_weight`` is False. The
+    density is used for every star (the box is meant to enclose the data; stars
+    outside it are logged). Measurement errors do not change a constant density.
+
+    Attributes
+    ----------
+    low, high : array_like, shape (n_features,)
+    weight : float
+        Initial (or fixed) fraction of stars in the background, in (0, 1).
+    fit_weight : bool
+    """
+
+    low: Any
+    high: Any
+    weight: float = 0.1
+    fit_weight: bool = True
+
+    def log_density(self, data: Observations) -> np.ndarray:
+        """Log density of each star under the background, shape (n_stars,)."""
+        low = np.asarray(self.low, dtype=float)
+        high = np.asarray(self.high, dtype=float)
+        return np.full(data.n_stars, -float(np.sum(np.log(high - low))))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GaussianBackground:
+    """A fixed broad Gaussian background, convolved with each star's errors.
+
+    Attributes
+    ----------
+    mean : array_like, shape (n_features,)
+    covariance : array_like, shape (n_features, n_features)
+    weight : float
+        Initial (or fixed) fraction of stars in the background, in (0, 1).
+    fit_weight : bool
+    """
+
+    mean: Any
+    covariance: Any
+    weight: float = 0.1
+    fit_weight: bool = True
+
+    def log_density(self, data: Observations) -> np.ndarray:
+        """``log N(x_i | mean, covariance + S_i)``, shape (n_stars,)."""
+        mean = jnp.asarray(self.mean, dtype=jnp.float64)
+        cov = jnp.asarray(self.covariance, dtype=jnp.float64)
+        return np.asarray(mvn_log_prob(data.values, mean, cov + data.error_covs))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EMResult:
+    """Outcome of :func:`fit_em`.
+
+    ``params`` is a :class:`~bayesmix.likelihood.MixtureParams` in constrained space,
+    ready as NUTS initial values. With a background, ``params.weights`` are
+    fractions of the whole model and sum to ``1 - background_weight``.
+
+    Attributes
+    ----------
+    params : MixtureParams
+        weights (n_components,), means (n_components, n_features),
+        covariances (n_components, n_features, n_features).
+    background_weight : float or None
+    log_likelihood : float
+        Log-likelihood of ``params`` (sample-weighted).
+    log_prior : float
+        Log prior density (unnormalised) of ``params``: MAP prior and ``w`` term.
+    log_likelihood_history, objective_history : ndarray, shape (n_iter + 1,)
+        Values at the initial parameters and after each M-step; the last entry
+        belongs to ``params``. The objective is ``log_likelihood + log_prior``.
+    n_iter : int
+        M-steps taken by the kept restart.
+    converged : bool
+    n_parameters : int
+        Free parameters (frozen ones and the sum-to-one constraint excluded).
+    n_effective : float
+        Sum of sample weights (the number of stars without weights); the N of BIC.
+    w : float
+        Bovy regularisation used (resolved from ``EMOptions.w``).
+    restart_objectives : ndarray, shape (n_init,)
+        Final objective of every restart (NaN for a failed one).
+    best_restart : int
+    """
+
+    params: MixtureParams
+    background_weight: float | None
+    log_likelihood: float
+    log_prior: float
+    log_likelihood_history: np.ndarray
+    objective_history: np.ndarray
+    n_iter: int
+    converged: bool
+    n_parameters: int
+    n_effective: float
+    w: float
+    restart_objectives: np.ndarray
+    best_restart: int
+
+    @property
+    def weights(self) -> np.ndarray:
+        return np.asarray(self.params.weights)
+
+    @property
+    def means(self) -> np.ndarray:
+        return np.asarray(self.params.means)
+
+    @property
+    def covariances(self) -> np.ndarray:
+        return np.asarray(self.params.covariances)
+
+    @property
+    def n_components(self) -> int:
+        return self.params.n_components
+
+    @property
+    def objective(self) -> float:
+        return self.log_likelihood + self.log_prior
+
+    @property
+    def bic(self) -> float:
+        """``-2 log L + p log N`` with N the sum of sample weights."""
+        return -2.0 * self.log_likelihood + self.n_parameters * math.log(self.n_effective)
+
+    @property
+    def aic(self) -> float:
+        """``-2 log L + 2 p``."""
+        return -2.0 * self.log_likelihood + 2.0 * self.n_parameters
+
+
+# --------------------------------------------------------------------------- internals
+
+
+class _Static(NamedTuple):
+    """Shapes and switches that fix the compiled program (a hashable jit argument)."""
+
+    n_components: int
+    n_features: int
+    n_blocks: int
+    block: int
+    has_background: bool
+    max_iter: int
+    init: str
+    n_init: int
+    kmeans_iter: int
+
+
+class _Model(NamedTuple):
+    """Blocked data and everything that defines the objective (traced arrays).
+
+    Internal parameters are a MixtureParams whose ``weights`` has one more entry,
+    the background's, when there is a background.
+    """
+
+    values: Any  # (n_blocks, block, D)
+    error_covs: Any  # (n_blocks, block, D, D)
+    sample_weight: Any  # (n_blocks, block); 0 on padding rows
+    log_background: Any  # (n_blocks, block); unused without a background
+    frozen_weights: Any  # (Kb,) bool
+    frozen_means: Any  # (K,) bool
+    frozen_covariances: Any  # (K,) bool
+    alpha_minus_one: Any  # (Kb,) Dirichlet pseudo-counts; 0 outside MAP mode
+    psi: Any  # (K, D, D) prior scale added to the covariance numerator
+    prior_count: Any  # (K,) added to the covariance denominator
+    tol: Any  # ()
+    total_weight: Any  # ()
+    given: MixtureParams  # init_params (weights (Kb,)); zeros when none given
+    global_cov: Any  # (D, D) observed covariance of all stars, plus w I
+    feature_scale: Any  # (D,) standardisation for k-means
+
+
+class _Stats(NamedTuple):
+    counts: Any  # (K,)
+    u: Any  # (K, D)
+    zz: Any  # (K, D, D)
+    r: Any  # (K, D, D)
+    background_count: Any  # ()
+    log_likelihood: Any  # ()
+
+
+def _variadic_sum(arrays, axis):
+    # One reduce over several operands: XLA emits a single loop that computes the
+    # shared producers (Cholesky, inverse) once per element instead of once per sum.
+    zeros = tuple(jnp.zeros((), a.dtype) for a in arrays)
+    return lax.reduce(tuple(arrays), zeros,
+                      lambda acc, new: tuple(p + q for p, q in zip(acc, new, strict=True)),
+                      (axis,))
+
+
+def _block_stats(params, x, s, sw, log_bg, static: _Static):
+    """E-step statistics of one block of stars.
+
+    Parameters
+    ----------
+    params : MixtureParams (internal: weights (Kb,))
+    x : (B, D); s : (B, D, D); sw : (B,); log_bg : (B,)
+
+    Returns
+    -------
+    _Stats for the block.
+    """
+    k = static.n_components
+    d = static.n_features
+    gauss = MixtureParams(params.weights[:k], params.means, params.covariances)
+    lj = log_joint(gauss, Observations(x, s), jnp.log(params.weights[:k]))
+    if static.has_background:
+        lj = jnp.concatenate([lj, (jnp.log(params.weights[k]) + log_bg)[:, None]], axis=1)
+    # logsumexp by hand so that exp() runs once per (star, component): the same
+    # terms give the responsibilities.
+    top = lax.stop_gradient(jnp.max(lj, axis=1, keepdims=True))
+    terms = jnp.exp(lj - top)
+    total = jnp.sum(terms, axis=1)
+    per_star = jnp.log(total) + top[:, 0]
+    # Zero-weight stars (padding, or weights of 0) must not reach the sums, even if
+    # their densities are not finite.
+    used = sw > 0
+    q = jnp.where(used[:, None], terms * (sw / total)[:, None], 0.0)
+    ll = jnp.sum(jnp.where(used, sw * per_star, 0.0))
+    bg_count = jnp.sum(q[:, k]) if static.has_background else jnp.zeros(())
+    qg = q[:, :k]
+    # Same expression as in component_log_prob, so XLA shares the Cholesky factor.
+    tcov = params.covariances[None, :, :, :] + s[:, None, :, :]
+    resid = x[:, None, :] - params.means[None, :, :]
+    if d <= UNROLL_MAX_FEATURES:
+        tinv = _spd_inverse_unrolled(tcov)  # nested lists of (B, K)
+        res = [resid[..., a] for a in range(d)]
+        z = [sum(tinv[a][b] * res[b] for b in range(d)) for a in range(d)]
+        upper = [(a, b) for a in range(d) for b in range(a, d)]
+        feats = [qg]
+        feats += [qg * z[a] for a in range(d)]
+        feats += [qg * z[a] * z[b] for a, b in upper]
+        feats += [qg * sum(tinv[a][c] * s[:, None, c, b] for c in range(d))
+                  for a in range(d) for b in range(d)]
+        sums = _variadic_sum(feats, axis=0)
+        counts = sums[0]
+        u = jnp.stack(sums[1:1 + d], axis=-1)
+        zz_flat = sums[1 + d:1 + d + len(upper)]
+        zz = [[None] * d for _ in range(d)]
+        for (a, b), val in zip(upper, zz_flat, strict=True):
+            zz[a][b] = val
+            zz[b][a] = val
+        zz = jnp.stack([jnp.stack(row, axis=-1) for row in zz], axis=-2)
+        r = jnp.stack(sums[1 + d + len(upper):], axis=-1).reshape(k, d, d)
+    else:
+        tinv = spd_inverse(tcov)  # (B, K, D, D), no LAPACK
+        z = jnp.sum(tinv * resid[:, :, None, :], axis=-1)
+        counts = jnp.sum(qg, axis=0)
+        u = jnp.einsum("bk,bka->ka", qg, z)
+        zz = jnp.einsum("bk,bka,bkc->kac", qg, z, z)
+        r = jnp.einsum("bk,bkac,bcd->kad", qg, tinv, s)
+    return _Stats(counts, u, zz, r, bg_count, ll)
+
+
+def _e_stats(params, model: _Model, static: _Static) -> _Stats:
+    """E-step statistics summed over all blocks (``lax.scan``)."""
+    k, d = static.n_components, static.n_features
+    if static.n_blocks == 1:
+        return _block_stats(params, model.values[0], model.error_covs[0],
+                            model.sample_weight[0], model.log_background[0], static)
+
+    def body(acc, blk):
+        part = _block_stats(params, *blk, static)
+        return jax.tree_util.tree_map(jnp.add, acc, part), None
+
+    zero = _Stats(jnp.zeros(k), jnp.zeros((k, d)), jnp.zeros((k, d, d)), jnp.zeros((k, d, d)),
+                  jnp.zeros(()), jnp.zeros(()))
+    out, _ = lax.scan(body, zero, (model.values, model.error_covs, model.sample_weight,
+                                   model.log_background))
+    return out
+
+
+def _sym(a):
+    return 0.5 * (a + jnp.swapaxes(a, -1, -2))
+
+
+def _m_step(params, stats: _Stats, model: _Model, static: _Static):
+    """Closed-form M-step from the sufficient statistics; frozen parts are kept."""
+    cov, mu = params.covariances, params.means
+    counts = stats.counts
+    threshold = _EMPTY_FRACTION * model.total_weight
+    live = counts > threshold
+    safe = jnp.where(live, counts, 1.0)
+    shift = jnp.einsum("kab,kb->ka", cov, stats.u / safe[:, None])
+    move = live & ~model.frozen_means
+    shift = jnp.where(move[:, None], shift, 0.0)
+    means = mu + shift
+    # Scatter of b about the new mean, centred on the old one (see module docstring).
+    scatter = jnp.einsum("kab,kbc,kcd->kad", cov, stats.zz, cov)
+    scatter = scatter - counts[:, None, None] * shift[:, :, None] * shift[:, None, :]
+    posterior_cov = _sym(jnp.einsum("kab,kbc->kac", cov, stats.r))
+    denom = counts + model.prior_count
+    update = ~model.frozen_covariances & (denom > threshold)
+    new_cov = (_sym(scatter) + posterior_cov + model.psi) / jnp.where(update, denom, 1.0)[:, None, None]
+    covariances = jnp.where(update[:, None, None], new_cov, cov)
+
+    all_counts = counts
+    if static.has_background:
+        all_counts = jnp.concatenate([counts, stats.background_count[None]])
+    pseudo = jnp.maximum(all_counts + model.alpha_minus_one, 0.0)
+    free = ~model.frozen_weights
+    mass = 1.0 - jnp.sum(jnp.where(free, 0.0, params.weights))
+    free_total = jnp.sum(jnp.where(free, pseudo, 0.0))
+    ok = free & (free_total > 0)
+    weights = jnp.where(ok, mass * pseudo / jnp.where(free_total > 0, free_total, 1.0),
+                        params.weights)
+    return MixtureParams(weights, means, covariances)
+
+
+def _log_prior(params, model: _Model):
+    """Unnormalised log prior of the free parameters (Dirichlet, w term, inverse Wishart)."""
+    lp_w = jnp.sum(jnp.where(model.frozen_weights, 0.0,
+                             xlogy(model.alpha_minus_one, params.weights)))
+    cov = params.covariances
+    low = cholesky_factor(cov)
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(low, axis1=-2, axis2=-1)), axis=-1)
+    trace = jnp.sum(model.psi * spd_inverse(cov), axis=(-2, -1))
+    active = ~model.frozen_covariances & (model.prior_count > 0)
+    term = -0.5 * model.prior_count * logdet - 0.5 * trace
+    return lp_w + jnp.sum(jnp.where(active, term, 0.0))
+
+
+def _step(params, model: _Model, static: _Static):
+    stats = _e_stats(params, model, static)
+    return stats.log_likelihood, _log_prior(params, model), _m_step(params, stats, model, static)
+
+
+class _Loop(NamedTuple):
+    t: Any
+    params: Any
+    previous: Any
+    hist_ll: Any
+    hist_obj: Any
+    status: Any  # 0 running, 1 converged, 2 non-finite objective, 3 max_iter reached
+
+
+def _run_em(params0, model: _Model, static: _Static) -> _Loop:
+    """EM iterations in ``lax.while_loop`` from ``params0`` (one restart)."""
+    n_hist = static.max_iter + 1
+    nan_hist = jnp.full(n_hist, jnp.nan)
+
+    def cond(c: _Loop):
+        return c.status == 0
+
+    def body(c: _Loop):
+        ll, lp, new = _step(c.params, model, static)
+        obj = ll + lp
+        hist_ll = c.hist_ll.at[c.t].set(ll)
+        hist_obj = c.hist_obj.at[c.t].set(obj)
+        prev_obj = c.hist_obj[jnp.maximum(c.t - 1, 0)]
+        change = jnp.abs(obj - prev_obj)
+        finite = jnp.isfinite(obj)
+        converged = (c.t > 0) & (change <= model.tol)
+        status = jnp.where(~finite, 2, jnp.where(converged, 1,
+                                                 jnp.where(c.t >= static.max_iter, 3, 0)))
+        status = status.astype(jnp.int32)
+        running = status == 0
+        params = jax.tree_util.tree_map(
+            lambda a, b, p: jnp.where(running, a, jnp.where(finite, b, p)),
+            new, c.params, c.previous)
+        previous = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b),
+                                          c.params, c.previous)
+        return _Loop(jnp.where(running, c.t + 1, c.t).astype(jnp.int32), params, previous, hist_ll, hist_obj,
+                     status)
+
+    start = _Loop(jnp.zeros((), jnp.int32), params0, params0, nan_hist, nan_hist,
+                  jnp.zeros((), jnp.int32))
+    return lax.while_loop(cond, body, start)
+
+
+# ----------------------------------------------------------------- initialisation (in JAX)
+
+
+def _seed_centres(key, x, sw, n_components, kind):
+    """K distinct stars: k-means++ (D^2) sampling, or uniform among unchosen values.
+
+    Stars at zero distance from a chosen centre have zero probability, so duplicated
+    values can never give two identical seeds (given K distinct values, checked at
+    the boundary).
+    """
+    keys = jax.random.split(key, n_components)
+    first = jax.random.categorical(keys[0], jnp.log(sw))
+    c0 = x[first]
+    centres = jnp.zeros((n_components, x.shape[1]), x.dtype).at[0].set(c0)
+    dist2 = jnp.sum((x - c0) ** 2, axis=-1)
+
+    def body(j, carry):
+        centres, dist2 = carry
+        score = dist2 if kind == "kmeans++" else (dist2 > 0).astype(x.dtype)
+        idx = jax.random.categorical(keys[j], jnp.log(sw * score))
+        c = x[idx]
+        return centres.at[j].set(c), jnp.minimum(dist2, jnp.sum((x - c) ** 2, axis=-1))
+
+    centres, _ = lax.fori_loop(1, n_components, body, (centres, dist2))
+    return centres
+
+
+def _cluster_moments(centres, model: _Model, static: _Static):
+    """Hard-assignment counts, sums and scatter about ``centres`` (in original units)."""
+    k, d = static.n_components, static.n_features
+    scale = model.feature_scale
+
+    def body(acc, blk):
+        x, sw = blk
+        d2 = jnp.sum(((x[:, None, :] - centres[None]) / scale) ** 2, axis=-1)
+        hot = jax.nn.one_hot(jnp.argmin(d2, axis=1), k, dtype=x.dtype) * sw[:, None]
+        dx = x[:, None, :] - centres[None]
+        return (acc[0] + jnp.sum(hot, axis=0),
+                acc[1] + jnp.einsum("bk,bka->ka", hot, dx),
+                acc[2] + jnp.einsum("bk,bka,bkc->kac", hot, dx, dx)), None
+
+    zero = (jnp.zeros(k), jnp.zeros((k, d)), jnp.zeros((k, d, d)))
+    out, _ = lax.scan(body, zero, (model.values, model.sample_weight))
+    return out
+
+
+def _kmeans_init(key, model: _Model, static: _Static, kind):
+    k, d = static.n_components, static.n_features
+    x = model.values.reshape(-1, d)
+    sw = model.sample_weight.reshape(-1)
+    centres = _seed_centres(key, x / model.feature_scale, sw, k, kind) * model.feature_scale
+    global_cov = model.global_cov / k ** (2.0 / d)
+    if kind == "random":
+        weights = jnp.full(k, 1.0 / k)
+        return MixtureParams(weights, centres, jnp.broadcast_to(global_cov, (k, d, d)))
+
+    def lloyd(_, c):
+        counts, sums, _unused = _cluster_moments(c, model, static)
+        return jnp.where(counts[:, None] > 0, c + sums / jnp.where(counts > 0, counts, 1.0)[:, None], c)
+
+    centres = lax.fori_loop(0, static.kmeans_iter, lloyd, centres)
+    counts, sums, scatter = _cluster_moments(centres, model, static)
+    safe = jnp.where(counts > 0, counts, 1.0)
+    shift = jnp.where(counts[:, None] > 0, sums / safe[:, None], 0.0)
+    means = centres + shift
+    scatter = scatter - counts[:, None, None] * shift[:, :, None] * shift[:, None, :]
+    # One pseudo-star of the global covariance keeps tiny clusters positive definite.
+    covariances = _sym((scatter + global_cov) / (counts + 1.0)[:, None, None])
+    weights = (counts + 1.0) / (jnp.sum(counts) + k)
+    return MixtureParams(weights, means, covariances)
+
+
+def _initialise(key, model: _Model, static: _Static):
+    """Initial internal parameters of one restart; frozen parts come from ``given``."""
+    k = static.n_components
+    given = model.given
+    if static.init == "given":
+        start = given
+    else:
+        p = _kmeans_init(key, model, static, static.init)
+        weights = p.weights
+        if static.has_background:
+            weights = jnp.concatenate([weights * (1.0 - given.weights[k]), given.weights[k:]])
+        start = MixtureParams(weights, p.means, p.covariances)
+    weights = jnp.where(model.frozen_weights, given.weights, start.weights)
+    free = ~model.frozen_weights
+    mass = 1.0 - jnp.sum(jnp.where(free, 0.0, weights))
+    free_total = jnp.sum(jnp.where(free, weights, 0.0))
+    weights = jnp.where(free, weights * mass / jnp.where(free_total > 0, free_total, 1.0),
+                        weights)
+    means = jnp.where(model.frozen_means[:, None], given.means, start.means)
+    covs = jnp.where(model.frozen_covariances[:, None, None], given.covariances,
+                     start.covariances)
+    return MixtureParams(weights, means, covs)
+
+
+@partial(jax.jit, static_argnames=("static",))
+def _fit_core(keys, model: _Model, static: _Static):
+    def one(key):
+        return _run_em(_initialise(key, model, static), model, static)
+
+    return jax.vmap(one)(keys)
+
+
+@partial(jax.jit, static_argnames=("static",))
+def _step_core(params, model: _Model, static: _Static):
+    return _step(params, model, static)
+
+
+# --------------------------------------------------------------------------- boundary
+
+
+def _as_key(key):
+    if isinstance(key, (int, np.integer)):
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array):
+        return key
+    raise ValueError(
+        f"key must be an integer seed or a JAX PRNG key (jax.random.key(0)); got {type(key)}."
+    )
+
+
+def _component_mask(name, value, n, default=False):
+    if value is None:
+        return np.full(n, default)
+    arr = np.asarray(value)
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise ValueError(f"{name} as a boolean mask must have shape ({n},); got {arr.shape}.")
+        return arr.copy()
+    try:
+        idx = np.asarray(arr, dtype=int).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be component indices or a boolean mask ({exc}).") from exc
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise ValueError(f"{name} has indices outside 0..{n - 1}: {idx.tolist()}.")
+    mask = np.zeros(n, dtype=bool)
+    mask[idx] = True
+    return mask
+
+
+def _count_distinct(values, sample_weight, limit):
+    """Number of distinct rows (with positive weight), or ``limit`` if there are at least that."""
+    x = values[sample_weight > 0]
+    head = x[: max(100 * limit, 1000)]
+    if len(np.unique(head, axis=0)) >= limit:
+        return limit
+    # A random projection separates distinct rows with probability one and needs a
+    # 1-D unique only (fast for a million stars).
+    proj = x @ np.random.default_rng(12345).normal(size=x.shape[1])
+    return len(np.unique(proj))
+
+
+def _observations(data, errors) -> Observations:
+    if isinstance(data, Observations):
+        if errors is not None:
+            raise ValueError("errors must be None when data is an Observations (it has error_covs).")
+        values = np.asarray(data.values)
+        covs = np.asarray(data.error_covs)
+        if values.ndim != 2 or covs.shape != (*values.shape, values.shape[1]):
+            raise ValueError(
+                "Observations must hold values (n_stars, n_features) and error_covs "
+                f"(n_stars, n_features, n_features); got {values.shape} and {covs.shape}."
+            )
+        if not (np.isfinite(values).all() and np.isfinite(covs).all()):
+            raise ValueError("data has NaN or infinite entries; build it with as_observations().")
+        return data
+    return as_observations(data, errors)
+
+
+def _resolve_prior_cov(name, value, d):
+    arr = np.asarray(value, dtype=float)
+    if arr.ndim == 0:
+        arr = arr * np.eye(d)
+    elif arr.shape == (d,):
+        arr = np.diag(arr)
+    if arr.shape != (d, d):
+        raise ValueError(f"{name} must be a scalar, ({d},) or ({d}, {d}); got shape {arr.shape}.")
+    if not np.isfinite(arr).all() or not np.allclose(arr, arr.T):
+        raise ValueError(f"{name} must be finite and symmetric.")
+    if np.linalg.eigvalsh(arr)[0] <= 0:
+        raise ValueError(f"{name} must be positive definite; got {arr.tolist()}.")
+    return arr
+
+
+def n_free_parameters(n_components, n_features, *, frozen_weights=None, frozen_means=None,
+                      frozen_covariances=None, background=None):
+    """Number of free parameters of a full-covariance mixture (for BIC/AIC).
+
+    Parameters
+    ----------
+    n_components, n_features : int
+    frozen_weights, frozen_means, frozen_covariances : bool array (n_components,), optional
+    background : UniformBackground or GaussianBackground, optional
+        Its weight counts when fitted; its shape is fixed.
+
+    Returns
+    -------
+    int
+        ``(free weights - 1)`` (sum to one; none when at most one weight is free)
+        ``+ n_features * free means + n_features (n_features + 1) / 2 * free covariances``.
+    """
+    k, d = n_components, n_features
+    fw = _component_mask("frozen_weights", frozen_weights, k)
+    fm = _component_mask("frozen_means", frozen_means, k)
+    fc = _component_mask("frozen_covariances", frozen_covariances, k)
+    n_free_w = int((~fw).sum()) + int(background is not None and background.fit_weight)
+    return (max(n_free_w - 1, 0) + d * int((~fm).sum()) + d * (d + 1) // 2 * int((~fc).sum()))
+
+
+def _prepare(data, n_components, *, errors, options: EMOptions, init_params, sample_weight,
+             frozen_weights, frozen_means, frozen_covariances, background, prior):
+    """Validate everything and build the static config and the traced model."""
+    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
+        raise ValueError(f"n_components must be a positive integer; got {n_components!r}.")
+    k = int(n_components)
+    if k < 1:
+        raise ValueError(f"n_components must be at least 1; got {k}.")
+    obs = _observations(data, errors)
+    values = np.asarray(obs.values)
+    covs = np.asarray(obs.error_covs)
+    n, d = values.shape
+
+    o = options
+    if not isinstance(o.max_iter, (int, np.integer)) or o.max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative integer; got {o.max_iter!r}.")
+    if not (np.isfinite(o.tol) and o.tol >= 0):
+        raise ValueError(f"tol must be a finite number >= 0; got {o.tol!r}.")
+    if not isinstance(o.n_init, (int, np.integer)) or o.n_init < 1:
+        raise ValueError(f"n_init must be a positive integer; got {o.n_init!r}.")
+    if not isinstance(o.kmeans_iter, (int, np.integer)) or o.kmeans_iter < 0:
+        raise ValueError(f"kmeans_iter must be a non-negative integer; got {o.kmeans_iter!r}.")
+    if not isinstance(o.chunk_size, (int, np.integer)) or o.chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer; got {o.chunk_size!r}.")
+    init = o.init if o.init is not None else ("given" if init_params is not None else "kmeans++")
+    if init not in _INIT_METHODS:
+        raise ValueError(f"init must be one of {_INIT_METHODS} or None; got {init!r}.")
+    if init == "given" and init_params is None:
+        raise ValueError('init="given" needs init_params (a MixtureParams or its three arrays).')
+    if init == "given" and o.n_init > 1:
+        raise ValueError(
+            f'n_init={o.n_init} restarts from init="given" would all be identical; use n_init=1 '
+            'or init="kmeans++"/"random" (frozen parts are still taken from init_params).'
+        )
+
+    if sample_weight is None:
+        sw = np.ones(n)
+    else:
+        sw = np.asarray(sample_weight, dtype=float)
+        if sw.shape != (n,):
+            raise ValueError(f"sample_weight must have shape ({n},) (one per star); got {sw.shape}.")
+        if not np.isfinite(sw).all() or (sw < 0).any() or sw.sum() <= 0:
+            raise ValueError("sample_weight must be finite, >= 0, with a positive sum.")
+    n_used = int((sw > 0).sum())
+    if k > n_used:
+        raise ValueError(
+            f"n_components={k} exceeds the number of stars ({n_used}); use at most {n_used} "
+            "components or add stars."
+        )
+    n_distinct = _count_distinct(values, sw, k)
+    if k > n_distinct:
+        raise ValueError(
+            f"n_components={k} exceeds the number of distinct star values ({n_distinct}); "
+            f"duplicated stars cannot support more components: use n_components <= {n_distinct}."
+        )
+
+    total = float(sw.sum())
+    mean_x = (sw @ values) / total
+    dx = values - mean_x
+    obs_cov = np.einsum("i,ia,ib->ab", sw, dx, dx) / total
+    err_var = np.einsum("i,iaa->a", sw, covs) / total
+    spread = np.diag(obs_cov) + err_var
+    if o.w is None:
+        w = _AUTO_W_FRACTION * float(np.mean(spread))
+        if w <= 0:
+            raise ValueError(
+                "every star has the same values and no measurement errors: there is no spread "
+                "to fit. Pass errors, or an explicit w > 0 to fit a point mass with width sqrt(w)."
+            )
+    else:
+        w = float(o.w)
+        if not (np.isfinite(w) and w >= 0):
+            raise ValueError(f"w must be a finite number >= 0; got {o.w!r}.")
+    if w == 0 and prior is None:
+        flat = np.flatnonzero(spread <= 0)
+        if flat.size:
+            raise ValueError(
+                f"feature(s) {flat.tolist()} have zero variance and zero errors, so a covariance "
+                "would be singular; pass w > 0 (or w=None), a MAPPrior, or drop the feature."
+            )
+
+    has_bg = background is not None
+    kb = k + int(has_bg)
+    fw = _component_mask("frozen_weights", frozen_weights, k)
+    fm = _component_mask("frozen_means", frozen_means, k)
+    fc = _component_mask("frozen_covariances", frozen_covariances, k)
+    if (fw.any() or fm.any() or fc.any()) and init_params is None:
+        raise ValueError("frozen components need init_params: the values they are frozen at.")
+
+    log_bg = np.zeros(n)
+    bg_weight = 0.0
+    if has_bg:
+        if not isinstance(background, (UniformBackground, GaussianBackground)):
+            raise ValueError("background must be a UniformBackground or a GaussianBackground.")
+        bg_weight = float(background.weight)
+        if not 0.0 < bg_weight < 1.0:
+            raise ValueError(f"background.weight must be in (0, 1); got {background.weight!r}.")
+        if isinstance(background, UniformBackground):
+            low = np.asarray(background.low, dtype=float).reshape(-1)
+            high = np.asarray(background.high, dtype=float).reshape(-1)
+            if low.shape != (d,) or high.shape != (d,) or not (high > low).all():
+                raise ValueError(
+                    f"UniformBackground needs low and high of shape ({d},) with high > low; "
+                    f"got {low.tolist()} and {high.tolist()}."
+                )
+            outside = ((values < low) | (values > high)).any(axis=1)
+            if outside.any():
+                logger.warning("%d star(s) lie outside the UniformBackground box; the constant "
+                               "density is used for them too.", int(outside.sum()))
+        else:
+            bm = np.asarray(background.mean, dtype=float).reshape(-1)
+            bc = _resolve_prior_cov("GaussianBackground.covariance", background.covariance, d)
+            if bm.shape != (d,):
+                raise ValueError(f"GaussianBackground.mean must have shape ({d},); got {bm.shape}.")
+            background = dataclasses.replace(background, mean=bm, covariance=bc)
+        log_bg = np.asarray(background.log_density(Observations(jnp.asarray(values),
+                                                                jnp.asarray(covs))))
+        frozen_bg = not background.fit_weight
+        fw = np.concatenate([fw, [frozen_bg]])
+
+    if init_params is not None:
+        given = check_params(*init_params)
+        if given.n_components != k or given.n_features != d:
+            raise ValueError(
+                f"init_params has {given.n_components} components in {given.n_features} "
+                f"dimensions; expected {k} in {d}."
+            )
+        gw = np.asarray(given.weights) * (1.0 - bg_weight)
+        if has_bg:
+            gw = np.concatenate([gw, [bg_weight]])
+        given = MixtureParams(gw, np.asarray(given.means), np.asarray(given.covariances))
+    else:
+        gw = np.zeros(kb)
+        if has_bg:
+            gw[k] = bg_weight
+        given = MixtureParams(gw, np.zeros((k, d)), np.zeros((k, d, d)))
+    frozen_mass = float(np.sum(np.asarray(given.weights)[fw]))
+    if fw.all():
+        bad_mass = not math.isclose(frozen_mass, 1.0, rel_tol=1e-9)
+    else:
+        bad_mass = frozen_mass >= 1.0
+    if fw.any() and bad_mass:
+        raise ValueError(
+            f"frozen weights sum to {frozen_mass:.6g}; they must leave room for the free "
+            "components (sum < 1), or all weights must be frozen."
+        )
+
+    psi = np.zeros((k, d, d))
+    prior_count = np.zeros(k)
+    alpha_m1 = np.zeros(kb)
+    if w > 0:
+        psi += w * np.eye(d)
+        prior_count += 1.0
+    if prior is not None:
+        if not isinstance(prior, MAPPrior):
+            raise ValueError("prior must be a MAPPrior (or None for maximum likelihood).")
+        alpha = np.asarray(prior.weight_concentration, dtype=float)
+        if alpha.ndim == 0:
+            alpha = np.full(kb, float(alpha))
+        if alpha.shape != (kb,) or not np.isfinite(alpha).all() or (alpha < 1).any():
+            raise ValueError(
+                f"MAPPrior.weight_concentration must be >= 1 (below 1 the MAP is unbounded: "
+                f"a weight can run to zero), a scalar or shape ({kb},) "
+                f"(one per component{' plus the background' if has_bg else ''}); got {alpha}."
+            )
+        alpha_m1 = alpha - 1.0
+        strength = float(prior.covariance_strength)
+        if not (np.isfinite(strength) and strength > 0):
+            raise ValueError(f"MAPPrior.covariance_strength must be > 0; got {strength!r}.")
+        if prior.covariance_mode is None:
+            mode = np.diag(np.where(spread > 0, 0.01 * spread, 1e-6 * max(spread.max(), 1.0)))
+        else:
+            mode = _resolve_prior_cov("MAPPrior.covariance_mode", prior.covariance_mode, d)
+        psi += strength * mode
+        prior_count += strength
+
+    # Equal blocks of at most chunk_size stars, so that padding is a few rows at most.
+    n_blocks = -(-n // int(o.chunk_size))
+    block = -(-n // n_blocks)
+    if n_blocks > 1:
+        block = -(-block // 8) * 8
+    pad = n_blocks * block - n
+    if pad:
+        # Padding rows copy star 0 (finite everywhere) with zero weight.
+        values_p = np.concatenate([values, np.repeat(values[:1], pad, axis=0)])
+        covs_p = np.concatenate([covs, np.repeat(covs[:1], pad, axis=0)])
+        sw_p = np.concatenate([sw, np.zeros(pad)])
+        bg_p = np.concatenate([log_bg, np.repeat(log_bg[:1], pad)])
+    else:
+        values_p, covs_p, sw_p, bg_p = values, covs, sw, log_bg
+    scale = np.sqrt(spread)
+    scale = np.where(scale > 0, scale, 1.0)
+
+    static = _Static(k, d, n_blocks, block, has_bg, int(o.max_iter), init, int(o.n_init),
+                     int(o.kmeans_iter))
+    model = _Model(
+        values=jnp.asarray(values_p.reshape(n_blocks, block, d)),
+        error_covs=jnp.asarray(covs_p.reshape(n_blocks, block, d, d)),
+        sample_weight=jnp.asarray(sw_p.reshape(n_blocks, block)),
+        log_background=jnp.asarray(bg_p.reshape(n_blocks, block)),
+        frozen_weights=jnp.asarray(fw),
+        frozen_means=jnp.asarray(fm),
+        frozen_covariances=jnp.asarray(fc),
+        alpha_minus_one=jnp.asarray(alpha_m1),
+        psi=jnp.asarray(psi),
+        prior_count=jnp.asarray(prior_count),
+        tol=jnp.asarray(float(o.tol)),
+        total_weight=jnp.asarray(total),
+        given=MixtureParams(*(jnp.asarray(a, dtype=jnp.float64) for a in given)),
+        # The observed spread (errors included) plus the regularisation / prior floor,
+        # so that initial covariances are positive definite whenever the fit can be.
+        global_cov=jnp.asarray(obs_cov + psi[0]),
+        feature_scale=jnp.asarray(scale),
+    )
+    n_params = n_free_parameters(k, d, frozen_weights=fw[:k], frozen_means=fm,
+                                 frozen_covariances=fc, background=background)
+    return static, model, w, n_params, total, scale
+
+
+def _identical_pairs(params: MixtureParams, scale):
+    means = np.asarray(params.means) / scale
+    covs = np.asarray(params.covariances) / np.outer(scale, scale)
+    k = len(means)
+    tiny = 1e-9
+    pairs = []
+    for i in range(k):
+        for j in range(i + 1, k):
+            if (np.abs(means[i] - means[j]).max() <= tiny
+                    and np.abs(covs[i] - covs[j]).max() <= tiny * max(np.abs(covs[i]).max(), 1e-300)):
+                pairs.append((i, j))
+    return pairs
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def fit_em(key, data, n_components, *, errors=None, options: EMOptions | None = None,
+           init_params=None, sample_weight=None, frozen_weights=None, frozen_means=None,
+           frozen_covariances=None, background=None, prior: MAPPrior | None = None,
+           **option_overrides) -> EMResult:
+    """Fit a Gaussian mixture to stars with per-star errors by extreme-deconvolution EM.
+
+    Parameters
+    ----------
+    key : int or jax PRNG key
+        Seed for the initialisations; the result is deterministic for a given key.
+    data : array_like (n_stars, n_features) or (n_stars,), Observations, or a catalogue
+        Measured values (validated with :func:`~bayesmix.likelihood.as_observations`
+        together with ``errors``), or ready :class:`Observations`.
+    n_components : int
+        Number of Gaussian components K (a background is extra).
+    errors : array_like, optional
+        Standard errors (n_stars, n_features) or covariances
+        (n_stars, n_features, n_features); None for error-free data.
+    options : EMOptions, optional
+        Settings; any field can also be given as a keyword (``max_iter=200``),
+        overriding ``options``.
+    init_params : MixtureParams or (weights, means, covariances), optional
+        Starting point for ``init="given"`` and the values of frozen parts.
+        ``weights`` sum to one over the Gaussian components (scaled by
+        ``1 - background.weight`` when there is a background).
+    sample_weight : array_like, shape (n_stars,), optional
+        Non-negative per-star weights multiplying each star's log-likelihood.
+    frozen_weights, frozen_means, frozen_covariances : indices or bool (n_components,), optional
+        Components whose weight, mean or covariance stays at ``init_params``.
+        The free weights share what the frozen ones leave.
+    background : UniformBackground or GaussianBackground, optional
+        A fixed-shape extra component (field stars); its weight is fitted unless
+        ``fit_weight=False``.
+    prior : MAPPrior, optional
+        MAP mode: Dirichlet prior on the weights and an inverse-Wishart-like prior on
+        the covariances, so that no component can collapse or vanish.
+
+    Returns
+    -------
+    EMResult
+
+    Warns
+    -----
+    EMConvergenceWarning
+        When the kept restart hit ``max_iter`` before converging.
+    DegenerateFitWarning
+        When two fitted components are identical.
+
+    Raises
+    ------
+    ValueError
+        For invalid input (naming the argument and the fix), e.g. more components
+        than distinct stars.
+    FloatingPointError
+        When every restart produced a non-finite objective.
+
+    Examples
+    --------
+    >>> res = fit_em(0, values, 2, errors=sigma, n_init=4)  # doctest: +SKIP
+    >>> res.means, res.bic  # doctest: +SKIP
+    """
+    options = options if options is not None else EMOptions()
+    if option_overrides:
+        unknown = set(option_overrides) - {f.name for f in dataclasses.fields(EMOptions)}
+        if unknown:
+            raise TypeError(f"fit_em() got unexpected keyword argument(s) {sorted(unknown)}.")
+        options = dataclasses.replace(options, **option_overrides)
+    key = _as_key(key)
+    static, model, w, n_params, total, scale = _prepare(
+        data, n_components, errors=errors, options=options, init_params=init_params,
+        sample_weight=sample_weight, frozen_weights=frozen_weights, frozen_means=frozen_means,
+        frozen_covariances=frozen_covariances, background=background, prior=prior)
+    keys = jax.random.split(key, static.n_init)
+    out = jax.device_get(_fit_core(keys, model, static))
+
+    n_iter_all = np.asarray(out.t)
+    status_all = np.asarray(out.status)
+    # For a restart stopped by a non-finite objective, the kept params are the
+    # previous (finite) ones.
+    last = np.where(status_all == 2, n_iter_all - 1, n_iter_all)
+    final_obj = np.array([out.hist_obj[r, i] if i >= 0 else np.nan
+                          for r, i in enumerate(last)])
+    if not np.isfinite(final_obj).any():
+        raise FloatingPointError(
+            "every restart gave a non-finite log-likelihood (a covariance became singular). "
+            "Use w=None or w > 0, or a MAPPrior, or fewer components."
+        )
+    best = int(np.nanargmax(np.where(np.isfinite(final_obj), final_obj, -np.inf)))
+    n_iter = int(last[best])
+    k = static.n_components
+    weights = np.asarray(out.params.weights[best])
+    params = MixtureParams(jnp.asarray(weights[:k]), jnp.asarray(out.params.means[best]),
+                           jnp.asarray(out.params.covariances[best]))
+    hist_ll = np.asarray(out.hist_ll[best, : n_iter + 1])
+    hist_obj = np.asarray(out.hist_obj[best, : n_iter + 1])
+    converged = bool(status_all[best] == 1)
+    result = EMResult(
+        params=params,
+        background_weight=float(weights[k]) if static.has_background else None,
+        log_likelihood=float(hist_ll[-1]),
+        log_prior=float(hist_obj[-1] - hist_ll[-1]),
+        log_likelihood_history=hist_ll,
+        objective_history=hist_obj,
+        n_iter=n_iter,
+        converged=converged,
+        n_parameters=n_params,
+        n_effective=total,
+        w=w,
+        restart_objectives=final_obj,
+        best_restart=best,
+    )
+    logger.info("EM K=%d: log L = %.6f after %d iterations (%s), best of %d restart(s)",
+                k, result.log_likelihood, n_iter, "converged" if converged else "not converged",
+                static.n_init)
+    if not converged:
+        change = float(abs(hist_obj[-1] - hist_obj[-2])) if len(hist_obj) > 1 else float("nan")
+        if status_all[best] == 2:
+            message = (
+                f"EM stopped: the objective became non-finite after iteration {n_iter} (a "
+                "covariance collapsed onto too few stars); the last finite parameters are "
+                "returned. Use w=None or w > 0, a MAPPrior, or fewer components.")
+        elif n_iter == 0:
+            message = ("no iteration was run (max_iter=0): the returned parameters are the "
+                       "initial ones.")
+        else:
+            message = (
+                f"EM did not converge: max_iter={static.max_iter} was reached and the objective "
+                f"still changed by {change:.3g} > tol={options.tol:.3g} in the last iteration. "
+                "Raise max_iter or loosen tol (slow convergence often means more components "
+                "than the data support).")
+        warnings.warn(EMConvergenceWarning(
+            message, n_iter=n_iter, max_iter=static.max_iter, tol=options.tol,
+            last_change=change, log_likelihood=result.log_likelihood), stacklevel=2)
+    pairs = _identical_pairs(params, scale)
+    if pairs:
+        warnings.warn(DegenerateFitWarning(
+            f"components {pairs} converged to identical means and covariances: the data "
+            "support fewer components. Use a smaller n_components (or a MAPPrior).",
+            pairs=pairs), stacklevel=2)
+    empty = np.flatnonzero(weights[:k] * total < 1e-6)
+    if empty.size:
+        logger.warning("component(s) %s hold no stars (weight %s)", empty.tolist(),
+                       weights[empty].tolist())
+    return result
+
+
+def em_step(params: MixtureParams, data: Observations, *, w: float = 0.0, sample_weight=None):
+    """One extreme-deconvolution EM iteration (maximum likelihood, optional Bovy ``w``).
+
+    Parameters
+    ----------
+    params : MixtureParams
+        Current weights (K,), means (K, D), covariances (K, D, D).
+    data : Observations
+        values (N, D), error_covs (N, D, D) (zeros for plain EM).
+    w : float
+        Bovy regularisation (see :class:`EMOptions`); 0 for the plain XD step.
+    sample_weight : array_like, shape (N,), optional
+
+    Returns
+    -------
+    new_params : MixtureParams
+    log_likelihood : float
+        Log-likelihood of the *input* ``params`` (computed in the E-step).
+    """
+    params = check_params(*params)
+    data = _observations(data, None)
+    n, d = data.n_stars, data.n_features
+    k = params.n_components
+    if params.n_features != d:
+        raise ValueError(f"params are {params.n_features}-dimensional but data has {d} features.")
+    sw = jnp.ones(n) if sample_weight is None else jnp.asarray(sample_weight, dtype=jnp.float64)
+    if sw.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},); got {sw.shape}.")
+    if not (np.isfinite(w) and w >= 0):
+        raise ValueError(f"w must be a finite number >= 0; got {w!r}.")
+    static = _Static(k, d, 1, n, False, 1, "given", 1, 0)
+    model = _Model(
+        values=data.values[None], error_covs=data.error_covs[None], sample_weight=sw[None],
+        log_background=jnp.zeros((1, n)), frozen_weights=jnp.zeros(k, bool),
+        frozen_means=jnp.zeros(k, bool), frozen_covariances=jnp.zeros(k, bool),
+        alpha_minus_one=jnp.zeros(k), psi=jnp.broadcast_to(w * jnp.eye(d), (k, d, d)),
+        prior_count=jnp.full(k, 1.0 if w > 0 else 0.0), tol=jnp.zeros(()),
+        total_weight=jnp.sum(sw), given=params, global_cov=jnp.eye(d),
+        feature_scale=jnp.ones(d))
+    ll, _lp, new = _step_core(params, model, static)
+    return new, float(ll)
+
+
+def scan_n_components(key, data, k_max, *, k_min=1, errors=None, return_fits=False,
+                      **fit_kwargs):
+    """Fit K = k_min..k_max components and tabulate BIC and AIC.
+
+    Parameters
+    ----------
+    key : int or jax PRNG key
+        Each K uses ``jax.random.fold_in(key, K)``.
+    data, errors
+        As for :func:`fit_em`.
+    k_max : int
+    k_min : int
+    return_fits : bool
+        Also return the :class:`EMResult` of every K.
+    **fit_kwargs
+        Passed to :func:`fit_em` (``n_init=``, ``prior=``, ``background=``, ...).
+
+    Returns
+    -------
+    table : astropy.table.Table
+        Columns ``n_components``, ``log_likelihood``, ``n_parameters``, ``bic``, ``aic``,
+        ``delta_bic``, ``delta_aic``, ``converged``, ``n_iter``; ``meta`` holds
+        ``best_bic`` and ``best_aic`` (the K with the smallest value).
+    fits : dict of int to EMResult
+        Only with ``return_fits=True``.
+    """
+    from astropy.table import Table  # astropy is heavy; only the scan needs it
+
+    if not isinstance(k_max, (int, np.integer)) or not isinstance(k_min, (int, np.integer)):
+        raise ValueError(f"k_min and k_max must be integers; got {k_min!r}, {k_max!r}.")
+    if not 1 <= k_min <= k_max:
+        raise ValueError(f"need 1 <= k_min <= k_max; got k_min={k_min}, k_max={k_max}.")
+    key = _as_key(key)
+    obs = _observations(data, errors)
+    fits = {}
+    for k in range(int(k_min), int(k_max) + 1):
+        fits[k] = fit_em(jax.random.fold_in(key, k), obs, k, **fit_kwargs)
+    ks = np.array(sorted(fits))
+    bic = np.array([fits[k].bic for k in ks])
+    aic = np.array([fits[k].aic for k in ks])
+    table = Table({
+        "n_components": ks,
+        "log_likelihood": np.array([fits[k].log_likelihood for k in ks]),
+        "n_parameters": np.array([fits[k].n_parameters for k in ks]),
+        "bic": bic,
+        "aic": aic,
+        "delta_bic": bic - bic.min(),
+        "delta_aic": aic - aic.min(),
+        "converged": np.array([fits[k].converged for k in ks]),
+        "n_iter": np.array([fits[k].n_iter for k in ks]),
+    })
+    table.meta["best_bic"] = int(ks[np.argmin(bic)])
+    table.meta["best_aic"] = int(ks[np.argmin(aic)])
+    return (table, fits) if return_fits else table

@@ -36,6 +36,22 @@ _EXPORTS = {
     # simulated catalogues
     "simulate_cluster_field": "simulate",
     "simulate_mixture": "simulate",
+    # posterior diagnostics (ArviZ, pandas; no JAX)
+    "ConvergenceReport": "diagnostics",
+    "ConvergenceWarning": "diagnostics",
+    "LabelSwitchingReport": "diagnostics",
+    "LabelSwitchingWarning": "diagnostics",
+    "check_convergence": "diagnostics",
+    "check_label_switching": "diagnostics",
+    "compare_models": "diagnostics",
+    "summary": "diagnostics",
+    # memberships and posterior predictive draws (JAX)
+    "MembershipResult": "membership",
+    "membership_probabilities": "membership",
+    "membership_table": "membership",
+    "posterior_predictive": "membership",
+    "posterior_predictive_idata": "membership",
+    "responsibilities_at": "membership",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -25,3 +25,11 @@ def shared_data() -> Path:
             )
         pytest.skip(f"real catalogues not found at {path} (a user's clone has no ../shared)")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    """One on-disk JAX cache per test session: samplers of the same structure compile once."""
+    from bayesmix.sampling import enable_compilation_cache
+
+    enable_compilation_cache(tmp_path_factory.mktemp("jax-cache"))

@@ -104,3 +104,16 @@ def test_readme_em_example_runs_and_recovers_the_disc(capsys):
     np.testing.assert_allclose(result.weights[order], [0.7, 0.3], atol=0.03)
     np.testing.assert_allclose(result.means[order], [[-0.05, 0.05], [-0.50, 0.28]], atol=0.03)
     assert scan.meta["best_bic"] == 2
+
+
+def test_readme_nuts_example_runs():
+    code = _fenced_blocks("python")[2]
+    assert "sample_posterior" in code
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["report"].ok
+    table = namespace["table"]
+    assert len(table) == 386 and {"p_cluster", "p_cluster_16", "p_cluster_84", "label"} <= set(table.colnames)
+    fit = namespace["fit"]
+    mean1 = fit.idata.posterior["mean1"]
+    assert abs(float(mean1.median()) + 44.73) < 4 * float(mean1.std())

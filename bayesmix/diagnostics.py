@@ -1,0 +1,737 @@
+"""Posterior diagnostics: summary table, convergence checks, label switching, model comparison.
+
+Everything here reads an ArviZ ``InferenceData`` (or anything with an ``idata``
+attribute, such as :class:`bayesmix.sampling.PosteriorFit`) whose ``posterior`` group
+holds the mixture quantities with dimensions ``(chain, draw, ...)``:
+
+* ``weights`` (component), ``means`` (component, feature),
+  ``scales`` (component, feature), ``correlations`` (component, feature, feature_bis),
+  ``covariances`` (component, feature, feature_bis);
+* the model's raw sites (e.g. ``frac_intercept``, ``background_weight``).
+
+Only ``sample_stats.diverging`` is read from the sampler statistics. Nothing here
+needs JAX; the numbers come from ArviZ's rank-normalised split R-hat and ESS (Vehtari
+et al. 2021).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "ConvergenceReport",
+    "ConvergenceWarning",
+    "LabelSwitchingReport",
+    "LabelSwitchingWarning",
+    "check_convergence",
+    "check_label_switching",
+    "compare_models",
+    "summary",
+]
+
+logger = logging.getLogger(__name__)
+
+# The mixture quantities summarised by default, in this order; raw scalar sites follow.
+_DEFAULT_VARIABLES = ("weights", "means", "scales", "correlations")
+# Derived quantities that are never "raw scalar sites" (covariances duplicate scales and
+# correlations; they are summarised only when asked for by name).
+_DERIVED_VARIABLES = (*_DEFAULT_VARIABLES, "covariances")
+# Up to this many components the relabelling search tries every permutation (7! = 5040).
+_BRUTE_FORCE_MAX_COMPONENTS = 7
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+class ConvergenceWarning(UserWarning):
+    """The posterior draws fail a convergence criterion (R-hat, ESS or divergences).
+
+    Carries the numbers (like emcee's ``AutocorrError`` carries ``tau``).
+
+    Attributes
+    ----------
+    report : ConvergenceReport
+        The whole check; ``report.table`` is the summary table and
+        ``report.offending`` its rows that failed.
+    table : pandas.DataFrame
+        Same as ``report.table``.
+    offending : pandas.DataFrame
+        Same as ``report.offending``.
+    """
+
+    def __init__(self, message, *, report=None):
+        super().__init__(message)
+        self.report = report
+        self.table = None if report is None else report.table
+        self.offending = None if report is None else report.offending
+
+
+class LabelSwitchingWarning(UserWarning):
+    """Chains (or parts of one chain) disagree on which component is which.
+
+    Attributes
+    ----------
+    report : LabelSwitchingReport
+    permutations : dict of int to tuple of int
+        For every chain (and ``(chain, segment)`` pair) flagged, the permutation that maps
+        its labels onto the reference chain's: its component ``k`` is the reference's
+        component ``permutation[k]``.
+    gains : dict
+        For the same keys, how much closer (in pooled posterior standard deviations)
+        the relabelled components are to the reference than the labelled ones.
+    """
+
+    def __init__(self, message, *, report=None, permutations=None, gains=None):
+        super().__init__(message)
+        self.report = report
+        self.permutations = dict(permutations or {})
+        self.gains = dict(gains or {})
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_idata(fit_or_idata, parameter="fit_or_idata"):
+    """The InferenceData of a fit (anything with ``.idata``) or the argument itself."""
+    idata = getattr(fit_or_idata, "idata", fit_or_idata)
+    if not hasattr(idata, "posterior"):
+        raise ValueError(
+            f"{parameter} must be an arviz.InferenceData with a posterior group, or a fit with an "
+            f"`idata` attribute (bayesmix.sampling.PosteriorFit); got {type(fit_or_idata).__name__}."
+        )
+    return idata
+
+
+def _coord_labels(da, dim):
+    if dim in da.coords:
+        return [str(v) for v in np.asarray(da.coords[dim].values)]
+    return [str(i) for i in range(da.sizes[dim])]
+
+
+def _flatten_variable(name, da):
+    """Rows ``(label, (chain, draw) array)`` of one posterior variable.
+
+    Symmetric matrices (last dimension named ``<previous>_bis``) keep the upper
+    triangle; ``correlations`` also drops the diagonal (identically one).
+    """
+    extra = [d for d in da.dims if d not in ("chain", "draw")]
+    values = np.asarray(da.transpose("chain", "draw", *extra).values)
+    if not extra:
+        return [(name, values)]
+    labels = [_coord_labels(da, d) for d in extra]
+    symmetric = len(extra) >= 2 and extra[-1] == f"{extra[-2]}_bis"
+    rows = []
+    for index in itertools.product(*(range(len(lab)) for lab in labels)):
+        if symmetric:
+            i, j = index[-2], index[-1]
+            if j < i or (j == i and name == "correlations"):
+                continue
+        label = ", ".join(labels[a][b] for a, b in enumerate(index))
+        rows.append((f"{name}[{label}]", values[(slice(None), slice(None), *index)]))
+    return rows
+
+
+def _default_var_names(posterior):
+    names = [v for v in _DEFAULT_VARIABLES if v in posterior.data_vars]
+    for name, da in posterior.data_vars.items():
+        if name in _DERIVED_VARIABLES:
+            continue
+        if set(da.dims) <= {"chain", "draw"} and np.issubdtype(da.dtype, np.number):
+            names.append(name)
+    return names
+
+
+def _resolve_var_names(posterior, var_names):
+    if var_names is None:
+        return _default_var_names(posterior)
+    if isinstance(var_names, str):
+        var_names = [var_names]
+    missing = [v for v in var_names if v not in posterior.data_vars]
+    if missing:
+        raise ValueError(
+            f"var_names {missing} are not in the posterior; choose from {sorted(posterior.data_vars)}."
+        )
+    return list(var_names)
+
+
+def _stack_rows(posterior, var_names):
+    """Row labels and one (chain, draw, n_rows) float array of every scalar quantity."""
+    rows = []
+    for name in var_names:
+        rows.extend(_flatten_variable(name, posterior[name]))
+    if not rows:
+        raise ValueError("nothing to summarise: the selected variables have no entries.")
+    labels = [label for label, _ in rows]
+    stacked = np.stack([np.asarray(v, dtype=float) for _, v in rows], axis=-1)
+    return labels, stacked
+
+
+def _diagnostics(stacked, hdi_prob):
+    """ESS, R-hat, MCSE and HDI of every column of a (chain, draw, n_rows) array."""
+    import arviz as az
+    import xarray as xr
+
+    n_chain, n_draw, _ = stacked.shape
+    dims = ("chain", "draw", "row")
+    ds = xr.Dataset({"x": (dims, stacked)})
+    # One chain: ArviZ returns NaN for R-hat; split it in two so that R-hat compares its
+    # halves (ArviZ splits each again, so the quarters are compared), as for any chain.
+    if n_chain == 1 and n_draw >= 8:
+        half = n_draw // 2
+        rhat_ds = xr.Dataset({"x": (dims, stacked[0, : 2 * half].reshape(2, half, -1))})
+    else:
+        rhat_ds = ds
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant rows: 0/0 in ESS, R-hat
+        out = {
+            "ess_bulk": az.ess(ds, method="bulk")["x"].values,
+            "ess_tail": az.ess(ds, method="tail")["x"].values,
+            "r_hat": az.rhat(rhat_ds)["x"].values,
+            "mcse_mean": az.mcse(ds, method="mean")["x"].values,
+        }
+        hdi = az.hdi(ds, hdi_prob=hdi_prob)["x"].transpose("row", "hdi").values
+    return out, hdi
+
+
+def _percent_label(p):
+    return f"{p:g}%"
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summary(fit_or_idata, var_names: Sequence[str] | None = None, hdi_prob: float = 0.94) -> pd.DataFrame:
+    """Posterior summary of every mixture parameter, one readable row per scalar.
+
+    Parameters
+    ----------
+    fit_or_idata : PosteriorFit or arviz.InferenceData
+    var_names : sequence of str, optional
+        Posterior variables to summarise. Default: ``weights``, ``means``, ``scales``,
+        ``correlations`` (those present) and every raw scalar site (e.g.
+        ``frac_intercept``, ``background_weight``). ``covariances`` on request.
+    hdi_prob : float
+        Probability mass of the highest-density interval, in (0, 1).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index like ``means[cluster, RV]``, ``scales[field, RV]``,
+        ``correlations[c0, FeH, MgFe]`` (upper triangle only), ``frac_slope``.
+        Columns: ``mean``, ``sd``, ``p16``, ``p50``, ``p84`` (percentiles),
+        ``hdi_<a>%`` and ``hdi_<b>%`` (ArviZ's names, 3% and 97% by default),
+        ``ess_bulk``, ``ess_tail``, ``r_hat``, ``mcse_mean``. Constant quantities
+        (frozen parameters) have NaN ESS and R-hat.
+    """
+    if not 0.0 < float(hdi_prob) < 1.0:
+        raise ValueError(f"hdi_prob must lie in (0, 1); got {hdi_prob}.")
+    idata = _as_idata(fit_or_idata)
+    posterior = idata.posterior
+    names = _resolve_var_names(posterior, var_names)
+    labels, stacked = _stack_rows(posterior, names)
+    flat = stacked.reshape(-1, stacked.shape[-1])
+    stats, hdi = _diagnostics(stacked, hdi_prob)
+    p16, p50, p84 = np.percentile(flat, [16.0, 50.0, 84.0], axis=0)
+    sd = flat.std(axis=0, ddof=1) if flat.shape[0] > 1 else np.full(flat.shape[1], np.nan)
+    sd[np.ptp(flat, axis=0) == 0.0] = 0.0  # exactly constant (frozen): exactly 0, not rounding noise
+    tail = 100.0 * (1.0 - hdi_prob) / 2.0
+    table = pd.DataFrame(
+        {
+            "mean": flat.mean(axis=0),
+            "sd": sd,
+            "p16": p16,
+            "p50": p50,
+            "p84": p84,
+            f"hdi_{_percent_label(round(tail, 6))}": hdi[:, 0],
+            f"hdi_{_percent_label(round(100.0 - tail, 6))}": hdi[:, 1],
+            **stats,
+        },
+        index=pd.Index(labels, name="parameter"),
+    )
+    return table
+
+
+# --------------------------------------------------------------------------- convergence
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvergenceReport:
+    """Outcome of :func:`check_convergence`.
+
+    Attributes
+    ----------
+    ok : bool
+        True when every non-constant quantity has ``r_hat <= r_hat_max``, bulk and
+        tail ESS ``>= ess_min``, and no transition diverged.
+    max_r_hat, min_ess_bulk, min_ess_tail : float
+        Over the non-constant rows of ``table`` (NaN when there are none).
+    n_divergent : int or None
+        Divergent transitions over all chains; None when the run stored no
+        ``sample_stats.diverging``.
+    n_chains, n_draws : int
+        Chains, and draws per chain.
+    r_hat_max, ess_min : float
+        The thresholds used.
+    reasons : tuple of str
+        One line per failed criterion (empty when ``ok``).
+    offending : pandas.DataFrame
+        Rows of ``table`` that fail the R-hat or ESS criteria (or whose diagnostics are
+        not finite).
+    table : pandas.DataFrame
+        The :func:`summary` table the check ran on.
+    """
+
+    ok: bool
+    max_r_hat: float
+    min_ess_bulk: float
+    min_ess_tail: float
+    n_divergent: int | None
+    n_chains: int
+    n_draws: int
+    r_hat_max: float
+    ess_min: float
+    reasons: tuple[str, ...]
+    offending: pd.DataFrame
+    table: pd.DataFrame
+
+    def __str__(self) -> str:
+        head = "converged" if self.ok else "NOT converged"
+        lines = [
+            f"{head}: {self.n_chains} chain(s) x {self.n_draws} draws; max r_hat {self.max_r_hat:.4f}, "
+            f"min ess_bulk {self.min_ess_bulk:.0f}, min ess_tail {self.min_ess_tail:.0f}, "
+            f"divergences {self.n_divergent if self.n_divergent is not None else 'not recorded'}"
+        ]
+        lines.extend(f"  - {r}" for r in self.reasons)
+        if len(self.offending):
+            cols = ["mean", "sd", "ess_bulk", "ess_tail", "r_hat"]
+            lines.append(self.offending[cols].to_string(float_format=lambda v: f"{v:.4g}"))
+        return "\n".join(lines)
+
+
+def _n_divergent(idata):
+    stats = getattr(idata, "sample_stats", None)
+    if stats is None or "diverging" not in stats.data_vars:
+        return None
+    return int(np.asarray(stats["diverging"].values).astype(bool).sum())
+
+
+def check_convergence(fit_or_idata, r_hat_max: float = 1.01, ess_min: float = 400, *,
+                      var_names: Sequence[str] | None = None, warn: bool = True) -> ConvergenceReport:
+    """Check R-hat, bulk and tail ESS and divergences; warn with the numbers on failure.
+
+    Parameters
+    ----------
+    fit_or_idata : PosteriorFit or arviz.InferenceData
+    r_hat_max : float
+        Largest acceptable rank-normalised split R-hat (Vehtari et al. 2021 advise 1.01).
+    ess_min : float
+        Smallest acceptable bulk and tail effective sample size (over all chains).
+    var_names : sequence of str, optional
+        Variables checked; default as in :func:`summary`.
+    warn : bool
+        Emit a :class:`ConvergenceWarning` carrying the report when a check fails.
+
+    Returns
+    -------
+    ConvergenceReport
+
+    Notes
+    -----
+    Quantities that are constant over all draws (frozen parameters, a fixed
+    background weight) have no R-hat or ESS and are skipped. For a single chain,
+    R-hat compares its halves.
+    """
+    if not float(r_hat_max) >= 1.0:
+        raise ValueError(f"r_hat_max must be >= 1 (1.01 is the usual threshold); got {r_hat_max}.")
+    if not float(ess_min) >= 0.0:
+        raise ValueError(f"ess_min must be >= 0 (400 is the usual threshold); got {ess_min}.")
+    idata = _as_idata(fit_or_idata)
+    table = summary(idata, var_names=var_names)
+    posterior = idata.posterior
+    n_chains, n_draws = int(posterior.sizes["chain"]), int(posterior.sizes["draw"])
+
+    varying = ~(table["sd"] == 0.0)
+    checked = table[varying]
+    diag = checked[["r_hat", "ess_bulk", "ess_tail"]]
+    not_finite = ~np.isfinite(diag).all(axis=1)
+    bad_r_hat = checked["r_hat"] > r_hat_max
+    bad_ess = (checked["ess_bulk"] < ess_min) | (checked["ess_tail"] < ess_min)
+    offending = checked[bad_r_hat | bad_ess | not_finite]
+
+    def _extreme(column, fn):
+        values = checked[column].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        return float(fn(values)) if values.size else math.nan
+
+    max_r_hat = _extreme("r_hat", np.max)
+    min_ess_bulk = _extreme("ess_bulk", np.min)
+    min_ess_tail = _extreme("ess_tail", np.min)
+    n_divergent = _n_divergent(idata)
+
+    reasons = []
+    if bad_r_hat.any():
+        reasons.append(f"r_hat > {r_hat_max} for {int(bad_r_hat.sum())} quantity(ies) (max {max_r_hat:.4f})")
+    if bad_ess.any():
+        reasons.append(
+            f"ESS < {ess_min:g} for {int(bad_ess.sum())} quantity(ies) (min bulk {min_ess_bulk:.0f}, "
+            f"min tail {min_ess_tail:.0f}); draw more (extend the run)"
+        )
+    if not_finite.any():
+        reasons.append(f"R-hat or ESS not finite for {int(not_finite.sum())} quantity(ies) (too few draws?)")
+    if n_divergent:
+        total = n_chains * n_draws
+        reasons.append(
+            f"{n_divergent} divergent transition(s) of {total} ({100.0 * n_divergent / total:.2g}%); "
+            "raise target_accept or reparameterise"
+        )
+    if n_divergent is None:
+        logger.info("no sample_stats.diverging in the InferenceData; divergences not checked")
+
+    report = ConvergenceReport(
+        ok=not reasons,
+        max_r_hat=max_r_hat,
+        min_ess_bulk=min_ess_bulk,
+        min_ess_tail=min_ess_tail,
+        n_divergent=n_divergent,
+        n_chains=n_chains,
+        n_draws=n_draws,
+        r_hat_max=float(r_hat_max),
+        ess_min=float(ess_min),
+        reasons=tuple(reasons),
+        offending=offending,
+        table=table,
+    )
+    if not report.ok and warn:
+        warnings.warn(ConvergenceWarning(str(report), report=report), stacklevel=2)
+    return report
+
+
+# --------------------------------------------------------------------------- label switching
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSwitchingReport:
+    """Outcome of :func:`check_label_switching`.
+
+    A permutation ``perm`` maps labels onto the reference's: component ``k`` of the
+    chain (or segment) is the reference's component ``perm[k]``. The reference is the
+    first segment of the reference chain. A chain's labels are those of its first
+    segment; a later segment whose labels differ is a switch within the chain. Gains are
+    in pooled within-segment posterior standard deviations: the summed distance of the
+    components from the reference under the labels they should have (identity for a
+    chain, the chain's permutation for a segment) minus that under the best relabelling.
+
+    Attributes
+    ----------
+    ok : bool
+        No chain and no segment is relabelled with a gain above ``tolerance``.
+    component_names : tuple of str
+    reference_chain : int
+    tolerance : float
+    chain_permutations : tuple of tuple of int
+        Labels of every chain (its first segment) mapped onto the reference.
+    chain_gains : ndarray, shape (n_chains,)
+    segment_permutations : ndarray of int, shape (n_chains, n_segments, n_components)
+        Best permutation of every segment of every chain onto the reference.
+    segment_gains : ndarray, shape (n_chains, n_segments)
+        Gain of a segment's best permutation over its own chain's permutation.
+    switched_chains : tuple of int
+        Chains whose labels differ from the reference's.
+    switched_segments : tuple of (int, int)
+        ``(chain, segment)`` whose labels differ from their chain's (within-chain switching).
+    segment_distances : ndarray, shape (n_chains, n_segments, n_components, n_components)
+        ``[c, s, k, j]``: distance of segment ``(c, s)``'s component ``k`` from the
+        reference's component ``j`` (posterior means, in pooled standard deviations).
+    parameters : tuple of str
+        The quantities compared per component.
+    """
+
+    ok: bool
+    component_names: tuple[str, ...]
+    reference_chain: int
+    tolerance: float
+    chain_permutations: tuple[tuple[int, ...], ...]
+    chain_gains: np.ndarray
+    segment_permutations: np.ndarray
+    segment_gains: np.ndarray
+    switched_chains: tuple[int, ...]
+    switched_segments: tuple[tuple[int, int], ...]
+    segment_distances: np.ndarray
+    parameters: tuple[str, ...]
+
+    def __str__(self) -> str:
+        if self.ok:
+            return (f"labels consistent across {len(self.chain_permutations)} chain(s) "
+                    f"(tolerance {self.tolerance:g} sd)")
+        names = self.component_names
+
+        def mapping(perm):
+            return ", ".join(f"{names[k]}->{names[j]}" for k, j in enumerate(perm) if k != j) or "identity"
+
+        lines = ["label switching detected:"]
+        for c in self.switched_chains:
+            lines.append(f"  chain {c} vs reference chain {self.reference_chain}: "
+                         f"{mapping(self.chain_permutations[c])} (closer by {self.chain_gains[c]:.3g} sd)")
+        for c, s in self.switched_segments:
+            segment = mapping(tuple(self.segment_permutations[c, s]))
+            lines.append(f"  within chain {c}, segment {s}: {segment} against the reference, where the chain "
+                         f"began with {mapping(self.chain_permutations[c])} "
+                         f"(closer by {self.segment_gains[c, s]:.3g} sd)")
+        lines.append("  use an ordering constraint (by mean, dispersion or weight) or relabel the draws.")
+        return "\n".join(lines)
+
+
+def _component_parameters(posterior):
+    """Per-draw parameter vectors of the Gaussian components: (chain, draw, K, P) and names."""
+    if "means" not in posterior.data_vars:
+        raise ValueError(
+            "the posterior has no `means` variable (chain, draw, component, feature); "
+            "label switching is checked on the component means."
+        )
+    means = posterior["means"]
+    names = tuple(_coord_labels(means, means.dims[2]))
+    arrays = [np.asarray(means.values, dtype=float)]
+    params = [f"means[{f}]" for f in _coord_labels(means, means.dims[3])]
+    if "scales" in posterior.data_vars:
+        scales = posterior["scales"]
+        with np.errstate(divide="ignore"):
+            arrays.append(np.log(np.asarray(scales.values, dtype=float)))
+        params += [f"log scales[{f}]" for f in _coord_labels(scales, scales.dims[3])]
+    weights = posterior.data_vars.get("weights")
+    if weights is not None and weights.ndim == 3 and weights.shape[2] == len(names):
+        with np.errstate(divide="ignore"):
+            arrays.append(np.log(np.asarray(weights.values, dtype=float))[..., None])
+        params.append("log weights")
+    theta = np.concatenate(arrays, axis=-1)
+    return theta, names, tuple(params)
+
+
+def _best_assignment(cost):
+    """Permutation minimising ``sum_k cost[k, perm[k]]``: brute force up to 7, else greedy."""
+    k = cost.shape[0]
+    if k <= _BRUTE_FORCE_MAX_COMPONENTS:
+        perms = np.array(list(itertools.permutations(range(k))))
+        totals = cost[np.arange(k), perms].sum(axis=1)
+        return tuple(int(j) for j in perms[int(np.argmin(totals))])
+    perm = [-1] * k
+    work = cost.astype(float).copy()
+    for _ in range(k):
+        row, col = np.unravel_index(int(np.argmin(work)), work.shape)
+        perm[row] = int(col)
+        work[row, :] = np.inf
+        work[:, col] = np.inf
+    return tuple(perm)
+
+
+def _distances(a, b, sd):
+    """``[k, j]``: standardised Euclidean distance of a[k] from b[j] (both (K, P)).
+
+    ``sd`` (K, P) holds each component's pooled posterior standard deviation; a pair
+    uses the root mean square of the two. Exactly equal constant parameters count 0,
+    unequal constant ones infinity.
+    """
+    diff = a[:, None, :] - b[None, :, :]
+    scale = np.sqrt(0.5 * (sd[:, None, :] ** 2 + sd[None, :, :] ** 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(diff == 0.0, 0.0, np.abs(diff) / scale)
+    return np.sqrt(np.sum(z**2, axis=-1))
+
+
+def _cost(dist, perm):
+    return float(sum(dist[k, j] for k, j in enumerate(perm)))
+
+
+def check_label_switching(fit_or_idata, tolerance: float = 2.0, *, reference_chain: int = 0,
+                          n_segments: int = 2, warn: bool = True) -> LabelSwitchingReport:
+    """Post-hoc relabelling check: do all chains (and all parts of each chain) agree on labels?
+
+    Every component is described by its posterior-mean parameters: the means, the log
+    scales and the log weight (those present). Each chain is cut into ``n_segments``
+    consecutive segments, and each segment's components are matched to those of the
+    reference (the first segment of ``reference_chain``) by the permutation that
+    minimises the summed distance, in units of the pooled within-segment posterior
+    standard deviation of each parameter. A true switch moves a component by its
+    separation from another, many standard deviations for separated components;
+    sampling noise moves it by about ``1/sqrt(ESS)``. A chain whose first segment is
+    relabelled disagrees with the reference chain; a later segment relabelled
+    differently from its chain's first is a switch within the chain (``n_segments=2``
+    compares the first and second halves; more segments find a late switch).
+
+    Parameters
+    ----------
+    fit_or_idata : PosteriorFit or arviz.InferenceData
+    tolerance : float
+        A relabelling counts as a switch only when it brings the components closer to
+        the reference by more than this many posterior standard deviations (summed over
+        components). Nearly identical components, which no labelling tells apart, stay
+        below it.
+    reference_chain : int
+    n_segments : int
+        Consecutive parts each chain is cut into (>= 1; 1 checks chains against each
+        other only).
+    warn : bool
+        Emit a :class:`LabelSwitchingWarning` with the permutations and gains on failure.
+
+    Returns
+    -------
+    LabelSwitchingReport
+    """
+    if not float(tolerance) > 0.0:
+        raise ValueError(f"tolerance must be > 0 (posterior standard deviations); got {tolerance}.")
+    idata = _as_idata(fit_or_idata)
+    theta, names, params = _component_parameters(idata.posterior)
+    n_chains, n_draws, n_components, n_params = theta.shape
+    if not 0 <= int(reference_chain) < n_chains:
+        raise ValueError(f"reference_chain must be in [0, {n_chains - 1}]; got {reference_chain}.")
+    if int(n_segments) < 1 or 2 * int(n_segments) > n_draws:
+        raise ValueError(f"n_segments must be between 1 and half the number of draws ({n_draws // 2}); "
+                         f"got {n_segments}.")
+    n_segments = int(n_segments)
+    reference_chain = int(reference_chain)
+
+    # Segment means and variances; the scale of each parameter is the median variance over
+    # segments (robust to the few segments that contain a switch and so are too wide).
+    bounds = np.array_split(np.arange(n_draws), n_segments)
+    seg_mean = np.stack([np.stack([theta[c, idx].mean(axis=0) for idx in bounds]) for c in range(n_chains)])
+    seg_var = np.stack([np.stack([theta[c, idx].var(axis=0) for idx in bounds]) for c in range(n_chains)])
+    sd = np.sqrt(np.median(seg_var.reshape(-1, n_components, n_params), axis=0))
+    ref = seg_mean[reference_chain, 0]
+    identity = tuple(range(n_components))
+
+    seg_dist = np.zeros((n_chains, n_segments, n_components, n_components))
+    seg_perms = np.zeros((n_chains, n_segments, n_components), dtype=int)
+    for c in range(n_chains):
+        for s in range(n_segments):
+            seg_dist[c, s] = _distances(seg_mean[c, s], ref, sd)
+            seg_perms[c, s] = _best_assignment(seg_dist[c, s])
+    chain_perms = tuple(tuple(int(j) for j in seg_perms[c, 0]) for c in range(n_chains))
+    chain_gains = np.array([_cost(seg_dist[c, 0], identity) - _cost(seg_dist[c, 0], chain_perms[c])
+                            for c in range(n_chains)])
+    seg_gains = np.array([[_cost(seg_dist[c, s], chain_perms[c]) - _cost(seg_dist[c, s], seg_perms[c, s])
+                           for s in range(n_segments)] for c in range(n_chains)])
+    switched_chains = tuple(c for c in range(n_chains)
+                            if chain_perms[c] != identity and chain_gains[c] > tolerance)
+    switched_segments = tuple(
+        (c, s) for c in range(n_chains) for s in range(1, n_segments)
+        if tuple(seg_perms[c, s]) != chain_perms[c] and seg_gains[c, s] > tolerance
+    )
+
+    report = LabelSwitchingReport(
+        ok=not switched_chains and not switched_segments,
+        component_names=names,
+        reference_chain=reference_chain,
+        tolerance=float(tolerance),
+        chain_permutations=chain_perms,
+        chain_gains=chain_gains,
+        segment_permutations=seg_perms,
+        segment_gains=seg_gains,
+        switched_chains=switched_chains,
+        switched_segments=switched_segments,
+        segment_distances=seg_dist,
+        parameters=params,
+    )
+    if not report.ok and warn:
+        permutations: dict[Any, tuple[int, ...]] = {c: chain_perms[c] for c in switched_chains}
+        gains: dict[Any, float] = {c: float(chain_gains[c]) for c in switched_chains}
+        for c, s in switched_segments:
+            permutations[(c, s)] = tuple(int(j) for j in seg_perms[c, s])
+            gains[(c, s)] = float(seg_gains[c, s])
+        warnings.warn(LabelSwitchingWarning(str(report), report=report, permutations=permutations,
+                                            gains=gains), stacklevel=2)
+    return report
+
+
+# --------------------------------------------------------------------------- model comparison
+
+
+def _loo_row(idata, var_name):
+    import arviz as az
+
+    if "log_likelihood" not in idata.groups():
+        return {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Pareto-k warnings: reported as numbers
+        loo = az.loo(idata, pointwise=True, var_name=var_name)
+    pareto_k = np.asarray(loo.pareto_k)
+    return {
+        "elpd_loo": float(loo.elpd_loo),
+        "se_elpd_loo": float(loo.se),
+        "p_loo": float(loo.p_loo),
+        "max_pareto_k": float(np.max(pareto_k)),
+        "n_pareto_k_above_0.7": int(np.sum(pareto_k > 0.7)),
+    }
+
+
+def _em_row(em):
+    return {
+        "n_components": int(em.n_components),
+        "n_parameters": int(em.n_parameters),
+        "log_likelihood": float(em.log_likelihood),
+        "bic": float(em.bic),
+        "aic": float(em.aic),
+    }
+
+
+def compare_models(fits: Mapping[str, Any], *, loo_var_name: str | None = None) -> pd.DataFrame:
+    """BIC/AIC of EM fits and PSIS-LOO of posterior fits, side by side.
+
+    Parameters
+    ----------
+    fits : mapping of str to EMResult, PosteriorFit or arviz.InferenceData
+        An ``EMResult`` contributes its BIC and AIC; a ``PosteriorFit`` contributes its
+        EM start's BIC and AIC (when it has one) and PSIS-LOO (``arviz.loo``) when its
+        InferenceData has a ``log_likelihood`` group (computed only on request, since
+        it holds draws x stars numbers).
+    loo_var_name : str, optional
+        The ``log_likelihood`` variable, when the group has several.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per model (index: the mapping's keys) with ``kind``, ``n_components``,
+        ``n_parameters``, ``log_likelihood``, ``bic``, ``aic``, ``delta_bic``,
+        ``delta_aic`` (from the smallest), ``elpd_loo``, ``se_elpd_loo``, ``p_loo``,
+        ``max_pareto_k``, ``n_pareto_k_above_0.7``, ``delta_elpd_loo`` (from the
+        largest); NaN where not applicable. Sorted by BIC, or by ELPD when no row has
+        a BIC.
+    """
+    if not isinstance(fits, Mapping) or not fits:
+        raise ValueError("fits must be a non-empty mapping of model name to EMResult / PosteriorFit.")
+    rows = {}
+    for name, fit in fits.items():
+        if hasattr(fit, "bic") and hasattr(fit, "n_parameters"):
+            rows[name] = {"kind": "em", **_em_row(fit)}
+        elif hasattr(fit, "posterior") or hasattr(fit, "idata"):
+            idata = _as_idata(fit, parameter=f"fits[{name!r}]")
+            row: dict[str, Any] = {"kind": "posterior"}
+            em = getattr(fit, "em", None)
+            if em is not None:
+                row.update(_em_row(em))
+            row.update(_loo_row(idata, loo_var_name))
+            if "log_likelihood" not in idata.groups():
+                logger.info("fits[%r] has no log_likelihood group: no LOO (request it when sampling)", name)
+            rows[name] = row
+        else:
+            raise ValueError(f"fits[{name!r}] must be an EMResult, a PosteriorFit or an InferenceData; "
+                             f"got {type(fit).__name__}.")
+    columns = ["kind", "n_components", "n_parameters", "log_likelihood", "bic", "aic", "delta_bic",
+               "delta_aic", "elpd_loo", "se_elpd_loo", "p_loo", "max_pareto_k", "n_pareto_k_above_0.7",
+               "delta_elpd_loo"]
+    table = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns)
+    for col in ("bic", "aic"):
+        table[f"delta_{col}"] = table[col] - table[col].min()
+    table["delta_elpd_loo"] = table["elpd_loo"].max() - table["elpd_loo"]
+    sort_by = "bic" if table["bic"].notna().any() else "elpd_loo"
+    if table[sort_by].notna().any():
+        ascending = sort_by == "bic"
+        table = table.sort_values(sort_by, ascending=ascending, na_position="last")
+    return table

@@ -1,0 +1,230 @@
+"""NUTS from the EM start: posteriors against truth and against emcee, extension, checkpoints."""
+
+import arviz as az
+import emcee
+import numpy as np
+import pytest
+from scipy import stats
+
+from bayesmix import sampling
+from bayesmix.em import fit_em
+from bayesmix.likelihood import as_observations, log_likelihood_per_star
+from bayesmix.models import Ordering, Priors, RadiusFraction, cluster_field_model, mixture_model
+from bayesmix.sampling import add_log_likelihood, extend, sample_posterior
+from bayesmix.simulate import simulate_cluster_field, simulate_mixture, thin_thick_disc_params
+
+TUTORIAL = ["mean1", "sigma1", "mean2", "sigma2", "frac1"]
+
+
+def truth_values(truth):
+    return {"mean1": truth.cluster_mean, "sigma1": truth.cluster_dispersion, "mean2": truth.field_mean,
+            "sigma2": truth.field_dispersion, "frac1": truth.member_fraction}
+
+
+@pytest.fixture(scope="module")
+def ngc288_like():
+    sim = simulate_cluster_field(0, 1500)
+    model = cluster_field_model(sim.catalogue)
+    fit = sample_posterior(1, model, sim.catalogue, num_warmup=300, num_samples=500)
+    return sim, fit
+
+
+def test_posterior_contains_truth_within_its_width(ngc288_like):
+    sim, fit = ngc288_like
+    post = fit.idata.posterior
+    for name, true in truth_values(sim.truth).items():
+        draws = post[name].values.ravel()
+        assert abs(np.median(draws) - true) < 4 * draws.std(), name
+    # Generic names agree with the tutorial's.
+    np.testing.assert_array_equal(post["means"].values[..., 0, 0], post["mean1"].values)
+    np.testing.assert_array_equal(post["scales"].values[..., 1, 0], post["sigma2"].values)
+    assert np.all(post["sigma1"].values < post["sigma2"].values)
+
+
+def test_chains_converge_without_divergences(ngc288_like):
+    _, fit = ngc288_like
+    summary = az.summary(fit.idata, var_names=TUTORIAL)
+    assert summary["r_hat"].max() <= 1.01
+    assert summary["ess_bulk"].min() >= 400
+    assert int(fit.idata.sample_stats["diverging"].sum()) == 0
+    # Started at the mode, NUTS needs short trajectories.
+    assert float(fit.idata.sample_stats["n_steps"].mean()) < 16
+
+
+def test_inference_data_layout(ngc288_like):
+    sim, fit = ngc288_like
+    idata = fit.idata
+    post = idata.posterior
+    assert post.sizes["chain"] == 4 and post.sizes["draw"] == 500
+    assert post["weights"].dims == ("chain", "draw", "component")
+    assert post["covariances"].dims == ("chain", "draw", "component", "feature", "feature_bis")
+    assert list(post.coords["component"].values) == ["cluster", "field"]
+    assert list(post.coords["feature"].values) == ["RV"]
+    np.testing.assert_allclose(idata.observed_data["values"].values, sim.catalogue.values)
+    np.testing.assert_allclose(idata.constant_data["error_covs"].values, sim.catalogue.error_covs)
+    np.testing.assert_allclose(idata.constant_data["R_proj"].values, sim.catalogue.covariates["R_proj"])
+    for stat in ("diverging", "n_steps", "acceptance_rate", "lp", "energy", "step_size"):
+        assert stat in idata.sample_stats
+    assert fit.em is not None and fit.em.converged
+    assert post.attrs["bayesmix_version"]
+
+
+def test_extend_continues_the_chains_exactly(ngc288_like):
+    _, fit = ngc288_like
+    longer = extend(fit, 100)
+    assert longer.n_draws == 600 and longer.settings["num_samples"] == 600
+    np.testing.assert_array_equal(longer.idata.posterior["mean1"].values[:, :500],
+                                  fit.idata.posterior["mean1"].values)
+    new = longer.idata.posterior["mean1"].values[:, 500:]
+    assert np.all(np.isfinite(new)) and new.std() > 0
+    assert int(longer.idata.sample_stats["diverging"].sum()) == 0
+
+
+def test_agrees_with_emcee_on_the_same_likelihood_and_priors():
+    sim = simulate_cluster_field(5, 386)
+    priors = Priors(mean_loc=0.0, mean_scale=100.0, scale_scale=60.0, weight_concentration=1.0)
+    model = cluster_field_model(sim.catalogue, priors=priors)
+    fit = sample_posterior(2, model, sim.catalogue, num_warmup=500, num_samples=1000)
+    v = sim.catalogue.values[:, 0]
+    e2 = sim.catalogue.error_covs[:, 0, 0]
+
+    def log_prob(theta):  # theta (n_walkers, 5): mean1, sigma1, mean2, sigma2, frac1
+        m1, s1, m2, s2, f = theta.T
+        ok = (s1 > 0) & (s2 > s1) & (f > 0) & (f < 1)
+        s1, s2, f = np.where(ok, s1, 1.0), np.where(ok, s2, 2.0), np.where(ok, f, 0.5)
+        sd1, sd2 = np.sqrt(s1[:, None] ** 2 + e2), np.sqrt(s2[:, None] ** 2 + e2)
+        ll = np.logaddexp(np.log(f)[:, None] + stats.norm.logpdf(v, m1[:, None], sd1),
+                          np.log1p(-f)[:, None] + stats.norm.logpdf(v, m2[:, None], sd2))
+        lp = (stats.norm.logpdf(m1, 0, 100) + stats.norm.logpdf(m2, 0, 100)
+              + stats.halfnorm.logpdf(s1, scale=60) + stats.halfnorm.logpdf(s2, scale=60))
+        return np.where(ok, ll.sum(axis=1) + lp, -np.inf)
+
+    rng = np.random.default_rng(0)
+    start = np.array([fit.em.means[0, 0], np.sqrt(fit.em.covariances[0, 0, 0]), fit.em.means[1, 0],
+                      np.sqrt(fit.em.covariances[1, 0, 0]), fit.em.weights[0]])
+    n_walkers = 32
+    p0 = start * (1 + 1e-3 * rng.normal(size=(n_walkers, 5)))
+    sampler = emcee.EnsembleSampler(n_walkers, 5, log_prob, vectorize=True)
+    sampler.random_state = np.random.RandomState(1).get_state()  # emcee's own seeding API
+    sampler.run_mcmc(p0, 6000)
+    chain = sampler.get_chain(discard=1000)  # (steps, walkers, 5)
+    emcee_idata = az.from_dict(posterior={name: chain[:, :, i].T for i, name in enumerate(TUTORIAL)})
+    ours_mcse = az.mcse(fit.idata, var_names=TUTORIAL, method="median")
+    theirs_mcse = az.mcse(emcee_idata, var_names=TUTORIAL, method="median")
+    for name in TUTORIAL:
+        ours = fit.idata.posterior[name]
+        theirs = emcee_idata.posterior[name]
+        mcse = np.hypot(float(ours_mcse[name]), float(theirs_mcse[name]))
+        diff = float(ours.median()) - float(theirs.median())
+        assert abs(diff) < 3 * mcse + 1e-12, (name, diff, mcse)
+        assert float(ours.std()) / float(theirs.std()) == pytest.approx(1.0, abs=0.10), name
+
+
+def test_radius_dependent_fraction_recovers_the_plummer_law():
+    sim = simulate_cluster_field(7, 2000)
+    t = sim.truth
+    model = cluster_field_model(sim.catalogue, radius_fraction=RadiusFraction("R_proj", kind="plummer"))
+    fit = sample_posterior(3, model, sim.catalogue, num_chains=2, num_warmup=300, num_samples=400)
+    post = fit.idata.posterior
+    norm_c = 1.0 - 1.0 / (1.0 + (t.max_radius / t.plummer_radius) ** 2)
+    true_c = np.log(t.member_fraction / (1 - t.member_fraction)
+                    * t.max_radius**2 / (t.plummer_radius**2 * norm_c))
+    for name, true in (("frac_radius", t.plummer_radius), ("frac_log_ratio", true_c),
+                       ("mean1", t.cluster_mean), ("sigma1", t.cluster_dispersion)):
+        draws = post[name].values.ravel()
+        assert abs(np.median(draws) - true) < 4 * draws.std(), name
+    assert float(az.rhat(fit.idata, var_names=["frac_radius", "frac_log_ratio"]).to_array().max()) < 1.02
+
+
+def test_two_dimensional_disc_posterior():
+    truth = thin_thick_disc_params()
+    sim = simulate_mixture(4, truth, 1200, error_scale=[0.05, 0.04], max_error_correlation=0.3,
+                           feature_names=["FeH", "MgFe"])
+    model = mixture_model(sim.catalogue, 2, ordering=Ordering("mean", 1))
+    fit = sample_posterior(5, model, sim.catalogue, num_chains=2, num_warmup=300, num_samples=300)
+    post = fit.idata.posterior
+    assert list(post.coords["feature"].values) == ["FeH", "MgFe"]
+    order = np.argsort(np.asarray(truth.means)[:, 1])
+    for k_model, k_true in enumerate(order):
+        for name, true in (("means", np.asarray(truth.means)[k_true]),
+                           ("scales", np.sqrt(np.diag(np.asarray(truth.covariances)[k_true])))):
+            draws = post[name].values[:, :, k_model, :].reshape(-1, 2)
+            assert np.all(np.abs(np.median(draws, axis=0) - true) < 4 * draws.std(axis=0)), (name, k_model)
+    assert "correlations" in post and float(az.rhat(fit.idata, var_names=["means"]).to_array().max()) < 1.02
+
+
+def test_interrupted_checkpointed_run_resumes_to_the_same_draws(tmp_path, monkeypatch):
+    sim = simulate_cluster_field(9, 200)
+    model = cluster_field_model(sim.catalogue)
+    em = fit_em(0, sim.catalogue, 2, n_init=2)
+    kwargs = {"num_chains": 2, "num_warmup": 100, "num_samples": 60, "chunk_size": 20, "init": em}
+    reference = sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "a.pkl", **kwargs)
+    real_write = sampling._atomic_pickle
+    calls = {"n": 0}
+
+    def killed_on_second_chunk(obj, path):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        real_write(obj, path)
+
+    monkeypatch.setattr(sampling, "_atomic_pickle", killed_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.pkl", **kwargs)
+    monkeypatch.setattr(sampling, "_atomic_pickle", real_write)
+    resumed = sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.pkl", **kwargs)
+    assert resumed.n_draws == reference.n_draws == 60
+    np.testing.assert_array_equal(resumed.idata.posterior["means"].values,
+                                  reference.idata.posterior["means"].values)
+    # A finished run resumes to itself without sampling again.
+    again = sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.pkl", **kwargs)
+    np.testing.assert_array_equal(again.idata.posterior["means"].values,
+                                  reference.idata.posterior["means"].values)
+    with pytest.raises(ValueError, match="other settings"):
+        sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.pkl",
+                         **{**kwargs, "num_samples": 80})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_chains": 0}, "num_chains must be at least 1"),
+        ({"num_warmup": -1}, "num_warmup must be >= 0"),
+        ({"target_accept": 1.5}, "target_accept must lie in"),
+        ({"init": "em"}, "init must be None, an EMResult or MixtureParams"),
+    ],
+)
+def test_bad_sampler_settings(kwargs, match):
+    sim = simulate_cluster_field(0, 50)
+    model = cluster_field_model(sim.catalogue)
+    with pytest.raises(ValueError, match=match):
+        sample_posterior(0, model, sim.catalogue, **kwargs)
+
+
+def test_data_must_match_the_model():
+    sim = simulate_cluster_field(0, 50)
+    model = cluster_field_model(sim.catalogue, radius_fraction="R_proj")
+    disc = simulate_mixture(0, thin_thick_disc_params(), 50)
+    with pytest.raises(ValueError, match="data have 2 features; the model has 1"):
+        sample_posterior(0, model, disc.catalogue)
+    with pytest.raises(ValueError, match="needs covariate 'R_proj'"):
+        sample_posterior(0, model, as_observations(sim.catalogue))
+    with pytest.raises(ValueError, match="covariate 'R_proj' has shape"):
+        sample_posterior(0, model, sim.catalogue, covariates={"R_proj": np.ones(3)})
+
+
+def test_pointwise_log_likelihood_on_request_in_chunks(ngc288_like):
+    _, fit = ngc288_like
+    assert "log_likelihood" not in fit.idata.groups()
+    with_ll = add_log_likelihood(fit, max_draws=400, star_chunk=512)  # 3 chunks, last one padded
+    ll = with_ll.idata.log_likelihood["stars"]
+    assert ll.dims == ("chain", "draw", "star") and ll.shape == (4, 100, 1500)
+    post = fit.idata.posterior
+    draw = int(ll.coords["draw"].values[7])
+    params = fit.model.params({name: post[name].values[2, draw] for name in post.data_vars})
+    np.testing.assert_allclose(ll.values[2, 7], np.asarray(log_likelihood_per_star(params, fit.data)),
+                               rtol=1e-12)
+    loo = az.loo(with_ll.idata)
+    assert np.isfinite(loo.elpd_loo) and loo.pareto_k.max() < 0.7
+    with pytest.raises(ValueError, match="max_draws"):
+        add_log_likelihood(fit, max_draws=2)

@@ -288,10 +288,20 @@ class MixtureModel:
             numpyro.deterministic("frac1", w_mean[0])
 
         params = MixtureParams(jnp.exp(log_w[..., :k]), means, covs)
+        numpyro.factor("log_likelihood", jax.nn.logsumexp(self.joint_log_prob(params, log_w, data),
+                                                          axis=1).sum())
+
+    def joint_log_prob(self, params: MixtureParams, log_w, data: Observations):
+        """``log w_k + log p_k(x_i)`` for every component, background last: (n_stars, n_total).
+
+        The one place where the background joins the shared Gaussian likelihood; the
+        program, the pointwise log-likelihood and the memberships all reduce this.
+        """
+        k = self.n_components
         lj = log_joint(params, data, log_w[..., :k])
         if self.background is not None:
             lj = jnp.concatenate([lj, (log_w[..., k] + self.log_background(data))[:, None]], axis=1)
-        numpyro.factor("log_likelihood", jax.nn.logsumexp(lj, axis=1).sum())
+        return lj
 
     def _mean_weights(self, log_w):
         return jnp.exp(log_w) if log_w.ndim == 1 else jnp.mean(jnp.exp(log_w), axis=0)

@@ -436,8 +436,6 @@ def add_log_likelihood(fit: PosteriorFit, *, max_draws: int | None = None,
     import arviz as az
     from jax.scipy.special import logsumexp
 
-    from bayesmix.likelihood import log_joint
-
     if star_chunk < 1 or (max_draws is not None and max_draws < fit.n_chains):
         raise ValueError("star_chunk must be >= 1 and max_draws >= the number of chains.")
     post = fit.idata.posterior
@@ -447,30 +445,23 @@ def add_log_likelihood(fit: PosteriorFit, *, max_draws: int | None = None,
     sites = {name: post[name].values[:, keep].reshape((n_chains * keep.size, *post[name].shape[2:]))
              for name in post.data_vars}
     model, data = fit.model, fit.data
-    log_bg = model.log_background(data)
     n_stars = data.n_stars
     chunk = min(star_chunk, n_stars)
 
-    def per_star(sample, values, error_covs, covariates, log_background):
-        block = Observations(values, error_covs)
-        params = model.params(sample)
-        log_w = model.log_weights(sample, covariates)
-        k = model.n_components
-        lj = log_joint(params, block, log_w[..., :k])
-        if log_background is not None:
-            lj = jnp.concatenate([lj, (log_w[..., k] + log_background)[:, None]], axis=1)
+    def per_star(sample, values, error_covs, covariates):
+        lj = model.joint_log_prob(model.params(sample), model.log_weights(sample, covariates),
+                                  Observations(values, error_covs))
         return logsumexp(lj, axis=1)
 
-    compiled = jax.jit(jax.vmap(per_star, in_axes=(0, None, None, None, None)))
+    compiled = jax.jit(jax.vmap(per_star, in_axes=(0, None, None, None)))
     values, error_covs = np.asarray(data.values), np.asarray(data.error_covs)
     out = np.empty((n_chains * keep.size, n_stars))
     for start in range(0, n_stars, chunk):
         rows = np.minimum(np.arange(start, start + chunk), n_stars - 1)  # pad: one compiled shape
         n = min(start + chunk, n_stars) - start
         cov_rows = {name: v[rows] for name, v in fit.covariates.items()}
-        bg_rows = None if log_bg is None else np.asarray(log_bg)[rows]
-        out[:, start:start + n] = np.asarray(compiled(sites, values[rows], error_covs[rows], cov_rows,
-                                                      bg_rows))[:, :n]
+        out[:, start:start + n] = np.asarray(compiled(sites, values[rows], error_covs[rows],
+                                                      cov_rows))[:, :n]
     stars = fit.idata.observed_data.coords["star"].values
     group = az.from_dict(log_likelihood={"stars": out.reshape(n_chains, keep.size, n_stars)},
                          coords={"star": stars, "draw": keep}, dims={"stars": ["star"]})

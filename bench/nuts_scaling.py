@@ -43,13 +43,14 @@ JSON keys (``--json``)
 ``machine``: {``cpu_count``, ``platform``, ``python``, ``numpy``, ``jax``, ``numpyro``};
 ``settings``: {``n_values``, ``n_features``, ``n_components``, ``num_chains``, ``num_warmup``,
 ``num_samples``, ``num_extend``, ``limit_s``, ``quick``, ``cache_dir``, ``seed``};
-``results``: one object per N: {``n_stars``, ``status`` ("ok", "reduced", "failed",
-"timeout"), ``reason``, ``num_warmup``, ``num_samples`` (as run), ``total_s``, ``em_s``,
-``sample_s`` (the ``sample_posterior`` call), ``compile_s``, ``n_compiles``, ``extend_s``,
-``extend_compile_s``, ``per_1000_draws_s``, ``steps_per_draw``, ``grad_s``, ``logp_s``,
-``grad_over_logp``, ``estimate_s``, ``cost_factor``, ``divergences``, ``ess_bulk_min`` (over weights, means,
-scales, correlations), ``r_hat_max``, ``peak_mb``, ``base_mb``, ``import_s``, ``wall_s`` (the
-subprocess, start to end)}.
+``results``: one object per N: {``n_stars``, ``status`` ("ok", "reduced", "skipped" (no
+sampling: even 4 x (20 + 20) estimated beyond twice the limit), "failed", "timeout"),
+``reason``, ``num_warmup``, ``num_samples`` (as run), ``total_s``, ``em_s``, ``sample_s`` (the
+``sample_posterior`` call), ``compile_s``, ``n_compiles``, ``extend_s``, ``extend_compile_s``,
+``per_1000_draws_s``, ``steps_per_draw``, ``grad_s``, ``logp_s``, ``grad_over_logp``,
+``estimate_s``, ``cost_factor``, ``divergences``, ``ess_bulk_min`` (over weights, means, scales
+and the off-diagonal correlations), ``r_hat_max``, ``peak_mb``, ``base_mb``, ``import_s``,
+``wall_s`` (the subprocess, start to end)}.
 ``targets``: {``n1e5_total_under_300s``, ``n1e5_peak_under_2GiB``} (null when N = 1e5 was not
 run in full).
 """
@@ -186,6 +187,11 @@ def _worker(args):
         warmup = max(int(warmup * scale), 20)
         samples = max(int(samples * scale), 20)
         status = "reduced"
+        if args.chains * (warmup + samples) * args.cost_factor * cost["grad_s"] > 2 * args.limit:
+            # Even 20 + 20 would take far longer than the limit: report the costs measured so far.
+            out.update(status="skipped", em_s=em_s, peak_mb=_status_mb("VmHWM"))
+            print("RESULT " + json.dumps(out, default=float), flush=True)
+            return
     c_mid = clog.snapshot()
     t_sample = time.perf_counter()
     fit = sample_posterior(args.seed, model, obs, init=em, num_chains=args.chains, num_warmup=warmup,
@@ -244,8 +250,11 @@ def _run(n, args, cost_factor, limit):
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             out = json.loads(line[7:])
-            out["reason"] = ("shortened to fit --limit; the 4 x full run is estimated at "
-                             f"{out['estimate_s']:.0f} s") if out["status"] == "reduced" else None
+            out["reason"] = {"reduced": "shortened to fit --limit; the full run is estimated at "
+                                        f"{out['estimate_s']:.0f} s",
+                             "skipped": "sampling skipped: even 4 x (20 + 20) is estimated beyond "
+                                        f"2 x --limit (full run {out['estimate_s']:.0f} s); EM, gradient "
+                                        "and memory measured"}.get(out["status"])
             out["wall_s"] = wall
             return out
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]

@@ -19,6 +19,7 @@ The functions in this module are pure, jit/grad/vmap friendly and never validate
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -26,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
 from bayesmix import _x64  # noqa: F401  (float64 before any array is made)
@@ -45,6 +45,7 @@ __all__ = [
     "responsibilities",
     "spd_inverse",
     "spd_solve",
+    "total_log_likelihood",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -164,16 +165,9 @@ def _tril_inverse_looped(low):
     return lax.fori_loop(0, d, row, jnp.zeros_like(low))
 
 
-def _spd_inverse_unrolled(a):
-    """Inverse of SPD ``a`` (..., D, D) as a symmetric nested list of (...) arrays.
-
-    Cholesky, then the inverse of the triangular factor by forward substitution, then
-    ``A^-1 = L^-T L^-1``: all elementwise over the batch, so XLA fuses it into the
-    caller's pass (the EM statistics are reduced from it without ever storing
-    an (N, K, D, D) array).
-    """
-    d = a.shape[-1]
-    low = _cholesky_unrolled(a)
+def _inverse_from_cholesky(low):
+    """``A^-1 = L^-T L^-1`` from an unrolled lower factor, as a symmetric nested list."""
+    d = len(low)
     linv = [[None] * d for _ in range(d)]
     for i in range(d):
         linv[i][i] = 1.0 / low[i][i]
@@ -191,6 +185,17 @@ def _spd_inverse_unrolled(a):
             inv[r][c] = acc
             inv[c][r] = acc
     return inv
+
+
+def _spd_inverse_unrolled(a):
+    """Inverse of SPD ``a`` (..., D, D) as a symmetric nested list of (...) arrays.
+
+    Cholesky, then the inverse of the triangular factor by forward substitution, then
+    ``A^-1 = L^-T L^-1``: all elementwise over the batch, so XLA fuses it into the
+    caller's pass (the EM statistics are reduced from it without ever storing
+    an (N, K, D, D) array).
+    """
+    return _inverse_from_cholesky(_cholesky_unrolled(a))
 
 
 def spd_inverse(a):
@@ -288,7 +293,7 @@ def cholesky_factor(a):
     """
     d = a.shape[-1]
     if d > UNROLL_MAX_FEATURES:
-        return jnp.linalg.cholesky(a)
+        return _cholesky_looped(a)
     low = _cholesky_unrolled(a)
     zero = jnp.zeros_like(a[..., 0, 0])
     rows = [jnp.stack([low[i][j] if j <= i else zero for j in range(d)], axis=-1) for i in range(d)]
@@ -308,9 +313,14 @@ def _mahalanobis_and_logdet(cov, resid):
     maha, logdet : arrays, shape (...)
     """
     d = cov.shape[-1]
+    if d == 1:
+        var = cov[..., 0, 0]
+        return resid[..., 0] ** 2 / var, jnp.log(var)
     if d > UNROLL_MAX_FEATURES:
-        low = jnp.linalg.cholesky(cov)
-        z = solve_triangular(low, resid[..., None], lower=True)[..., 0]
+        # Looped XLA arithmetic, not batched LAPACK: the Hessian of batched cholesky +
+        # solve_triangular deadlocked on this CPU (as the EM's solves had in issue 3).
+        low = _cholesky_looped(0.5 * (cov + jnp.swapaxes(cov, -1, -2)))
+        z = jnp.einsum("...ab,...b->...a", _tril_inverse_looped(low), resid)
         diag = jnp.diagonal(low, axis1=-2, axis2=-1)
         return jnp.sum(z**2, axis=-1), 2.0 * jnp.sum(jnp.log(diag), axis=-1)
     low = _cholesky_unrolled(cov)
@@ -418,6 +428,175 @@ def responsibilities(params: MixtureParams, data: Observations, log_weights=None
     Rows sum to one: ``r_ik = w_k N_ik / sum_j w_j N_ij``.
     """
     return jax.nn.softmax(log_joint(params, data, log_weights), axis=-1)
+
+
+def _score_terms(means, covariances, values, error_covs):
+    """Per-component, per-star log density and the pieces of its gradient, component-major.
+
+    Returns ``log_prob`` (K, N), ``u`` with ``u[a]`` (K, N) the components of
+    ``T^-1 (x - mu)`` and ``tinv`` with ``tinv[a][b]`` (K, N) those of ``T^-1``, where
+    ``T = Sigma_k + S_i``: nested lists for D <= UNROLL_MAX_FEATURES, else arrays
+    (K, N, D) and (K, N, D, D). Stars run along the minor axis so the elementwise
+    arithmetic vectorises over stars, not over the few components.
+    """
+    d = means.shape[-1]
+    resid = [values[None, :, a] - means[:, a, None] for a in range(d)]
+    total = [[covariances[:, a, b, None] + error_covs[None, :, a, b] for b in range(d)] for a in range(d)]
+    if d == 1:  # no factorisation at all: one division and one log per star and component
+        tinv = 1.0 / total[0][0]
+        u0 = resid[0] * tinv
+        return -0.5 * (_LOG_2PI + jnp.log(total[0][0]) + resid[0] * u0), [u0], [[tinv]]
+    if d > UNROLL_MAX_FEATURES:
+        cov = covariances[:, None, :, :] + error_covs[None, :, :, :]
+        cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))  # as the value's path reads it
+        tinv_arr = spd_inverse(cov)
+        res = values[None, :, :] - means[:, None, :]
+        u_arr = jnp.einsum("knab,knb->kna", tinv_arr, res)
+        return mvn_log_prob(res, 0.0, cov), u_arr, tinv_arr
+    low = [[None] * d for _ in range(d)]
+    for j in range(d):
+        diag = total[j][j]
+        for m in range(j):
+            diag = diag - low[j][m] ** 2
+        low[j][j] = jnp.sqrt(diag)
+        for i in range(j + 1, d):
+            off = total[i][j]
+            for m in range(j):
+                off = off - low[i][m] * low[j][m]
+            low[i][j] = off / low[j][j]
+    z = []
+    maha = 0.0
+    logdet = 0.0
+    for i in range(d):
+        zi = resid[i]
+        for m in range(i):
+            zi = zi - low[i][m] * z[m]
+        zi = zi / low[i][i]
+        z.append(zi)
+        maha = maha + zi**2
+        logdet = logdet + jnp.log(low[i][i])
+    log_prob = -0.5 * (d * _LOG_2PI + 2.0 * logdet + maha)
+    u = [None] * d
+    for i in reversed(range(d)):
+        ui = z[i]
+        for m in range(i + 1, d):
+            ui = ui - low[m][i] * u[m]
+        u[i] = ui / low[i][i]
+    return log_prob, u, _inverse_from_cholesky(low)
+
+
+def _total_log_likelihood_impl(means, covariances, log_weights, values, error_covs, extra_log_prob):
+    lj = component_log_prob(MixtureParams(None, means, covariances), Observations(values, error_covs))
+    lj = jnp.concatenate([lj, jnp.broadcast_to(extra_log_prob, (lj.shape[0], extra_log_prob.shape[-1]))],
+                         axis=1) + log_weights
+    return jnp.sum(logsumexp(lj, axis=1))
+
+
+_total_log_likelihood = jax.custom_jvp(_total_log_likelihood_impl)
+
+
+def _is_zero(t):
+    return type(t) is jax.custom_derivatives.SymbolicZero
+
+
+def _total_log_likelihood_jvp(primals, tangents):
+    # The gradient of a deconvolved mixture is known in closed form (the EM statistics):
+    # d/dmu_k = sum_i r_ik u_ik, d/dSigma_k = 1/2 sum_i r_ik (u u^T - T^-1)_ik,
+    # d/dlog w_ik = r_ik. One fused pass computes value and gradient; reverse-mode AD
+    # would store and revisit every intermediate of the Cholesky chain instead.
+    means, covs, log_w, values, error_covs, extra = primals
+    d_means, d_covs, d_log_w, d_values, d_error_covs, d_extra = tangents
+    log_prob, u, tinv = _score_terms(means, covs, values, error_covs)  # (K, N)
+    n_components, _n_stars = log_prob.shape
+    n_extra = extra.shape[-1]
+    lw = log_w.T if log_w.ndim == 2 else log_w[:, None]  # (K_total, N) or (K_total, 1)
+    rows = [log_prob[k] + lw[k] for k in range(n_components)]
+    rows += [extra[:, j] + lw[n_components + j] for j in range(n_extra)]
+    top = lax.stop_gradient(functools.reduce(jnp.maximum, rows))
+    expd = [jnp.exp(row - top) for row in rows]
+    norm = functools.reduce(jnp.add, expd)
+    per_star = top + jnp.log(norm)
+    inv_norm = 1.0 / norm
+    resp = jnp.stack([e * inv_norm for e in expd])  # (K_total, N)
+    r = resp[:n_components]
+    d = means.shape[-1]
+    unrolled = isinstance(u, list)
+    out = jnp.zeros((), per_star.dtype)
+    if not _is_zero(d_log_w):
+        out = out + (jnp.sum(resp * d_log_w.T) if log_w.ndim == 2 else jnp.sum(resp, axis=1) @ d_log_w)
+    if not _is_zero(d_extra):
+        out = out + jnp.sum(resp[n_components:] * d_extra.T)
+    if not _is_zero(d_means):
+        if unrolled:
+            g_mu = jnp.stack([jnp.sum(r * u[a], axis=1) for a in range(d)], axis=-1)
+        else:
+            g_mu = jnp.einsum("kn,kna->ka", r, u)
+        out = out + jnp.sum(g_mu * d_means)
+    if not _is_zero(d_values):
+        if unrolled:
+            g_x = -jnp.stack([jnp.sum(r * u[a], axis=0) for a in range(d)], axis=-1)
+        else:
+            g_x = -jnp.einsum("kn,kna->na", r, u)
+        out = out + jnp.sum(g_x * d_values)
+    for axis, tangent in ((1, d_covs), (0, d_error_covs)):
+        if _is_zero(tangent):
+            continue
+        if unrolled:
+            # The unrolled factorisation reads only the lower triangle, so that is where
+            # the derivative lives (off-diagonal entries count twice); for the symmetric
+            # tangents of any real use this equals the symmetric gradient.
+            zero = jnp.zeros(tangent.shape[:-2], per_star.dtype)
+            g = [[zero] * d for _ in range(d)]
+            for a in range(d):
+                for b in range(a + 1):
+                    g[a][b] = (0.5 if a == b else 1.0) * jnp.sum(r * (u[a] * u[b] - tinv[a][b]), axis=axis)
+            g = jnp.stack([jnp.stack(row, axis=-1) for row in g], axis=-2)
+        else:
+            g = 0.5 * jnp.einsum("kn,knab->" + ("kab" if axis == 1 else "nab"), r,
+                                 u[..., :, None] * u[..., None, :] - tinv)
+        out = out + jnp.sum(g * tangent)
+    return jnp.sum(per_star), out
+
+
+_total_log_likelihood.defjvp(_total_log_likelihood_jvp, symbolic_zeros=True)
+
+
+def total_log_likelihood(params: MixtureParams, data: Observations, log_weights=None,
+                         extra_log_prob=None):
+    """Total mixture log-likelihood with a closed-form gradient: the sampler's hot path.
+
+    Equals ``log_likelihood`` (plus optional fixed extra components) to rounding, but
+    its derivatives come from the known mixture score (the EM statistics) computed in
+    the same pass as the value, through a custom JVP: forward and reverse mode,
+    ``vmap`` and Hessians all work. At N = 20000 (D = 1, K = 2) value and gradient
+    cost about a third of reverse-mode AD through :func:`component_log_prob`.
+
+    Parameters
+    ----------
+    params : MixtureParams
+    data : Observations
+    log_weights : array (n_total,) or (n_stars, n_total), optional
+        Log weights of the Gaussian components followed by the extra ones;
+        ``log(params.weights)`` when None (no extra components).
+    extra_log_prob : array (n_stars, n_extra) or (n_stars,), optional
+        Fixed log densities of extra components (e.g. a background), per star.
+
+    Returns
+    -------
+    scalar
+    """
+    n_stars = data.values.shape[0]
+    if extra_log_prob is None:
+        extra = jnp.zeros((n_stars, 0), data.values.dtype)
+    else:
+        extra = jnp.asarray(extra_log_prob)
+        extra = extra[:, None] if extra.ndim == 1 else extra
+    if log_weights is None:
+        if extra.shape[1]:
+            raise ValueError("extra_log_prob needs log_weights for the extra components.")
+        log_weights = jnp.log(params.weights)
+    return _total_log_likelihood(params.means, params.covariances, jnp.asarray(log_weights),
+                                 data.values, data.error_covs, extra)
 
 
 # --------------------------------------------------------------------------- boundary checks

@@ -34,7 +34,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from bayesmix import _x64  # noqa: F401
-from bayesmix.likelihood import MixtureParams, Observations, log_joint, mvn_log_prob
+from bayesmix.likelihood import MixtureParams, Observations, log_joint, mvn_log_prob, total_log_likelihood
 
 __all__ = [
     "MixtureModel",
@@ -288,8 +288,14 @@ class MixtureModel:
             numpyro.deterministic("frac1", w_mean[0])
 
         params = MixtureParams(jnp.exp(log_w[..., :k]), means, covs)
-        numpyro.factor("log_likelihood", jax.nn.logsumexp(self.joint_log_prob(params, log_w, data),
-                                                          axis=1).sum())
+        numpyro.factor("log_likelihood", self.total_log_likelihood(params, log_w, data))
+
+    def total_log_likelihood(self, params: MixtureParams, log_w, data: Observations):
+        """``sum_i logsumexp_k`` of :meth:`joint_log_prob`, with its closed-form gradient.
+
+        The sampler's hot path (:func:`bayesmix.likelihood.total_log_likelihood`).
+        """
+        return total_log_likelihood(params, data, log_w, self.log_background(data))
 
     def joint_log_prob(self, params: MixtureParams, log_w, data: Observations):
         """``log w_k + log p_k(x_i)`` for every component, background last: (n_stars, n_total).

@@ -7,7 +7,7 @@ widths. For each N (1e3, 1e4, 1e5, 1e6) one fresh process runs the whole path th
 user runs: EM start (:func:`bayesmix.em.fit_em`, ``n_init=4``),
 :func:`bayesmix.models.mixture_model` with default priors, and
 :func:`bayesmix.sampling.sample_posterior` with 4 chains x (``--warmup`` + ``--samples``)
-(500 + 500), then :func:`bayesmix.sampling.extend` by ``--extend`` draws per chain (200)
+(300 + 500), then :func:`bayesmix.sampling.extend` by ``--extend`` draws per chain (200)
 to time post-warmup sampling on its own. It reports:
 
 * ``total_s``: EM start + sampling (4 x (warmup + samples)), compilation included (the
@@ -29,7 +29,7 @@ is then not the 4 x 500 figure; ``estimate_s`` is the estimate for the full run)
 estimate is chains x (warmup + samples) x ``grad_s`` x ``cost_factor``, where
 ``cost_factor`` (the sampler's time per chain-iteration in gradients: leapfrog steps,
 warmup's longer trajectories and per-step overhead together) is measured at the previous N
-(30 before the first).
+(10 before the first).
 
 Usage::
 
@@ -40,7 +40,8 @@ Usage::
 
 JSON keys (``--json``)
 ----------------------
-``machine``: {``cpu_count``, ``platform``, ``python``, ``numpy``, ``jax``, ``numpyro``};
+``machine``: {``cpu_count``, ``platform``, ``python``, ``numpy``, ``jax``, ``numpyro``,
+``jax_backend`` ("cpu" or "gpu"), ``jax_devices``};
 ``settings``: {``n_values``, ``n_features``, ``n_components``, ``num_chains``, ``num_warmup``,
 ``num_samples``, ``num_extend``, ``limit_s``, ``quick``, ``cache_dir``, ``seed``};
 ``results``: one object per N: {``n_stars``, ``status`` ("ok", "reduced", "skipped" (no
@@ -146,6 +147,10 @@ def _cost(model, obs, init_values, repeats):
 def _worker(args):
     t0 = time.perf_counter()
     import arviz as az
+
+    from bayesmix.sampling import set_host_device_count
+
+    set_host_device_count()  # CPU cores as devices (chains in parallel); no effect on a GPU
     import jax  # noqa: F401
 
     from bayesmix.em import fit_em
@@ -267,8 +272,12 @@ def _versions():
     for mod in ("jax", "numpyro"):
         try:
             out[mod] = __import__(mod).__version__
-        except Exception as exc:
+        except ImportError as exc:
             out[mod] = f"unavailable ({type(exc).__name__})"
+    import jax
+
+    out["jax_backend"] = jax.default_backend()
+    out["jax_devices"] = [str(d) for d in jax.devices()]
     return out
 
 
@@ -283,7 +292,7 @@ def main(argv=None):
     parser.add_argument("--save", metavar="PATH", help="also write the JSON object to PATH")
     parser.add_argument("--n", type=float, nargs="*", default=None, help="override the N list")
     parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=None, help="warmup per chain (500; 100 with --quick)")
+    parser.add_argument("--warmup", type=int, default=None, help="warmup per chain (300; 100 with --quick)")
     parser.add_argument("--samples", type=int, default=None, help="draws per chain (500; 100 with --quick)")
     parser.add_argument("--extend", type=int, default=None,
                         help="extra draws per chain timed on their own (200; 50 with --quick)")
@@ -291,10 +300,10 @@ def main(argv=None):
     parser.add_argument("--cache-dir", default=None, help="JAX persistent compilation cache directory")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker-n", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--cost-factor", type=float, default=30.0, help=argparse.SUPPRESS)
+    parser.add_argument("--cost-factor", type=float, default=10.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.warmup is None:
-        args.warmup = 100 if args.quick else 500
+        args.warmup = 100 if args.quick else 300
     if args.samples is None:
         args.samples = 100 if args.quick else 500
     if args.extend is None:

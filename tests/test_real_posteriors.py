@@ -68,8 +68,10 @@ def test_apogee_halo_four_dimensional_fit_converges(shared_data):
     cat = read_catalogue(shared_data / "tutt_apogee_galah_filtered" / "Apogee_data_filtered_1612.fits",
                          values=["fe_h", "mg_fe", "al_fe", "mn_fe"],
                          errors=["fe_h_err", "mg_fe_err", "al_fe_err", "mn_fe_err"])
+    # 1000 draws per chain: with 400 the folded (tail) R-hat of a dispersion sat at
+    # 1.004-1.014 from chain to chain sampling noise alone (ESS ~2000, chain sds within 6%).
     fit = sample_posterior(2, mixture_model(cat, 2, ordering=Ordering("mean", 2)), cat,
-                           num_warmup=400, num_samples=400)
+                           num_warmup=300, num_samples=1000)
     r_hat = az.rhat(fit.idata, var_names=["weights", "means", "scales", "correlations"])
     assert float(r_hat.to_array().max()) <= 1.01
     assert int(fit.idata.sample_stats["diverging"].sum()) == 0

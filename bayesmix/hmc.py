@@ -1,0 +1,406 @@
+"""A functional NUTS core: pure JAX ``init``/``step``/``warmup`` over a flat parameter vector.
+
+Everything here is a pure function of explicit PRNG keys and NamedTuple states, so a
+whole run (every warmup and sampling iteration of a chain) compiles into one XLA loop:
+no Python between iterations, no per-chain recompilation. The tree building is NumPyro's
+multinomial NUTS (:func:`numpyro.infer.hmc_util.build_tree`); what is ours is the
+driver around it:
+
+* the mass matrix starts from the **Laplace approximation** at the EM/MAP start
+  (:func:`laplace`: a few safeguarded Newton steps on the unconstrained potential, then
+  the inverse Hessian), so warmup begins with trajectories that are already short;
+* warmup is dual-averaging step-size adaptation, with one optional window in which
+  the chain's own draws re-estimate the dense mass matrix, shrunk towards the Laplace
+  one by the window's size (``n / (n + n_params + 5)``);
+* warmup and draws are one loop (:func:`run`) with traced lengths writing into a
+  fixed-size buffer, so one compiled program serves the first run and every later
+  chunk, extension and checkpoint (and the NUTS step is traced once, not twice).
+
+The potential is ``potential_fn(position, args) -> scalar`` (minus the log density in
+unconstrained space); ``args`` is passed through so data stay arguments of the
+compiled program, not constants baked into it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.scipy.linalg import solve_triangular
+from numpyro.infer.hmc_util import build_tree, euclidean_kinetic_energy, velocity_verlet
+
+from bayesmix import _x64  # noqa: F401
+
+__all__ = [
+    "AdaptState",
+    "ChainState",
+    "HMCState",
+    "LaplaceResult",
+    "StepInfo",
+    "Tuning",
+    "WarmupSchedule",
+    "adapt_init",
+    "init",
+    "laplace",
+    "run",
+    "start",
+    "step",
+    "tuning_from_inverse_mass",
+    "warmup_schedule",
+]
+
+
+class HMCState(NamedTuple):
+    """Where a chain is: position (n_params,), potential energy (), its gradient (n_params,)."""
+
+    position: Any
+    potential_energy: Any
+    grad: Any
+
+
+class Tuning(NamedTuple):
+    """Step size (), inverse mass matrix (n_params, n_params) and its lower Cholesky factor."""
+
+    step_size: Any
+    inverse_mass: Any
+    inverse_mass_chol: Any
+
+
+class ChainState(NamedTuple):
+    """Everything needed to continue a chain exactly: HMC state, tuning, PRNG key."""
+
+    hmc: HMCState
+    tuning: Tuning
+    key: Any
+
+
+class StepInfo(NamedTuple):
+    """Per-iteration statistics: mean acceptance probability of the tree, leapfrog steps,
+    divergence flag, Hamiltonian and potential energy of the draw, tree depth."""
+
+    accept_prob: Any
+    num_steps: Any
+    diverging: Any
+    energy: Any
+    potential_energy: Any
+    tree_depth: Any
+
+
+class LaplaceResult(NamedTuple):
+    """Mode (n_params,), potential there, inverse Hessian (n_params, n_params), and whether
+    the Hessian was positive definite without repair."""
+
+    mode: Any
+    potential_energy: Any
+    inverse_hessian: Any
+    hessian_ok: Any
+
+
+class WarmupSchedule(NamedTuple):
+    """Warmup iterations ``[0, num_warmup)``; the mass window is ``[window_start, window_end)``
+    (empty when equal). Plain integers, passed to the compiled program as data."""
+
+    num_warmup: int
+    window_start: int
+    window_end: int
+
+
+def warmup_schedule(num_warmup: int, adapt_mass: bool = True) -> WarmupSchedule:
+    """Split warmup: 20% step size only, 50% mass window (if ``adapt_mass``), 30% step size.
+
+    Windows shorter than 20 draws are skipped: such an estimate is mostly noise, and the
+    Laplace mass matrix it would replace is already good near the mode.
+    """
+    num_warmup = int(num_warmup)
+    start = round(0.2 * num_warmup)
+    end = start + round(0.5 * num_warmup)
+    if not adapt_mass or end - start < 20:
+        start = end = num_warmup
+    return WarmupSchedule(num_warmup, start, end)
+
+
+def tuning_from_inverse_mass(step_size, inverse_mass) -> Tuning:
+    """A :class:`Tuning` (the Cholesky factor drawn once, not per step)."""
+    inverse_mass = 0.5 * (inverse_mass + inverse_mass.T)
+    return Tuning(jnp.asarray(step_size, inverse_mass.dtype), inverse_mass, jnp.linalg.cholesky(inverse_mass))
+
+
+def _repair_spd(matrix, floor_ratio=1e-8):
+    """Symmetric matrix with its eigenvalues floored at ``floor_ratio * max |eigenvalue|``."""
+    matrix = 0.5 * (matrix + matrix.T)
+    vals, vecs = jnp.linalg.eigh(matrix)
+    floor = floor_ratio * jnp.max(jnp.abs(vals)) + 1e-300
+    vals = jnp.where(vals > floor, vals, jnp.maximum(jnp.abs(vals), floor))
+    return (vecs * vals) @ vecs.T, jnp.all(jnp.linalg.eigvalsh(0.5 * (matrix + matrix.T)) > floor)
+
+
+def _gradient_and_hessian(value_and_grad, z):
+    """Gradient at ``z`` and the Hessian by central differences of gradients, symmetrised.
+
+    One batched gradient call over ``2 n_params + 1`` points: cheaper to trace and to
+    run than forward-over-reverse AD through the model. The potential's gradient is
+    close to linear over the tiny steps (1e-5 relative), so the differences are
+    accurate to far better than a mass matrix needs.
+    """
+    n = z.shape[0]
+    h = 1e-5 * (1.0 + jnp.abs(z))
+    points = jnp.concatenate([z[None], z + jnp.diag(h), z - jnp.diag(h)])
+    _, grads = jax.vmap(value_and_grad)(points)
+    hess = (grads[1:n + 1] - grads[n + 1:]) / (2.0 * h[:, None])
+    return grads[0], 0.5 * (hess + hess.T)
+
+
+def laplace(potential_fn, position, args, num_newton: int = 6) -> LaplaceResult:
+    """Newton steps to the mode of the unconstrained potential, then the inverse Hessian.
+
+    The EM start maximises the likelihood (and its own MAP prior) in the constrained
+    parameters; the sampler's potential adds the priors and the Jacobians of the
+    transforms, so its mode is a little away. Each Newton step is halved until the
+    potential decreases (at most 20 times, else the step is refused), with the Hessian
+    made positive definite first, so this never moves uphill.
+
+    Parameters
+    ----------
+    potential_fn : callable (position, args) -> scalar
+    position : array (n_params,)
+    args : pytree passed to ``potential_fn``
+    num_newton : int
+
+    Returns
+    -------
+    LaplaceResult
+    """
+    f = lambda z: potential_fn(z, args)  # noqa: E731
+    value_and_grad = jax.value_and_grad(f)
+
+    def newton(i, carry):
+        z, pot, _ = carry
+        g, h_raw = _gradient_and_hessian(value_and_grad, z)
+        h, _ = _repair_spd(h_raw)
+        direction = -jnp.linalg.solve(h, g)
+
+        def halve(state):
+            scale, _, _ = state
+            scale = 0.5 * scale
+            z_new = z + scale * direction
+            return scale, z_new, f(z_new)
+
+        def uphill(state):
+            scale, _, pot_new = state
+            return (scale > 2.0**-20) & ~(pot_new <= pot)
+
+        z_try = z + direction
+        _scale, z_new, pot_new = lax.while_loop(uphill, halve, (jnp.ones(()), z_try, f(z_try)))
+        # The last pass only evaluates the Hessian at the final point.
+        ok = jnp.isfinite(pot_new) & (pot_new <= pot) & (i < num_newton)
+        return jnp.where(ok, z_new, z), jnp.where(ok, pot_new, pot), h_raw
+
+    n = position.shape[0]
+    init = (position, f(position), jnp.zeros((n, n), position.dtype))
+    z, pot, h_raw = lax.fori_loop(0, num_newton + 1, newton, init)
+    h, ok = _repair_spd(h_raw)
+    return LaplaceResult(z, pot, jnp.linalg.inv(h), ok)
+
+
+def start(potential_fn, key, position, args, num_chains: int):
+    """Chains drawn from the Laplace approximation at ``position`` (the EM start).
+
+    Each chain starts at its own draw from ``N(mode, H^-1)`` with ``H^-1`` as its
+    dense inverse mass: started in the bulk of the posterior with a mass matrix that
+    already fits it, warmup needs only to find the step size.
+
+    Returns
+    -------
+    (ChainState, AdaptState, LaplaceResult)
+        The first two batched over ``num_chains``.
+    """
+    lap = laplace(potential_fn, position, args)
+    key_start, key_chains = jax.random.split(key)
+    n_params = position.shape[0]
+    chol = jnp.linalg.cholesky(0.5 * (lap.inverse_hessian + lap.inverse_hessian.T))
+    positions = lap.mode + jax.random.normal(key_start, (num_chains, n_params), position.dtype) @ chol.T
+    tuning = tuning_from_inverse_mass(min(1.0, 1.5 / n_params**0.25), lap.inverse_hessian)
+    keys = jax.random.split(key_chains, num_chains)
+    states = jax.vmap(lambda z, k: init(potential_fn, z, args, tuning, k))(positions, keys)
+    # A draw where the potential or its gradient is not finite (a repaired Hessian can
+    # reach far into the tails) would never move: start that chain at the mode instead.
+    finite = jnp.isfinite(states.hmc.potential_energy) & jnp.all(jnp.isfinite(states.hmc.grad), axis=1)
+    positions = jnp.where(finite[:, None], positions, lap.mode)
+    states = jax.vmap(lambda z, k: init(potential_fn, z, args, tuning, k))(positions, keys)
+    return states, jax.vmap(adapt_init)(states), lap
+
+
+def init(potential_fn, position, args, tuning: Tuning, key) -> ChainState:
+    """A chain at ``position`` (n_params,) with the given tuning and key."""
+    pot, grad = jax.value_and_grad(potential_fn)(position, args)
+    return ChainState(HMCState(position, pot, grad), tuning, key)
+
+
+def _kinetic_energy(inverse_mass, momentum):
+    """``r^T M^-1 r / 2``, +inf where it overflows.
+
+    Far in the tails (a scale pushed to 1e100 by one huge warmup step) the gradient, and
+    with it the momentum, overflows; the plain quadratic form then comes out -inf by
+    cancellation, which the tree would read as an infinitely *good* state and accept.
+    """
+    ke = euclidean_kinetic_energy(inverse_mass, momentum)
+    return jnp.where(jnp.isfinite(ke), ke, jnp.inf)
+
+
+_kinetic_energy._kinetic_grad = euclidean_kinetic_energy._kinetic_grad
+
+
+def _safe_potential(potential_fn, args):
+    def potential(z):
+        pe = potential_fn(z, args)
+        return jnp.where(jnp.isnan(pe), jnp.inf, pe)
+
+    return potential
+
+
+def step(potential_fn, key, state: HMCState, tuning: Tuning, args, *, max_tree_depth: int = 10,
+         max_delta_energy: float = 1000.0) -> tuple[HMCState, StepInfo]:
+    """One NUTS transition: fresh momentum ``r ~ N(0, M)``, one multinomial tree.
+
+    Returns
+    -------
+    (HMCState, StepInfo)
+    """
+    vv_init, vv_update = velocity_verlet(_safe_potential(potential_fn, args), _kinetic_energy)
+    key_momentum, key_tree = jax.random.split(key)
+    noise = jax.random.normal(key_momentum, state.position.shape, state.position.dtype)
+    # M = (L L^T)^-1 for the inverse mass L L^T, so r = L^-T noise has covariance M.
+    momentum = solve_triangular(tuning.inverse_mass_chol.T, noise, lower=False)
+    tree = build_tree(vv_update, _kinetic_energy,
+                      vv_init(state.position, momentum, state.potential_energy, state.grad),
+                      tuning.inverse_mass, tuning.step_size, key_tree,
+                      max_delta_energy=max_delta_energy, max_tree_depth=max_tree_depth)
+    new = HMCState(tree.z_proposal, tree.z_proposal_pe, tree.z_proposal_grad)
+    n = jnp.maximum(tree.num_proposals, 1)
+    info = StepInfo(tree.sum_accept_probs / n, jnp.asarray(tree.num_proposals, jnp.int32), tree.diverging,
+                    tree.z_proposal_energy, tree.z_proposal_pe, jnp.asarray(tree.depth, jnp.int32))
+    return new, info
+
+
+class _DualAveraging(NamedTuple):
+    log_step: Any
+    log_step_avg: Any
+    grad_avg: Any
+    count: Any
+    prox_center: Any
+
+
+def _da_init(step_size):
+    log_step = jnp.log(step_size)
+    zero = jnp.zeros_like(log_step)
+    return _DualAveraging(log_step, log_step, zero, jnp.zeros((), jnp.int32), jnp.log(10.0) + log_step)
+
+
+def _da_update(state: _DualAveraging, statistic, t0=10.0, kappa=0.75, gamma=0.05):
+    # Nesterov's dual averaging as in Hoffman & Gelman (2014), section 3.2.
+    t = state.count + 1
+    grad_avg = (1.0 - 1.0 / (t + t0)) * state.grad_avg + statistic / (t + t0)
+    log_step = state.prox_center - jnp.sqrt(t) / gamma * grad_avg
+    weight = t ** (-kappa)
+    log_avg = (1.0 - weight) * state.log_step_avg + weight * log_step
+    return _DualAveraging(log_step, log_avg, grad_avg, t, state.prox_center)
+
+
+class AdaptState(NamedTuple):
+    """Warmup bookkeeping of one chain: dual averaging, the window's Welford sums, the
+    Laplace inverse mass a window estimate is shrunk towards, divergences counted."""
+
+    da: Any
+    mean: Any
+    m2: Any
+    laplace_inverse: Any
+    divergences: Any
+
+
+def adapt_init(state: ChainState) -> AdaptState:
+    """Fresh warmup bookkeeping for a chain whose tuning holds the Laplace mass matrix."""
+    n_params = state.hmc.position.shape[0]
+    dtype = state.hmc.position.dtype
+    return AdaptState(_da_init(state.tuning.step_size), jnp.zeros(n_params, dtype),
+                      jnp.zeros((n_params, n_params), dtype), state.tuning.inverse_mass,
+                      jnp.zeros((), jnp.int32))
+
+
+def run(potential_fn, state: ChainState, adapt: AdaptState, args, schedule, num_samples, buffer_size: int,
+        *, target_accept: float = 0.8, max_tree_depth: int = 10):
+    """Warmup then draws of one chain, as a single loop (one trace of the NUTS step).
+
+    Iterations ``[0, num_warmup)`` adapt the step size by dual averaging (and, in the
+    schedule's window, the dense mass matrix: the window's sample covariance shrunk
+    towards the Laplace one by ``n / (n + n_params + 5)``, after which averaging
+    restarts); the step size is then fixed at the dual-averaging average. The next
+    ``num_samples`` iterations are draws, written to a buffer.
+
+    Parameters
+    ----------
+    potential_fn : callable (position, args) -> scalar
+    state : ChainState
+    adapt : AdaptState
+        From :func:`adapt_init` (ignored when ``num_warmup`` is 0).
+    args : pytree
+    schedule : WarmupSchedule or triple of int arrays
+        May be traced, like ``num_samples``: one compiled program serves every length.
+    num_samples : int or int array, at most ``buffer_size``
+    buffer_size : int (static)
+
+    Returns
+    -------
+    (ChainState, AdaptState, positions (buffer_size, n_params), StepInfo of arrays (buffer_size,))
+        Rows past ``num_samples`` are zeros. Continuing from the returned state (with
+        ``num_warmup`` 0) gives exactly the draws a longer run would have given.
+    """
+    num_warmup, window_start, window_end = (jnp.asarray(v) for v in schedule)
+    position = state.hmc.position
+    n_params, dtype = position.shape[0], position.dtype
+    draws = jnp.zeros((buffer_size, n_params), dtype)
+    real, count = jnp.zeros(buffer_size, dtype), jnp.zeros(buffer_size, jnp.int32)
+    infos = StepInfo(real, count, jnp.zeros(buffer_size, bool), real, real, count)
+
+    def body(i, carry):
+        chain, adapt, draws, infos = carry
+        warming = i < num_warmup
+        key, key_step = jax.random.split(chain.key)
+        step_size = jnp.where(warming, jnp.exp(adapt.da.log_step), chain.tuning.step_size)
+        hmc, info = step(potential_fn, key_step, chain.hmc, chain.tuning._replace(step_size=step_size), args,
+                         max_tree_depth=max_tree_depth)
+        # warmup bookkeeping (inert once warming is False)
+        accept = jnp.where(jnp.isfinite(info.accept_prob), info.accept_prob, 0.0)
+        da = jax.tree_util.tree_map(lambda new, old: jnp.where(warming, new, old),
+                                    _da_update(adapt.da, target_accept - accept), adapt.da)
+        in_window = warming & (i >= window_start) & (i < window_end)
+        n_seen = (i - window_start + 1).astype(dtype)
+        delta = hmc.position - adapt.mean
+        mean = jnp.where(in_window, adapt.mean + delta / n_seen, adapt.mean)
+        m2 = jnp.where(in_window, adapt.m2 + jnp.outer(delta, hmc.position - mean), adapt.m2)
+
+        def end_window(da):
+            n = (window_end - window_start).astype(dtype)
+            cov = m2 / jnp.maximum(n - 1.0, 1.0)
+            weight = n / (n + n_params + 5.0)
+            new = tuning_from_inverse_mass(jnp.exp(da.log_step), weight * cov
+                                           + (1.0 - weight) * adapt.laplace_inverse)
+            # The chain has moved on a scale the old step size knew; restart averaging there.
+            return new, _da_init(new.step_size)
+
+        tuning, da = lax.cond(warming & (i == window_end - 1), end_window,
+                              lambda da: (chain.tuning, da), da)
+        tuning = tuning._replace(step_size=jnp.where(warming & (i == num_warmup - 1),
+                                                     jnp.exp(da.log_step_avg), tuning.step_size))
+        adapt = AdaptState(da, mean, m2, adapt.laplace_inverse,
+                           adapt.divergences + (warming & info.diverging).astype(jnp.int32))
+        # draws
+        slot = jnp.where(warming, buffer_size, i - num_warmup)  # out of range: dropped
+        draws = draws.at[slot].set(hmc.position, mode="drop")
+        infos = jax.tree_util.tree_map(lambda buf, x: buf.at[slot].set(x, mode="drop"), infos, info)
+        return ChainState(hmc, tuning, key), adapt, draws, infos
+
+    state, adapt, draws, infos = lax.fori_loop(0, num_warmup + num_samples, body,
+                                               (state, adapt, draws, infos))
+    return state, adapt, draws, infos

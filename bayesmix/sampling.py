@@ -15,6 +15,7 @@ to a finished run from its last state, exactly as if the run had been longer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import pickle
@@ -93,6 +94,12 @@ class PosteriorFit:
 def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path:
     """Keep compiled samplers on disk so a repeated scripted run skips compilation.
 
+    Two stores under one directory: JAX's persistent compilation cache (compiled
+    executables) and bayesmix's own store of the sampler's programs as serialized
+    :mod:`jax.export` modules, so a repeat also skips tracing the model. Both are keyed
+    by everything the program depends on (for bayesmix's store: the package source, the
+    model and sampler settings, the data's shapes), never by file names or dates.
+
     Parameters
     ----------
     directory : path, optional
@@ -107,7 +114,93 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    global _PROGRAM_CACHE
+    _PROGRAM_CACHE = path / "bayesmix-programs"
+    _PROGRAM_CACHE.mkdir(exist_ok=True)
     return path
+
+
+_PROGRAM_CACHE: Path | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def _source_fingerprint() -> str:
+    """Hash of the package's own source: any code change invalidates stored programs."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+_SERIALIZABLE = []
+
+
+def _register_serialization():
+    """Let jax.export store the package's NamedTuple states in a program's signature."""
+    if _SERIALIZABLE:
+        return
+    from jax import export
+
+    from bayesmix.likelihood import MixtureParams
+
+    for cls in (Observations, MixtureParams, hmc.HMCState, hmc.Tuning, hmc.ChainState, hmc.StepInfo,
+                hmc.LaplaceResult, hmc.AdaptState, hmc._DualAveraging):
+        export.register_namedtuple_serialization(cls, serialized_name=f"bayesmix.{cls.__name__}")
+        _SERIALIZABLE.append(cls)
+
+
+class _Program:
+    """A jitted function that, with the program cache on, is stored and reloaded as a
+    serialized :mod:`jax.export` program.
+
+    A repeated scripted run then skips Python tracing and lowering (about a second for
+    the NUTS programs) as well as compilation (JAX's persistent cache). The key hashes
+    the package source, the JAX/NumPyro versions and backend, ``fingerprint`` (the
+    model's full ``repr`` and the sampler settings) and the arguments' structure,
+    shapes and dtypes; ``Exported.call`` re-checks structure and shapes on every call.
+    """
+
+    def __init__(self, name: str, jitted, fingerprint: str):
+        self.name, self.jitted, self.fingerprint = name, jitted, fingerprint
+        self._fns = {}
+
+    def __call__(self, *args):
+        if _PROGRAM_CACHE is None:
+            return self.jitted(*args)
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        signature = f"{tree}|{[(np.shape(x), str(getattr(x, 'dtype', type(x).__name__))) for x in leaves]}"
+        fn = self._fns.get(signature)
+        if fn is None:
+            fn = self._fns[signature] = self._load_or_export(args, signature)
+        return fn(*args)
+
+    def _load_or_export(self, args, signature):
+        import hashlib
+
+        import numpyro
+        from jax import export
+
+        key = hashlib.sha256("|".join([self.name, _source_fingerprint(), jax.__version__, numpyro.__version__,
+                                       jax.default_backend(), self.fingerprint, signature])
+                             .encode()).hexdigest()[:32]
+        path = _PROGRAM_CACHE / f"{self.name}-{key}.jaxexport"
+        if path.exists():
+            try:
+                _register_serialization()
+                exported = export.deserialize(bytearray(path.read_bytes()))
+                return jax.jit(exported.call)
+            except Exception as exc:  # a truncated or foreign file: rebuild it, say so
+                logger.warning("stored program %s unreadable (%s); rebuilding it", path, exc)
+        _register_serialization()
+        exported = export.export(self.jitted)(*args)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(exported.serialize())
+        os.replace(tmp, path)
+        return jax.jit(exported.call)
 
 
 def _default_progress_bar() -> bool:
@@ -180,12 +273,18 @@ class _Sampler:
         self.potential = potential
         self._pending = None
         self.warmup_divergences = None
-        self._start = jax.jit(lambda key, z, args: hmc.start(potential, key, z, args, self.num_chains))
+        fingerprint = (f"{model!r}|{_template_structure(template)}|chains={self.num_chains}|"
+                       f"method={chain_method}|block={self.block}|accept={target_accept}|"
+                       f"depth={max_tree_depth}")
+        self._start = _Program("start", jax.jit(
+            lambda key, z, args: hmc.start(potential, key, z, args, self.num_chains)), fingerprint)
         self._run = self._over_chains(lambda st, args, extra: hmc.run(
             potential, st[0], st[1], args, extra[0], extra[1], self.block, target_accept=target_accept,
             max_tree_depth=max_tree_depth))
+        if chain_method != "parallel":  # jax.export cannot store a pmap
+            self._run = _Program("run", self._run, fingerprint)
         # Deterministic sites only: XLA drops the (unused) likelihood from this program.
-        self._constrain = jax.jit(jax.vmap(constrain, in_axes=(0, None)))
+        self._constrain = _Program("constrain", jax.jit(jax.vmap(constrain, in_axes=(0, None))), fingerprint)
 
     def _over_chains(self, fn):
         """Run ``fn(chain_state, args, extra)`` for every chain, as the chain method says."""
@@ -254,11 +353,28 @@ class _Sampler:
                               states.tuning.inverse_mass, jnp.zeros(n_chains, jnp.int32))
 
     def constrained(self, z):
-        """Sites (and deterministics) for unconstrained draws (chain, draw, n_params)."""
+        """Sites (and deterministics) for unconstrained draws (chain, draw, n_params).
+
+        Draws go through in fixed-size chunks (one compiled shape): a deterministic that
+        averages over stars (the member fraction under a radius law) would otherwise
+        make an (n_draws, n_stars) temporary, 32 GB at 4000 draws of 1e6 stars.
+        """
         n_chains, n_draws = z.shape[:2]
-        flat = jnp.asarray(z.reshape((n_chains * n_draws, self.n_params)))
-        out = jax.device_get(self._constrain(flat, self.args))
-        return {k: np.asarray(v).reshape((n_chains, n_draws, *np.shape(v)[1:])) for k, v in out.items()}
+        flat = z.reshape((n_chains * n_draws, self.n_params))
+        total = flat.shape[0]
+        chunk = int(max(1, min(total, 512, 20_000_000 // max(self.args[0].n_stars, 1))))
+        parts = []
+        for begin in range(0, total, chunk):
+            rows = np.minimum(np.arange(begin, begin + chunk), total - 1)  # pad: one compiled shape
+            out = jax.device_get(self._constrain(jnp.asarray(flat[rows]), self.args))
+            parts.append({k: np.asarray(v)[: min(chunk, total - begin)] for k, v in out.items()})
+        return {k: np.concatenate([p[k] for p in parts]).reshape((n_chains, n_draws, *parts[0][k].shape[1:]))
+                for k in parts[0]}
+
+
+def _template_structure(template: dict) -> str:
+    """Site names and shapes of the unconstrained parameters (part of a program's key)."""
+    return ",".join(f"{k}{tuple(np.shape(v))}" for k, v in sorted(template.items()))
 
 
 def _n_parallel_devices(num_chains: int) -> int:
@@ -525,7 +641,7 @@ def _unconstrained(model: MixtureModel, obs, covariates, values: dict) -> dict:
     from numpyro.infer.util import unconstrain_fn
 
     args = (obs, covariates, model.hyperparameters())
-    fn = jax.jit(lambda v, a: unconstrain_fn(model.model, a, {}, v))
+    fn = _Program("unconstrain", jax.jit(lambda v, a: unconstrain_fn(model.model, a, {}, v)), repr(model))
     return jax.device_get(fn({k: jnp.asarray(v) for k, v in values.items()}, args))
 
 

@@ -228,3 +228,33 @@ def test_pointwise_log_likelihood_on_request_in_chunks(ngc288_like):
     assert np.isfinite(loo.elpd_loo) and loo.pareto_k.max() < 0.7
     with pytest.raises(ValueError, match="max_draws"):
         add_log_likelihood(fit, max_draws=2)
+
+
+def test_stored_programs_replay_the_run_exactly(tmp_path, caplog):
+    """enable_compilation_cache stores the sampler's programs (jax.export); a repeat loads
+    them instead of tracing, with identical draws, and an unreadable file is rebuilt."""
+    previous = sampling._PROGRAM_CACHE
+    try:
+        sampling.enable_compilation_cache(tmp_path)
+        sim = simulate_cluster_field(11, 200)
+        model = cluster_field_model(sim.catalogue)
+        em = fit_em(0, as_observations(sim.catalogue), 2)
+        kwargs = {"init": em, "num_chains": 2, "num_warmup": 60, "num_samples": 40, "progress_bar": False,
+                  "chain_method": "sequential"}
+        first = sample_posterior(4, model, sim.catalogue, **kwargs)
+        stored = sorted((tmp_path / "bayesmix-programs").glob("*.jaxexport"))
+        assert {p.name.split("-")[0] for p in stored} == {"start", "run", "constrain", "unconstrain"}
+        again = sample_posterior(4, model, sim.catalogue, **kwargs)
+        np.testing.assert_array_equal(first.idata.posterior["mean1"].values,
+                                      again.idata.posterior["mean1"].values)
+        run_file = next(p for p in stored if p.name.startswith("run-"))
+        run_file.write_bytes(b"not a program")
+        with caplog.at_level("WARNING", logger="bayesmix.sampling"):
+            rebuilt = sample_posterior(4, model, sim.catalogue, **kwargs)
+        assert any("unreadable" in r.getMessage() for r in caplog.records)
+        np.testing.assert_array_equal(first.idata.posterior["mean1"].values,
+                                      rebuilt.idata.posterior["mean1"].values)
+        assert run_file.read_bytes() != b"not a program"
+    finally:
+        if previous is not None:
+            sampling.enable_compilation_cache(previous.parent)

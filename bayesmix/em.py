@@ -59,7 +59,7 @@ import numpy as np
 from jax import lax
 from jax.scipy.special import xlogy
 
-from bayesmix import _x64  # noqa: F401  (float64 before any array is made)
+from bayesmix import _programs, _x64  # noqa: F401  (float64 before any array is made)
 from bayesmix.likelihood import (
     UNROLL_MAX_FEATURES,
     MixtureParams,
@@ -701,6 +701,23 @@ def _fit_core(keys, model: _Model, static: _Static):
     return jax.vmap(one)(keys)
 
 
+_FIT_PROGRAMS: dict = {}
+
+
+def _fit_program(static: _Static, impl: str):
+    """The restarts' program for one static configuration; stored on disk when the
+    compilation cache is on (:mod:`bayesmix._programs`), so a repeated run skips tracing.
+    Keys travel as raw key data (of PRNG implementation ``impl``), which a stored
+    program can take; the random streams are those of the keys themselves."""
+    if (static, impl) not in _FIT_PROGRAMS:
+        def fit(key_data, model):
+            return _fit_core(jax.random.wrap_key_data(key_data, impl=impl), model, static)
+
+        _FIT_PROGRAMS[static, impl] = _programs.Program("em_fit", jax.jit(fit), f"{static!r}|{impl}",
+                                                        (_Model, _Loop, MixtureParams))
+    return _FIT_PROGRAMS[static, impl]
+
+
 @partial(jax.jit, static_argnames=("static",))
 def _step_core(params, model: _Model, static: _Static):
     return _step(params, model, static)
@@ -1116,7 +1133,9 @@ def fit_em(key, data, n_components, *, errors=None, options: EMOptions | None = 
         sample_weight=sample_weight, frozen_weights=frozen_weights, frozen_means=frozen_means,
         frozen_covariances=frozen_covariances, background=background, prior=prior)
     keys = jax.random.split(key, static.n_init)
-    out = jax.device_get(_fit_core(keys, model, static))
+    typed = jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+    impl = str(jax.random.key_impl(keys)) if typed else "threefry2x32"
+    out = jax.device_get(_fit_program(static, impl)(jax.random.key_data(keys) if typed else keys, model))
 
     n_iter_all = np.asarray(out.t)
     status_all = np.asarray(out.status)

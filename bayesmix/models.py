@@ -161,8 +161,11 @@ class MixtureModel:
     background : UniformBackground, GaussianBackground or None
         From :mod:`bayesmix.em`; its shape is fixed, its weight sampled.
     radius_fraction : RadiusFraction or None
-    frozen : MixtureParams or None, with ``frozen_means`` / ``frozen_covariances``
-        Fixed values, used where the masks are True.
+    frozen : MixtureParams or None, with ``frozen_means`` / ``frozen_covariances`` /
+        ``frozen_weights``
+        Fixed values, used where the masks are True. Frozen weights keep their values;
+        the free weights (and a background's) share the rest, with the Dirichlet prior
+        conditioned on the frozen ones (a Dirichlet over the free shares).
     tutorial_names : bool
         Also record ``mean1, sigma1, mean2, sigma2, frac1`` (K = 2, D = 1).
     """
@@ -185,6 +188,7 @@ class MixtureModel:
     frozen: MixtureParams | None = None
     frozen_means: tuple[bool, ...] | None = None
     frozen_covariances: tuple[bool, ...] | None = None
+    frozen_weights: tuple[bool, ...] | None = None
     tutorial_names: bool = False
 
     @property
@@ -210,6 +214,7 @@ class MixtureModel:
         if self.frozen is not None:
             hyper["frozen_means"] = self.frozen.means
             hyper["frozen_covariances"] = self.frozen.covariances
+            hyper["frozen_weights"] = self.frozen.weights
         return {k: jnp.asarray(v, dtype=jnp.float64) for k, v in hyper.items()}
 
     def model(self, data: Observations, covariates: dict | None = None, hyper: dict | None = None):
@@ -330,7 +335,21 @@ class MixtureModel:
             log_w = jnp.stack([jax.nn.log_sigmoid(logit), jax.nn.log_sigmoid(-logit)], axis=-1)
             numpyro.deterministic("weights", jnp.mean(jnp.exp(log_w), axis=0))
             return log_w
-        if self.ordering.kind == "weight":
+        if self.frozen_weights is not None and any(self.frozen_weights):
+            fixed = np.asarray(self.frozen_weights + (False,) * (k_total - self.n_components))
+            n_free = int(np.sum(~fixed))
+            if n_free > 1:
+                shares = numpyro.sample("weights_free", dist.Dirichlet(jnp.full(n_free, alpha)))
+            else:
+                shares = jnp.ones(1)
+            given = jnp.concatenate([h["frozen_weights"], jnp.zeros(k_total - self.n_components)])
+            mass = 1.0 - jnp.sum(jnp.where(fixed, given, 0.0))
+            free_index = np.cumsum(~fixed) - 1  # static: position of each free entry in shares
+            w = jnp.where(fixed, given, mass * shares[np.clip(free_index, 0, n_free - 1)])
+            numpyro.deterministic("weights", w[: self.n_components])
+            if self.background is not None:
+                numpyro.deterministic("background_weight", w[-1])
+        elif self.ordering.kind == "weight":
             # Dirichlet(alpha) is normalised independent Gamma(alpha, 1) draws; ordering the
             # gammas orders the weights, and their sum is an extra (harmless) direction.
             g = _ordered_site("weight_gammas", k_total,
@@ -442,6 +461,11 @@ class MixtureModel:
             else:
                 values["frac_log_ratio"] = np.asarray(logit0 + 2.0 * math.log(2.0))
                 values["frac_radius"] = np.asarray(self.reference_radius)
+        elif self.frozen_weights is not None and any(self.frozen_weights):
+            fixed = np.asarray(self.frozen_weights + (False,) * (self.n_total - k))
+            if np.sum(~fixed) > 1:
+                free = w[~fixed]
+                values["weights_free"] = free / free.sum()
         elif order.kind == "weight":
             values["weight_gammas"] = _strictly_increasing(np.sort(w) * self.n_total
                                                            * self.weight_concentration, positive=True)
@@ -492,7 +516,8 @@ def mixture_model(data, n_components: int, *, priors: Priors | None = None,
                   ordering: Ordering | str | None = None, background=None,
                   radius_fraction: RadiusFraction | None = None, covariates: dict | None = None,
                   frozen: MixtureParams | None = None, frozen_means=None, frozen_covariances=None,
-                  feature_names=None, component_names=None, tutorial_names: bool = False) -> MixtureModel:
+                  frozen_weights=None, feature_names=None, component_names=None,
+                  tutorial_names: bool = False) -> MixtureModel:
     """Build a :class:`MixtureModel` with priors resolved against the data.
 
     Parameters
@@ -509,8 +534,9 @@ def mixture_model(data, n_components: int, *, priors: Priors | None = None,
         Requires ``n_components == 2`` and no background; ``covariates`` (or the
         catalogue's) must hold its radius column, all positive.
     covariates : dict of str to array, optional
-    frozen, frozen_means, frozen_covariances
-        Fixed component values (a MixtureParams) and boolean masks (n_components,).
+    frozen, frozen_means, frozen_covariances, frozen_weights
+        Fixed component values (a MixtureParams) and boolean masks (n_components,),
+        as in :func:`bayesmix.em.fit_em`.
     feature_names, component_names : sequences of str, optional
     tutorial_names : bool
         Record the tutorial's ``mean1, sigma1, mean2, sigma2, frac1`` (K = 2, D = 1).
@@ -570,12 +596,22 @@ def mixture_model(data, n_components: int, *, priors: Priors | None = None,
         raise ValueError(f"component_names has {len(names)} names for {n_total} components.")
     feats = tuple(feature_names) if feature_names is not None else tuple(f"x{j}" for j in range(n_features))
     masks = {}
-    for label, mask in (("frozen_means", frozen_means), ("frozen_covariances", frozen_covariances)):
+    for label, mask in (("frozen_means", frozen_means), ("frozen_covariances", frozen_covariances),
+                        ("frozen_weights", frozen_weights)):
         if mask is not None:
             mask = tuple(bool(m) for m in np.broadcast_to(np.asarray(mask, bool), (n_components,)))
             if frozen is None:
                 raise ValueError(f"{label} needs frozen= (a MixtureParams with the fixed values).")
         masks[label] = mask
+    if masks["frozen_weights"] is not None and any(masks["frozen_weights"]):
+        if radius_fraction is not None or ordering.kind == "weight":
+            raise ValueError("frozen_weights cannot be combined with radius_fraction or ordering by weight.")
+        fixed_sum = float(np.sum(np.asarray(frozen.weights)[np.asarray(masks["frozen_weights"])]))
+        n_free = n_total - int(np.sum(masks["frozen_weights"]))
+        if not (0.0 <= fixed_sum < 1.0) or n_free < 1:
+            raise ValueError(f"frozen weights sum to {fixed_sum:.6g} with {n_free} free components; they "
+                             "must sum to less than 1 and leave at least one component (or the "
+                             "background) free.")
     return MixtureModel(
         n_components=n_components, n_features=n_features, feature_names=feats, component_names=names,
         ordering=ordering, weight_concentration=float(priors.weight_concentration),
@@ -583,7 +619,8 @@ def mixture_model(data, n_components: int, *, priors: Priors | None = None,
         lkj_concentration=float(priors.lkj_concentration), frac_loc=float(priors.frac_loc),
         frac_scale=float(priors.frac_scale), background=background, radius_fraction=radius_fraction,
         reference_radius=reference_radius, frozen=frozen, frozen_means=masks["frozen_means"],
-        frozen_covariances=masks["frozen_covariances"], tutorial_names=tutorial_names,
+        frozen_covariances=masks["frozen_covariances"], frozen_weights=masks["frozen_weights"],
+        tutorial_names=tutorial_names,
     )
 
 

@@ -15,7 +15,6 @@ to a finished run from its last state, exactly as if the run had been longer.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import pickle
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bayesmix import _x64, hmc  # noqa: F401
+from bayesmix import _programs, _x64, hmc  # noqa: F401
 from bayesmix.likelihood import MixtureParams, Observations, as_observations
 from bayesmix.models import MixtureModel
 
@@ -114,93 +113,8 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    global _PROGRAM_CACHE
-    _PROGRAM_CACHE = path / "bayesmix-programs"
-    _PROGRAM_CACHE.mkdir(exist_ok=True)
+    _programs.set_store(path / "bayesmix-programs")
     return path
-
-
-_PROGRAM_CACHE: Path | None = None
-
-
-@functools.lru_cache(maxsize=1)
-def _source_fingerprint() -> str:
-    """Hash of the package's own source: any code change invalidates stored programs."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-_SERIALIZABLE = []
-
-
-def _register_serialization():
-    """Let jax.export store the package's NamedTuple states in a program's signature."""
-    if _SERIALIZABLE:
-        return
-    from jax import export
-
-    from bayesmix.likelihood import MixtureParams
-
-    for cls in (Observations, MixtureParams, hmc.HMCState, hmc.Tuning, hmc.ChainState, hmc.StepInfo,
-                hmc.LaplaceResult, hmc.AdaptState, hmc._DualAveraging):
-        export.register_namedtuple_serialization(cls, serialized_name=f"bayesmix.{cls.__name__}")
-        _SERIALIZABLE.append(cls)
-
-
-class _Program:
-    """A jitted function that, with the program cache on, is stored and reloaded as a
-    serialized :mod:`jax.export` program.
-
-    A repeated scripted run then skips Python tracing and lowering (about a second for
-    the NUTS programs) as well as compilation (JAX's persistent cache). The key hashes
-    the package source, the JAX/NumPyro versions and backend, ``fingerprint`` (the
-    model's full ``repr`` and the sampler settings) and the arguments' structure,
-    shapes and dtypes; ``Exported.call`` re-checks structure and shapes on every call.
-    """
-
-    def __init__(self, name: str, jitted, fingerprint: str):
-        self.name, self.jitted, self.fingerprint = name, jitted, fingerprint
-        self._fns = {}
-
-    def __call__(self, *args):
-        if _PROGRAM_CACHE is None:
-            return self.jitted(*args)
-        leaves, tree = jax.tree_util.tree_flatten(args)
-        signature = f"{tree}|{[(np.shape(x), str(getattr(x, 'dtype', type(x).__name__))) for x in leaves]}"
-        fn = self._fns.get(signature)
-        if fn is None:
-            fn = self._fns[signature] = self._load_or_export(args, signature)
-        return fn(*args)
-
-    def _load_or_export(self, args, signature):
-        import hashlib
-
-        import numpyro
-        from jax import export
-
-        key = hashlib.sha256("|".join([self.name, _source_fingerprint(), jax.__version__, numpyro.__version__,
-                                       jax.default_backend(), self.fingerprint, signature])
-                             .encode()).hexdigest()[:32]
-        path = _PROGRAM_CACHE / f"{self.name}-{key}.jaxexport"
-        if path.exists():
-            try:
-                _register_serialization()
-                exported = export.deserialize(bytearray(path.read_bytes()))
-                return jax.jit(exported.call)
-            except Exception as exc:  # a truncated or foreign file: rebuild it, say so
-                logger.warning("stored program %s unreadable (%s); rebuilding it", path, exc)
-        _register_serialization()
-        exported = export.export(self.jitted)(*args)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(exported.serialize())
-        os.replace(tmp, path)
-        return jax.jit(exported.call)
 
 
 def _default_progress_bar() -> bool:
@@ -276,15 +190,19 @@ class _Sampler:
         fingerprint = (f"{model!r}|{_template_structure(template)}|chains={self.num_chains}|"
                        f"method={chain_method}|block={self.block}|accept={target_accept}|"
                        f"depth={max_tree_depth}")
-        self._start = _Program("start", jax.jit(
-            lambda key, z, args: hmc.start(potential, key, z, args, self.num_chains)), fingerprint)
+        classes = (Observations, MixtureParams, hmc.HMCState, hmc.Tuning, hmc.ChainState, hmc.StepInfo,
+                   hmc.LaplaceResult, hmc.AdaptState, hmc._DualAveraging)
+        self._start = _programs.Program("start", jax.jit(
+            lambda key, z, args: hmc.start(potential, key, z, args, self.num_chains)), fingerprint,
+            classes)
         self._run = self._over_chains(lambda st, args, extra: hmc.run(
             potential, st[0], st[1], args, extra[0], extra[1], self.block, target_accept=target_accept,
             max_tree_depth=max_tree_depth))
         if chain_method != "parallel":  # jax.export cannot store a pmap
-            self._run = _Program("run", self._run, fingerprint)
+            self._run = _programs.Program("run", self._run, fingerprint, classes)
         # Deterministic sites only: XLA drops the (unused) likelihood from this program.
-        self._constrain = _Program("constrain", jax.jit(jax.vmap(constrain, in_axes=(0, None))), fingerprint)
+        self._constrain = _programs.Program("constrain", jax.jit(jax.vmap(constrain, in_axes=(0, None))),
+                                            fingerprint, classes)
 
     def _over_chains(self, fn):
         """Run ``fn(chain_state, args, extra)`` for every chain, as the chain method says."""
@@ -301,8 +219,10 @@ class _Sampler:
         mapped = jax.pmap(per_device, in_axes=(0, None, None), devices=jax.local_devices()[:n_dev])
 
         def run(states, args, extra):
-            split = jax.tree_util.tree_map(lambda x: x.reshape((n_dev, n_chains // n_dev, *x.shape[1:])),
-                                           states)
+            # Host copies: pmap places them itself (arrays committed to one device, as a
+            # stored program returns them, would be refused).
+            split = jax.tree_util.tree_map(
+                lambda x: np.asarray(x).reshape((n_dev, n_chains // n_dev, *np.shape(x)[1:])), states)
             out = mapped(split, args, extra)
             return jax.tree_util.tree_map(lambda x: x.reshape((n_chains, *x.shape[2:])), out)
 
@@ -641,7 +561,8 @@ def _unconstrained(model: MixtureModel, obs, covariates, values: dict) -> dict:
     from numpyro.infer.util import unconstrain_fn
 
     args = (obs, covariates, model.hyperparameters())
-    fn = _Program("unconstrain", jax.jit(lambda v, a: unconstrain_fn(model.model, a, {}, v)), repr(model))
+    fn = _programs.Program("unconstrain", jax.jit(lambda v, a: unconstrain_fn(model.model, a, {}, v)),
+                           repr(model), (Observations,))
     return jax.device_get(fn({k: jnp.asarray(v) for k, v in values.items()}, args))
 
 

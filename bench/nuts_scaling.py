@@ -151,7 +151,7 @@ def _worker(args):
     from bayesmix.sampling import set_host_device_count
 
     set_host_device_count()  # CPU cores as devices (chains in parallel); no effect on a GPU
-    import jax  # noqa: F401
+    import jax
 
     from bayesmix.em import fit_em
     from bayesmix.models import mixture_model
@@ -168,7 +168,7 @@ def _worker(args):
     obs = as_observations(cat)
     base_mb = _status_mb("VmRSS")
     clog = _CompileLog()
-    out = {"import_s": import_s, "base_mb": base_mb}
+    out = {"import_s": import_s, "base_mb": base_mb, "jax_devices": [str(d) for d in jax.devices()]}
 
     # The full path, timed from the data in memory.
     c0 = clog.snapshot()

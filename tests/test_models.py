@@ -16,6 +16,7 @@ from bayesmix.models import (
     cluster_field_model,
     mixture_model,
 )
+from bayesmix.sampling import sample_posterior
 from bayesmix.simulate import simulate_cluster_field, simulate_mixture, thin_thick_disc_params
 
 
@@ -193,3 +194,33 @@ def test_frozen_components_keep_their_values(velocity_data):
     np.testing.assert_allclose(covs[:, 0, 0], [9.0, 46.1**2])
     want = float(log_likelihood(check_params([0.4, 0.6], [[-40.0], [2.76]], [[[9.0]], [[46.1**2]]]), obs))
     assert float(trace["log_likelihood"]["fn"].log_factor) == pytest.approx(want, rel=1e-12)
+
+
+def test_frozen_weights_keep_their_values_and_the_rest_share_the_remainder(velocity_data):
+    sim, obs = velocity_data
+    fixed = check_params([0.3, 0.2, 0.5], [[-44.73], [0.0], [2.76]], [[[2.3**2]], [[30.0**2]], [[46.1**2]]])
+    m = mixture_model(sim.catalogue, 3, frozen=fixed, frozen_weights=[True, False, False])
+    values = {"weights_free": np.array([0.25, 0.75]), "means_free": np.array([[-44.0], [0.0], [3.0]]),
+              "scales_ordered": np.array([2.0, 30.0, 45.0])}
+    _, trace = log_density(m.model, (obs, {}, m.hyperparameters()), {}, values)
+    weights = np.asarray(trace["weights"]["value"])
+    np.testing.assert_allclose(weights, [0.3, 0.7 * 0.25, 0.7 * 0.75], rtol=1e-12)
+    want = float(log_likelihood(check_params(weights, values["means_free"],
+                                             values["scales_ordered"][:, None, None] ** 2), obs))
+    assert float(trace["log_likelihood"]["fn"].log_factor) == pytest.approx(want, rel=1e-12)
+    # Sampling starts from the EM point and keeps the frozen weight in every draw.
+    fit = sample_posterior(0, m, sim.catalogue, num_chains=2, num_warmup=60, num_samples=40,
+                           progress_bar=False)
+    w = fit.idata.posterior["weights"].values
+    np.testing.assert_allclose(w[..., 0], 0.3, rtol=1e-12)
+    np.testing.assert_allclose(w.sum(axis=-1), 1.0, rtol=1e-12)
+    assert w[..., 1].std() > 0
+
+
+def test_frozen_weights_reject_impossible_settings(velocity_data):
+    sim, _ = velocity_data
+    fixed = check_params([0.6, 0.4], [[-44.73], [2.76]], [[[2.3**2]], [[46.1**2]]])
+    with pytest.raises(ValueError, match="leave at least one"):
+        mixture_model(sim.catalogue, 2, frozen=fixed, frozen_weights=[True, True])
+    with pytest.raises(ValueError, match="ordering by weight"):
+        mixture_model(sim.catalogue, 2, frozen=fixed, frozen_weights=[True, False], ordering="weight")

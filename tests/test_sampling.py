@@ -231,9 +231,11 @@ def test_pointwise_log_likelihood_on_request_in_chunks(ngc288_like):
 
 
 def test_stored_programs_replay_the_run_exactly(tmp_path, caplog):
-    """enable_compilation_cache stores the sampler's programs (jax.export); a repeat loads
-    them instead of tracing, with identical draws, and an unreadable file is rebuilt."""
-    previous = sampling._PROGRAM_CACHE
+    """enable_compilation_cache stores the EM and sampler programs (jax.export); a repeat
+    loads them instead of tracing, with identical results, and an unreadable file is rebuilt."""
+    from bayesmix import _programs
+
+    previous = _programs.store()
     try:
         sampling.enable_compilation_cache(tmp_path)
         sim = simulate_cluster_field(11, 200)
@@ -243,7 +245,10 @@ def test_stored_programs_replay_the_run_exactly(tmp_path, caplog):
                   "chain_method": "sequential"}
         first = sample_posterior(4, model, sim.catalogue, **kwargs)
         stored = sorted((tmp_path / "bayesmix-programs").glob("*.jaxexport"))
-        assert {p.name.split("-")[0] for p in stored} == {"start", "run", "constrain", "unconstrain"}
+        names = {p.name.split("-")[0] for p in stored}
+        assert names == {"em_fit", "start", "run", "constrain", "unconstrain"}
+        em_again = fit_em(0, as_observations(sim.catalogue), 2)  # replayed from its stored program
+        np.testing.assert_array_equal(np.asarray(em.params.means), np.asarray(em_again.params.means))
         again = sample_posterior(4, model, sim.catalogue, **kwargs)
         np.testing.assert_array_equal(first.idata.posterior["mean1"].values,
                                       again.idata.posterior["mean1"].values)
@@ -258,3 +263,5 @@ def test_stored_programs_replay_the_run_exactly(tmp_path, caplog):
     finally:
         if previous is not None:
             sampling.enable_compilation_cache(previous.parent)
+        else:
+            _programs.set_store(None)

@@ -1,0 +1,119 @@
+"""Compiled programs kept on disk as :mod:`jax.export` modules (with the compilation cache).
+
+JAX's persistent compilation cache skips XLA compilation on a repeated run, but the
+Python tracing and lowering that produce its key are still paid: about a second for
+the NUTS and EM programs, most of a small repeated run. A :class:`Program` stores the
+lowered program itself, so a repeat loads it and goes straight to the (cached)
+executable. Off until :func:`bayesmix.sampling.enable_compilation_cache` sets a store.
+
+A stored program's key hashes the package's own source, the JAX and NumPyro versions
+and backend, a caller-given fingerprint (everything closed over: model ``repr``,
+settings) and the arguments' tree structure, shapes and dtypes; ``Exported.call``
+re-checks structure and shapes on every call. Files are written atomically; an
+unreadable one is rebuilt with a warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+_STORE: Path | None = None
+_SERIALIZABLE: set = set()
+
+
+def set_store(path: Path | None) -> None:
+    """Directory of stored programs, or None to switch storing off."""
+    global _STORE
+    if path is not None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    _STORE = None if path is None else Path(path)
+
+
+def store() -> Path | None:
+    return _STORE
+
+
+@functools.lru_cache(maxsize=1)
+def source_fingerprint() -> str:
+    """Hash of the package's own source: any code change invalidates stored programs."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def register(*classes) -> None:
+    """Let jax.export store these NamedTuples in a program's signature (idempotent)."""
+    from jax import export
+
+    for cls in classes:
+        if cls not in _SERIALIZABLE:
+            export.register_namedtuple_serialization(cls, serialized_name=f"bayesmix.{cls.__qualname__}")
+            _SERIALIZABLE.add(cls)
+
+
+class Program:
+    """A jitted function that is stored and reloaded as a jax.export module when a store is set.
+
+    Parameters
+    ----------
+    name : str
+        File-name prefix.
+    jitted : callable
+        The ``jax.jit``-wrapped function.
+    fingerprint : str
+        Everything the program closes over that its arguments do not show.
+    classes : tuple of NamedTuple classes
+        Those appearing in its arguments or results (registered for serialisation).
+    """
+
+    def __init__(self, name: str, jitted, fingerprint: str, classes: tuple = ()):
+        self.name, self.jitted, self.fingerprint, self.classes = name, jitted, fingerprint, classes
+        self._fns = {}
+
+    def __call__(self, *args):
+        if _STORE is None:
+            return self.jitted(*args)
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        signature = f"{tree}|{[(np.shape(x), str(getattr(x, 'dtype', type(x).__name__))) for x in leaves]}"
+        fn = self._fns.get(signature)
+        if fn is None:
+            fn = self._fns[signature] = self._load_or_export(args, signature)
+        return fn(*args)
+
+    def _load_or_export(self, args, signature):
+        import numpyro
+        from jax import export
+
+        register(*self.classes)
+        key = hashlib.sha256("|".join([self.name, source_fingerprint(), jax.__version__, numpyro.__version__,
+                                       jax.default_backend(), self.fingerprint, signature])
+                             .encode()).hexdigest()[:32]
+        path = _STORE / f"{self.name}-{key}.jaxexport"
+        if path.exists():
+            try:
+                return jax.jit(export.deserialize(bytearray(path.read_bytes())).call)
+            except Exception as exc:  # a truncated or foreign file: rebuild it, and say so
+                logger.warning("stored program %s unreadable (%s); rebuilding it", path, exc)
+        exported = export.export(self.jitted)(*args)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(exported.serialize())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return jax.jit(exported.call)

@@ -939,13 +939,27 @@ def make_provenance(**extra) -> dict[str, Any]:
     return info
 
 
-def _atomic_write(path: Path, write) -> None:
+def _default_mode() -> int:
+    """Permissions a plain ``open(path, "w")`` would give (mkstemp makes files 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Call ``write(tmp_path)``, then rename the file onto ``path``: never a half-written result.
+
+    The file gets the permissions an ordinary write would give.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
+        return path
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -1013,7 +1027,7 @@ def write_table(table: Table, path, format: str | None = None,
             out.write(tmp, format=fmt, overwrite=True)
     else:
         raise ValueError(f"cannot write format {fmt!r}; use .fits, .csv, .ecsv or .vot.")
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 

@@ -2,6 +2,7 @@
 
 Commands so far::
 
+    bayesmix demo [--out DIR] [--seed 0] [--n-stars 386] [--num-samples 1000] [--no-cache]
     bayesmix simulate cluster-field --out ngc288_sim.fits [--n-stars 386] [--seed 0]
     bayesmix simulate disc --out disc_sim.fits [--n-stars 2000] [--seed 0]
     bayesmix --version
@@ -27,6 +28,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bayesmix {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and cuts")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser("demo", help="simulate NGC 288-like velocities, fit them (EM then NUTS), "
+                                       "print the posterior beside the truth, write the outputs")
+    demo.add_argument("--out", type=Path, default=None,
+                      help="output folder (default: bayesmix-demo-seed<SEED> in the current folder)")
+    demo.add_argument("--seed", type=int, default=0, help="PRNG seed of data and sampler (default 0)")
+    demo.add_argument("--n-stars", type=int, default=386, help="simulated stars (default 386, as NGC 288)")
+    demo.add_argument("--num-warmup", type=int, default=300, help="NUTS warmup per chain (default 300)")
+    demo.add_argument("--num-samples", type=int, default=1000, help="NUTS draws per chain (default 1000)")
+    demo.add_argument("--num-chains", type=int, default=4, help="NUTS chains (default 4)")
+    demo.add_argument("--no-cache", action="store_true",
+                      help="do not keep compiled programs in ~/.cache/bayesmix (or $BAYESMIX_CACHE)")
     sim = sub.add_parser("simulate", help="write a simulated catalogue with its truth")
     sim.add_argument("kind", choices=SIMULATIONS,
                      help="cluster-field: NGC 288-like velocities with radii; "
@@ -37,6 +49,75 @@ def _parser() -> argparse.ArgumentParser:
                      help="number of stars (default: 386 for cluster-field, 2000 for disc)")
     sim.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
     return parser
+
+
+TUTORIAL = ("mean1", "sigma1", "mean2", "sigma2", "frac1")
+_TUTORIAL_MEANING = {"mean1": "cluster systemic velocity [km/s]", "sigma1": "cluster dispersion [km/s]",
+                     "mean2": "field mean velocity [km/s]", "sigma2": "field dispersion [km/s]",
+                     "frac1": "member fraction"}
+
+
+def _demo(args) -> int:
+    import json
+
+    from astropy.table import Table
+
+    from bayesmix.catalogue import atomic_write, make_provenance, write_table
+    from bayesmix.diagnostics import check_convergence, summary
+    from bayesmix.membership import membership_probabilities, membership_table
+    from bayesmix.models import cluster_field_model
+    from bayesmix.sampling import enable_compilation_cache, sample_posterior
+    from bayesmix.simulate import simulate_cluster_field
+
+    for name in ("n_stars", "num_warmup", "num_samples", "num_chains"):
+        if getattr(args, name) < (0 if name == "num_warmup" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be positive; got {getattr(args, name)}.")
+    out = args.out or Path(f"bayesmix-demo-seed{args.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.no_cache:
+        enable_compilation_cache()
+    sim = simulate_cluster_field(args.seed, args.n_stars)
+    truth = sim.truth
+    true = {"mean1": truth.cluster_mean, "sigma1": truth.cluster_dispersion, "mean2": truth.field_mean,
+            "sigma2": truth.field_dispersion, "frac1": truth.member_fraction}
+    print(f"bayesmix demo: {args.n_stars} NGC 288-like stars (seed {args.seed}); EM start, then NUTS "
+          f"{args.num_chains} x ({args.num_warmup} + {args.num_samples})", flush=True)
+    model = cluster_field_model(sim.catalogue)
+    fit = sample_posterior(args.seed, model, sim.catalogue, num_chains=args.num_chains,
+                           num_warmup=args.num_warmup, num_samples=args.num_samples)
+    table = summary(fit, var_names=list(TUTORIAL))
+    report = check_convergence(fit)
+    print()
+    print(f"{'parameter':8s} {'meaning':34s} {'true':>8s} {'median':>9s} {'-1 sd':>8s} {'+1 sd':>8s} "
+          f"{'r_hat':>6s} {'ess':>6s}")
+    for name in TUTORIAL:
+        row = table.loc[name]
+        print(f"{name:8s} {_TUTORIAL_MEANING[name]:34s} {true[name]:8.3f} {row['p50']:9.3f} "
+              f"{row['p50'] - row['p16']:8.3f} {row['p84'] - row['p50']:8.3f} {row['r_hat']:6.3f} "
+              f"{row['ess_bulk']:6.0f}")
+    spec = {"command": "demo", "n_stars": args.n_stars, "num_chains": args.num_chains,
+            "num_warmup": args.num_warmup, "num_samples": args.num_samples}
+    provenance = make_provenance(spec=spec, seed=args.seed, truth=true, dropped_rows={},
+                                 converged=bool(report.ok))
+    members = membership_probabilities(fit)
+    stars = membership_table(fit, members, provenance=provenance)
+    written = [write_table(stars, out / "membership.fits", provenance=provenance),
+               write_table(stars, out / "membership.csv", provenance=provenance)]
+    summary_table = Table.from_pandas(table.reset_index().rename(columns={"index": "parameter"}))
+    written.append(write_table(summary_table, out / "summary.csv", provenance=provenance))
+    fit.idata.attrs["bayesmix_provenance"] = json.dumps(provenance, default=str)
+    written.append(atomic_write(out / "posterior.nc", lambda tmp: fit.idata.to_netcdf(tmp)))
+    em = fit.em
+    em_record = {"weights": em.params.weights.tolist(), "means": em.params.means.tolist(),
+                 "covariances": em.params.covariances.tolist(), "log_likelihood": em.log_likelihood,
+                 "n_iter": em.n_iter, "converged": em.converged, "provenance": provenance}
+    written.append(atomic_write(out / "em.json", lambda tmp: Path(tmp).write_text(
+        json.dumps(em_record, indent=1, default=float))))
+    n_members = int((members.labels == 0).sum())
+    print(f"\n{n_members} of {args.n_stars} stars are more likely members than not "
+          f"({int((sim.labels == 0).sum())} simulated members).")
+    print(f"wrote {', '.join(p.name for p in written)} to {out}/")
+    return 0
 
 
 def _simulate(args) -> int:
@@ -71,7 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "demo":
+        from bayesmix.sampling import set_host_device_count
+
+        set_host_device_count()  # before JAX starts: chains on every core where that pays
     try:
+        if args.command == "demo":
+            return _demo(args)
         if args.command == "simulate":
             return _simulate(args)
     except (ValueError, FileNotFoundError) as exc:

@@ -573,8 +573,11 @@ def _finish(model, obs, covariates, catalogue, em_result, settings, samples, sta
     stats = dict(stats)
     stats["step_size"] = np.broadcast_to(np.asarray(states.tuning.step_size)[:, None],
                                          stats["accept_prob"].shape).copy()
+    # netCDF stores no booleans: flags become 0/1 so the InferenceData can be saved.
     attrs = {"bayesmix_version": __version__, "sampler": "bayesmix NUTS (numpyro tree building)",
-             "chain_method": method, **{f"setting_{k}": v for k, v in settings.items() if v is not None},
+             "chain_method": method,
+             **{f"setting_{k}": (int(v) if isinstance(v, bool) else v) for k, v in settings.items()
+                if v is not None},
              **{f"start_{k}": (int(v) if isinstance(v, bool) else v) for k, v in start_info.items()}}
     idata = _to_idata(model, obs, covariates, samples, stats, catalogue, attrs)
     return PosteriorFit(idata=idata, model=model, data=obs, covariates=covariates, em=em_result,

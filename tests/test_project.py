@@ -117,3 +117,39 @@ def test_readme_nuts_example_runs():
     fit = namespace["fit"]
     mean1 = fit.idata.posterior["mean1"]
     assert abs(float(mean1.median()) + 44.73) < 4 * float(mean1.std())
+
+
+def test_cli_demo_fits_and_writes_outputs_with_provenance(tmp_path, capsys):
+    import json
+
+    import arviz as az
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--seed", "3", "--n-stars", "200", "--num-warmup", "100",
+            "--num-samples", "100", "--num-chains", "2", "--no-cache"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for name in ("mean1", "sigma1", "mean2", "sigma2", "frac1"):
+        assert name in printed
+    stars = read_table(out / "membership.fits")
+    assert len(stars) == 200
+    p = np.column_stack([stars["p_cluster"], stars["p_field"]])
+    assert np.all((p >= 0) & (p <= 1)) and np.allclose(p.sum(axis=1), 1.0)
+    assert np.all(stars["p_cluster_16"] <= stars["p_cluster_84"])
+    for path in (out / "membership.fits", out / "membership.csv", out / "summary.csv"):
+        prov = read_provenance(path)
+        assert prov["seed"] == 3 and prov["spec"]["n_stars"] == 200
+        assert prov["bayesmix_version"] == __version__
+    summary = read_table(out / "summary.csv")
+    assert list(summary["parameter"]) == ["mean1", "sigma1", "mean2", "sigma2", "frac1"]
+    idata = az.from_netcdf(out / "posterior.nc")
+    assert idata.posterior.sizes["chain"] == 2 and idata.posterior.sizes["draw"] == 100
+    assert json.loads(idata.attrs["bayesmix_provenance"])["seed"] == 3
+    em = json.loads((out / "em.json").read_text())
+    assert em["converged"] and len(em["weights"]) == 2
+    assert not list(out.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_cli_demo_bad_settings_are_a_message(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--num-samples", "0"]) == 2
+    assert "--num-samples must be positive" in capsys.readouterr().err

@@ -113,11 +113,36 @@ def _demo(args) -> int:
                  "n_iter": em.n_iter, "converged": em.converged, "provenance": provenance}
     written.append(atomic_write(out / "em.json", lambda tmp: Path(tmp).write_text(
         json.dumps(em_record, indent=1, default=float))))
+    written += _demo_figures(fit, members, sim, true, out)
     n_members = int((members.labels == 0).sum())
     print(f"\n{n_members} of {args.n_stars} stars are more likely members than not "
           f"({int((sim.labels == 0).sum())} simulated members).")
     print(f"wrote {', '.join(p.name for p in written)} to {out}/")
     return 0
+
+
+def _demo_figures(fit, members, sim, true, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: the demo never opens a window
+    import matplotlib.pyplot as plt
+
+    from bayesmix.catalogue import atomic_write
+    from bayesmix.plotting import corner_plot, membership_radius_plot
+
+    paths = []
+    fig = corner_plot(fit, list(TUTORIAL), truths=true)
+    paths.append(atomic_write(out / "corner.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110)))
+    plt.close(fig)
+    cat = sim.catalogue
+    fig = membership_radius_plot(cat.values[:, 0], cat.covariates["R_proj"], members.mean[:, 0],
+                                 value_label="line-of-sight velocity [km/s]",
+                                 radius_label="projected radius [arcsec]")
+    fig.axes[0].set_title("simulated NGC 288-like stars: posterior membership")
+    paths.append(atomic_write(out / "membership_radius.png",
+                              lambda tmp: fig.savefig(tmp, format="png", dpi=110)))
+    plt.close(fig)
+    return paths
 
 
 def _simulate(args) -> int:

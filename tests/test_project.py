@@ -147,6 +147,8 @@ def test_cli_demo_fits_and_writes_outputs_with_provenance(tmp_path, capsys):
     assert json.loads(idata.attrs["bayesmix_provenance"])["seed"] == 3
     em = json.loads((out / "em.json").read_text())
     assert em["converged"] and len(em["weights"]) == 2
+    for figure in ("corner.png", "membership_radius.png"):
+        assert (out / figure).stat().st_size > 10_000
     assert not list(out.glob(".*.tmp"))  # no temporary file left behind
 
 

@@ -77,9 +77,7 @@ def _demo(args) -> int:
     if not args.no_cache:
         enable_compilation_cache()
     sim = simulate_cluster_field(args.seed, args.n_stars)
-    truth = sim.truth
-    true = {"mean1": truth.cluster_mean, "sigma1": truth.cluster_dispersion, "mean2": truth.field_mean,
-            "sigma2": truth.field_dispersion, "frac1": truth.member_fraction}
+    true = sim.truth.tutorial_values()
     print(f"bayesmix demo: {args.n_stars} NGC 288-like stars (seed {args.seed}); EM start, then NUTS "
           f"{args.num_chains} x ({args.num_warmup} + {args.num_samples})", flush=True)
     model = cluster_field_model(sim.catalogue)

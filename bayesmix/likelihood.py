@@ -110,20 +110,41 @@ class Observations(NamedTuple):
 
 
 def _cholesky_unrolled(a):
-    """Lower Cholesky factor of ``a`` (..., D, D) as nested lists of (...) arrays."""
-    d = a.shape[-1]
+    """Lower Cholesky factor of ``a`` (..., D, D), or of a nested list ``a[i][j]`` of (...)
+    arrays, as nested lists of (...) arrays (only the lower triangle is read)."""
+    if isinstance(a, list):
+        d, entry = len(a), lambda i, j: a[i][j]
+    else:
+        d, entry = a.shape[-1], lambda i, j: a[..., i, j]
     low = [[None] * d for _ in range(d)]
     for j in range(d):
-        diag = a[..., j, j]
+        diag = entry(j, j)
         for m in range(j):
             diag = diag - low[j][m] ** 2
         low[j][j] = jnp.sqrt(diag)
         for i in range(j + 1, d):
-            off = a[..., i, j]
+            off = entry(i, j)
             for m in range(j):
                 off = off - low[i][m] * low[j][m]
             low[i][j] = off / low[j][j]
     return low
+
+
+def _forward_substitution(low, resid):
+    """``z = L^-1 r`` for unrolled ``low`` and ``resid`` a list of (...) arrays, with
+    ``|z|^2`` and ``log det(L L^T)``."""
+    z = []
+    maha = 0.0
+    logdet = 0.0
+    for i in range(len(low)):
+        zi = resid[i]
+        for m in range(i):
+            zi = zi - low[i][m] * z[m]
+        zi = zi / low[i][i]
+        z.append(zi)
+        maha = maha + zi**2
+        logdet = logdet + jnp.log(low[i][i])
+    return z, maha, 2.0 * logdet
 
 
 def _cholesky_looped(a):
@@ -323,19 +344,8 @@ def _mahalanobis_and_logdet(cov, resid):
         z = jnp.einsum("...ab,...b->...a", _tril_inverse_looped(low), resid)
         diag = jnp.diagonal(low, axis1=-2, axis2=-1)
         return jnp.sum(z**2, axis=-1), 2.0 * jnp.sum(jnp.log(diag), axis=-1)
-    low = _cholesky_unrolled(cov)
-    z = []
-    maha = 0.0
-    logdet = 0.0
-    for i in range(d):
-        zi = resid[..., i]
-        for m in range(i):
-            zi = zi - low[i][m] * z[m]
-        zi = zi / low[i][i]
-        z.append(zi)
-        maha = maha + zi**2
-        logdet = logdet + jnp.log(low[i][i])
-    return maha, 2.0 * logdet
+    _, maha, logdet = _forward_substitution(_cholesky_unrolled(cov), [resid[..., i] for i in range(d)])
+    return maha, logdet
 
 
 def mvn_log_prob(x, mean, cov):
@@ -453,29 +463,9 @@ def _score_terms(means, covariances, values, error_covs):
         res = values[None, :, :] - means[:, None, :]
         u_arr = jnp.einsum("knab,knb->kna", tinv_arr, res)
         return mvn_log_prob(res, 0.0, cov), u_arr, tinv_arr
-    low = [[None] * d for _ in range(d)]
-    for j in range(d):
-        diag = total[j][j]
-        for m in range(j):
-            diag = diag - low[j][m] ** 2
-        low[j][j] = jnp.sqrt(diag)
-        for i in range(j + 1, d):
-            off = total[i][j]
-            for m in range(j):
-                off = off - low[i][m] * low[j][m]
-            low[i][j] = off / low[j][j]
-    z = []
-    maha = 0.0
-    logdet = 0.0
-    for i in range(d):
-        zi = resid[i]
-        for m in range(i):
-            zi = zi - low[i][m] * z[m]
-        zi = zi / low[i][i]
-        z.append(zi)
-        maha = maha + zi**2
-        logdet = logdet + jnp.log(low[i][i])
-    log_prob = -0.5 * (d * _LOG_2PI + 2.0 * logdet + maha)
+    low = _cholesky_unrolled(total)
+    z, maha, logdet = _forward_substitution(low, resid)
+    log_prob = -0.5 * (d * _LOG_2PI + logdet + maha)
     u = [None] * d
     for i in reversed(range(d)):
         ui = z[i]

@@ -73,6 +73,11 @@ class ClusterFieldTruth(NamedTuple):
             [[[self.cluster_dispersion**2]], [[self.field_dispersion**2]]],
         )
 
+    def tutorial_values(self) -> dict[str, float]:
+        """The truth under the tutorial's names: mean1, sigma1, mean2, sigma2, frac1."""
+        return {"mean1": self.cluster_mean, "sigma1": self.cluster_dispersion, "mean2": self.field_mean,
+                "sigma2": self.field_dispersion, "frac1": self.member_fraction}
+
     def member_probability_at_radius(self, radius) -> np.ndarray:
         """Prior probability of membership given projected radius alone, shape like ``radius``.
 

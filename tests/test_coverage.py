@@ -30,9 +30,7 @@ def test_68_percent_intervals_cover_the_truth_at_the_nominal_rate():
     hits = {name: [] for name in TUTORIAL}
     for sim_seed in range(N_SIMS):
         sim = simulate_cluster_field(1000 + sim_seed)
-        truth = sim.truth
-        true = {"mean1": truth.cluster_mean, "sigma1": truth.cluster_dispersion, "mean2": truth.field_mean,
-                "sigma2": truth.field_dispersion, "frac1": truth.member_fraction}
+        true = sim.truth.tutorial_values()
         fit = sample_posterior(sim_seed, cluster_field_model(sim.catalogue), sim.catalogue,
                                num_warmup=200, num_samples=250, progress_bar=False)
         post = fit.idata.posterior

@@ -17,8 +17,7 @@ TUTORIAL = ["mean1", "sigma1", "mean2", "sigma2", "frac1"]
 
 
 def truth_values(truth):
-    return {"mean1": truth.cluster_mean, "sigma1": truth.cluster_dispersion, "mean2": truth.field_mean,
-            "sigma2": truth.field_dispersion, "frac1": truth.member_fraction}
+    return truth.tutorial_values()
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,14 @@ _EXPORTS = {
     "posterior_predictive": "membership",
     "posterior_predictive_idata": "membership",
     "responsibilities_at": "membership",
+    # the scikit-learn-style estimator (imports scikit-learn when first used)
+    "DeconvolvedGaussianMixture": "estimator",
+    # run specifications and whole runs (the layer under `bayesmix fit` / `scan`)
+    "RunSpec": "config",
+    "SpecError": "config",
+    "load_spec": "config",
+    "run_spec": "workflow",
+    "scan_spec": "workflow",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -87,9 +87,10 @@ class Program:
             return self.jitted(*args)
         leaves, tree = jax.tree_util.tree_flatten(args)
         signature = f"{tree}|{[(np.shape(x), str(getattr(x, 'dtype', type(x).__name__))) for x in leaves]}"
-        fn = self._fns.get(signature)
+        # Keyed by store too: a program first used under another store is exported to this one.
+        fn = self._fns.get((_STORE, signature))
         if fn is None:
-            fn = self._fns[signature] = self._load_or_export(args, signature)
+            fn = self._fns[(_STORE, signature)] = self._load_or_export(args, signature)
         return fn(*args)
 
     def _load_or_export(self, args, signature):

@@ -1,8 +1,10 @@
 """The ``bayesmix`` command line: a thin shell over the library (the only layer that prints).
 
-Commands so far::
+Commands::
 
     bayesmix demo [--out DIR] [--seed 0] [--n-stars 386] [--num-samples 1000] [--no-cache]
+    bayesmix fit MODEL.toml [--out DIR] [--seed N] [--resume] [--num-samples N] [--no-figures]
+    bayesmix scan MODEL.toml [--k 1..8] [--loo] [--out DIR] [--seed N]
     bayesmix simulate cluster-field --out ngc288_sim.fits [--n-stars 386] [--seed 0]
     bayesmix simulate disc --out disc_sim.fits [--n-stars 2000] [--seed 0]
     bayesmix --version
@@ -15,9 +17,20 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from bayesmix import __version__
 
 SIMULATIONS = ("cluster-field", "disc")
+
+
+def _k_range(text: str) -> tuple[int, int]:
+    from bayesmix.config import parse_k_range
+
+    try:
+        return parse_k_range(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +52,27 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-chains", type=int, default=4, help="NUTS chains (default 4)")
     demo.add_argument("--no-cache", action="store_true",
                       help="do not keep compiled programs in ~/.cache/bayesmix (or $BAYESMIX_CACHE)")
+    fit = sub.add_parser("fit", help="run a model file: catalogue, EM start, NUTS, memberships, outputs")
+    fit.add_argument("model", type=Path, help="run specification (TOML), e.g. models/ngc288.toml")
+    scan = sub.add_parser("scan", help="BIC/AIC over K (EM with restarts), LOO from NUTS on request")
+    scan.add_argument("model", type=Path, help="run specification (TOML); [model] gives all but K")
+    scan.add_argument("--k", type=_k_range, default=None, metavar="KMIN..KMAX",
+                      help="components to try, e.g. 1..8 (default: [scan] k of the model file)")
+    scan.add_argument("--loo", action="store_true", help="also sample each K with NUTS and compare PSIS-LOO")
+    for command in (fit, scan):
+        command.add_argument("--out", type=Path, default=None,
+                             help="output folder (default: [output] directory, else bayesmix-output-"
+                                  "<name>-seed<seed> or bayesmix-scan-<name>-seed<seed>)")
+        command.add_argument("--seed", type=int, default=None, help="PRNG seed (default: the file's seed)")
+        command.add_argument("--num-warmup", type=int, default=None, help="override [sampler] num_warmup")
+        command.add_argument("--num-samples", type=int, default=None, help="override [sampler] num_samples")
+        command.add_argument("--num-chains", type=int, default=None, help="override [sampler] num_chains")
+        command.add_argument("--no-figures", action="store_true", help="write no PNGs")
+        command.add_argument("--no-cache", action="store_true",
+                             help="do not keep compiled programs in ~/.cache/bayesmix")
+    fit.add_argument("--resume", action="store_true",
+                     help="continue the run saved in the output folder (interrupted, or finished and now "
+                          "given a larger --num-samples) without losing draws")
     sim = sub.add_parser("simulate", help="write a simulated catalogue with its truth")
     sim.add_argument("kind", choices=SIMULATIONS,
                      help="cluster-field: NGC 288-like velocities with radii; "
@@ -57,106 +91,144 @@ _TUTORIAL_MEANING = {"mean1": "cluster systemic velocity [km/s]", "sigma1": "clu
                      "frac1": "member fraction"}
 
 
+def demo_spec(seed: int = 0, n_stars: int = 386, num_chains: int = 4, num_warmup: int = 300,
+              num_samples: int = 1000):
+    """The demo as a run spec (``models/demo.toml`` holds the same)."""
+    from bayesmix.config import RunSpec
+
+    return RunSpec.from_dict({
+        "name": "demo", "seed": seed,
+        "description": "NGC 288-like cluster + field velocities, simulated; EM start, then NUTS",
+        "data": {"simulate": "cluster-field", "n_stars": n_stars},
+        "model": {"kind": "cluster-field"},
+        "sampler": {"num_chains": num_chains, "num_warmup": num_warmup, "num_samples": num_samples},
+    })
+
+
+def _sampler_overrides(args) -> dict:
+    return {name: getattr(args, name) for name in ("num_chains", "num_warmup", "num_samples")
+            if getattr(args, name, None) is not None}
+
+
 def _demo(args) -> int:
-    import json
-
-    from astropy.table import Table
-
-    from bayesmix.catalogue import atomic_write, make_provenance, write_table
-    from bayesmix.diagnostics import check_convergence, summary
-    from bayesmix.membership import membership_probabilities, membership_table
-    from bayesmix.models import cluster_field_model
-    from bayesmix.sampling import enable_compilation_cache, sample_posterior
-    from bayesmix.simulate import simulate_cluster_field
+    from bayesmix.workflow import run_spec
 
     for name in ("n_stars", "num_warmup", "num_samples", "num_chains"):
         if getattr(args, name) < (0 if name == "num_warmup" else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be positive; got {getattr(args, name)}.")
+    spec = demo_spec(args.seed, args.n_stars, args.num_chains, args.num_warmup, args.num_samples)
     out = args.out or Path(f"bayesmix-demo-seed{args.seed}")
-    out.mkdir(parents=True, exist_ok=True)
-    if not args.no_cache:
-        enable_compilation_cache()
-    sim = simulate_cluster_field(args.seed, args.n_stars)
-    true = sim.truth.tutorial_values()
+    _cache(args)
     print(f"bayesmix demo: {args.n_stars} NGC 288-like stars (seed {args.seed}); EM start, then NUTS "
           f"{args.num_chains} x ({args.num_warmup} + {args.num_samples})", flush=True)
-    model = cluster_field_model(sim.catalogue)
-    fit = sample_posterior(args.seed, model, sim.catalogue, num_chains=args.num_chains,
-                           num_warmup=args.num_warmup, num_samples=args.num_samples)
-    table = summary(fit, var_names=list(TUTORIAL))
-    report = check_convergence(fit)
-    print()
-    print(f"{'parameter':8s} {'meaning':34s} {'true':>8s} {'median':>9s} {'-1 sd':>8s} {'+1 sd':>8s} "
-          f"{'r_hat':>6s} {'ess':>6s}")
-    for name in TUTORIAL:
-        row = table.loc[name]
-        print(f"{name:8s} {_TUTORIAL_MEANING[name]:34s} {true[name]:8.3f} {row['p50']:9.3f} "
-              f"{row['p50'] - row['p16']:8.3f} {row['p84'] - row['p50']:8.3f} {row['r_hat']:6.3f} "
-              f"{row['ess_bulk']:6.0f}")
-    spec = {"command": "demo", "n_stars": args.n_stars, "num_chains": args.num_chains,
-            "num_warmup": args.num_warmup, "num_samples": args.num_samples}
-    provenance = make_provenance(spec=spec, seed=args.seed, truth=true, dropped_rows={},
-                                 converged=bool(report.ok))
-    members = membership_probabilities(fit)
-    stars = membership_table(fit, members, provenance=provenance)
-    written = [write_table(stars, out / "membership.fits", provenance=provenance),
-               write_table(stars, out / "membership.csv", provenance=provenance)]
-    summary_table = Table.from_pandas(table.reset_index().rename(columns={"index": "parameter"}))
-    written.append(write_table(summary_table, out / "summary.csv", provenance=provenance))
-    fit.idata.attrs["bayesmix_provenance"] = json.dumps(provenance, default=str)
-    written.append(atomic_write(out / "posterior.nc", lambda tmp: fit.idata.to_netcdf(tmp)))
-    em = fit.em
-    em_record = {"weights": em.params.weights.tolist(), "means": em.params.means.tolist(),
-                 "covariances": em.params.covariances.tolist(), "log_likelihood": em.log_likelihood,
-                 "n_iter": em.n_iter, "converged": em.converged, "provenance": provenance}
-    written.append(atomic_write(out / "em.json", lambda tmp: Path(tmp).write_text(
-        json.dumps(em_record, indent=1, default=float))))
-    written += _demo_figures(fit, members, sim, true, out)
-    n_members = int((members.labels == 0).sum())
-    print(f"\n{n_members} of {args.n_stars} stars are more likely members than not "
-          f"({int((sim.labels == 0).sum())} simulated members).")
-    print(f"wrote {', '.join(p.name for p in written)} to {out}/")
+    result = run_spec(spec, directory=out)
+    _print_fit(result)
+    n_members = int((result.members.labels == 0).sum())
+    print(f"\n{n_members} of {args.n_stars} stars are more likely members than not; the membership "
+          f"probabilities sum to {result.members.mean[:, 0].sum():.1f} members "
+          f"(true fraction x stars: {result.truth['frac1'] * args.n_stars:.1f}).")
+    _print_written(result.directory, result.written)
     return 0
 
 
-def _demo_figures(fit, members, sim, true, out: Path) -> list[Path]:
-    import matplotlib
+def _cache(args) -> None:
+    if not getattr(args, "no_cache", False):
+        from bayesmix.sampling import enable_compilation_cache
 
-    matplotlib.use("Agg")  # files only: the demo never opens a window
-    import matplotlib.pyplot as plt
+        enable_compilation_cache()
 
-    from bayesmix.catalogue import atomic_write
-    from bayesmix.plotting import corner_plot, membership_radius_plot
 
-    paths = []
-    fig = corner_plot(fit, list(TUTORIAL), truths=true)
-    paths.append(atomic_write(out / "corner.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110)))
-    plt.close(fig)
-    cat = sim.catalogue
-    fig = membership_radius_plot(cat.values[:, 0], cat.covariates["R_proj"], members.mean[:, 0],
-                                 value_label="line-of-sight velocity [km/s]",
-                                 radius_label="projected radius [arcsec]")
-    fig.axes[0].set_title("simulated NGC 288-like stars: posterior membership")
-    paths.append(atomic_write(out / "membership_radius.png",
-                              lambda tmp: fig.savefig(tmp, format="png", dpi=110)))
-    plt.close(fig)
-    return paths
+def _print_fit(result) -> None:
+    """The posterior summary (beside the truth for simulated data) and the convergence verdict."""
+    table, truth = result.summary, result.truth or {}
+    scalar_truth = {k: v for k, v in truth.items() if isinstance(v, (int, float))}
+    print()
+    width = max(24, *(len(str(name)) for name in table.index))
+    header = f"{'parameter':{width}s} {'median':>10s} {'-1 sd':>9s} {'+1 sd':>9s} {'r_hat':>6s} {'ess':>6s}"
+    print(header + (f" {'true':>9s}  meaning" if scalar_truth else ""))
+    for name, row in table.iterrows():
+        line = (f"{name:{width}s} {row['p50']:10.4g} {row['p50'] - row['p16']:9.3g} "
+                f"{row['p84'] - row['p50']:9.3g} {row['r_hat']:6.3f} {row['ess_bulk']:6.0f}")
+        if name in scalar_truth:
+            line += f" {scalar_truth[name]:9.4g}  {_TUTORIAL_MEANING.get(name, '')}"
+        print(line)
+    report = result.convergence
+    print(f"\n{report}")
+    if not report.ok:
+        print("(run longer: bayesmix fit MODEL --resume --num-samples N; on divergences raise "
+              "[sampler] target_accept)")
+
+
+def _print_written(out: Path, written) -> None:
+    print(f"wrote {', '.join(Path(p).name for p in written)} to {out}/")
+
+
+def _load(args):
+    from bayesmix.config import load_spec
+
+    spec = load_spec(args.model)
+    overrides = {}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    sampler = _sampler_overrides(args)
+    if sampler:
+        overrides["sampler"] = sampler
+    return spec.with_overrides(**overrides) if overrides else spec
+
+
+def _fit(args) -> int:
+    from bayesmix.workflow import run_spec
+
+    spec = _load(args)
+    _cache(args)
+    s = spec.sampler
+    print(f"bayesmix fit {args.model}: {spec.name} (seed {spec.seed}); EM start, then NUTS "
+          f"{s.num_chains} x ({s.num_warmup} + {s.num_samples})" + (" [resuming]" if args.resume else ""),
+          flush=True)
+    result = run_spec(spec, directory=args.out, resume=args.resume,
+                      figures=False if args.no_figures else None)
+    report = result.catalogue.report
+    if report.n_dropped or report.floored:
+        print(f"\ncatalogue: {report}")
+    if result.resumed_from:
+        print(f"resumed with {result.resumed_from} draws per chain already done")
+    _print_fit(result)
+    for k, name in enumerate(result.members.component_names):
+        print(f"{name}: {int((result.members.labels == k).sum())} stars most probably here, expected "
+              f"{result.members.mean[:, k].sum():.1f}")
+    _print_written(result.directory, result.written)
+    return 0
+
+
+def _scan(args) -> int:
+    from bayesmix.workflow import scan_spec
+
+    spec = _load(args)
+    _cache(args)
+    result = scan_spec(spec, k_range=args.k, loo=True if args.loo else None, directory=args.out,
+                       figures=False if args.no_figures else None)
+    table = result.table
+    print(f"bayesmix scan {args.model}: K = {table['n_components'][0]}..{table['n_components'][-1]}, "
+          f"EM with {spec.em.n_init} restarts"
+          + (" and NUTS for LOO" if "elpd_loo" in table.colnames else ""))
+    cols = [c for c in ("n_components", "log_likelihood", "n_parameters", "bic", "delta_bic", "aic",
+                        "delta_aic", "elpd_loo", "se_elpd_loo", "converged") if c in table.colnames]
+    print("  ".join(f"{c:>14s}" for c in cols))
+    for row in table:
+        print("  ".join(f"{row[c]:>14.6g}" if isinstance(row[c], (float, np.floating)) else f"{row[c]!s:>14s}"
+                        for c in cols))
+    print("preferred K: " + ", ".join(f"{name.upper()} {k}" for name, k in result.preferred.items()))
+    _print_written(result.directory, result.written)
+    return 0
 
 
 def _simulate(args) -> int:
     from bayesmix.catalogue import make_provenance, write_table
-    from bayesmix.simulate import simulate_cluster_field, simulate_mixture, thin_thick_disc_params
+    from bayesmix.simulate import simulate_named
 
     if args.n_stars is not None and args.n_stars < 1:
         raise ValueError(f"--n-stars must be at least 1; got {args.n_stars}.")
-    if args.kind == "cluster-field":
-        sim = simulate_cluster_field(args.seed, args.n_stars or 386)
-        truth = sim.truth._asdict()
-    else:
-        sim = simulate_mixture(args.seed, thin_thick_disc_params(), args.n_stars or 2000,
-                               error_scale=[0.05, 0.04], max_error_correlation=0.3,
-                               feature_names=["FeH", "MgFe"])
-        truth = {k: v.tolist() for k, v in sim.truth._asdict().items()}
+    sim, truth = simulate_named(args.kind, args.seed, args.n_stars)
     provenance = make_provenance(command=["simulate", args.kind], seed=args.seed,
                                  n_stars=sim.catalogue.n_stars, truth=truth)
     path = write_table(sim.table, args.out, provenance=provenance)
@@ -175,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command == "demo":
+    if args.command in ("demo", "fit", "scan"):
         from bayesmix.sampling import set_host_device_count
 
         set_host_device_count()  # before JAX starts: chains on every core where that pays
@@ -184,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(args)
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "fit":
+            return _fit(args)
+        if args.command == "scan":
+            return _scan(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"bayesmix {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -165,10 +165,12 @@ class EMOptions:
         Bovy et al.'s covariance regularisation (variance units): ``w * I`` is added to
         each covariance numerator and 1 to its denominator (their eq. 38), which is an
         ``|Sigma|^-1/2 exp(-w tr(Sigma^-1)/2)`` prior. pygmmis's ``w`` is a dispersion;
-        its equivalent is ``w_pygmmis**2 * (N / K + 1)``. None (default) picks
-        ``1e-6`` times the mean per-feature variance of the data (errors included),
-        negligible next to any statistical error but enough that no covariance can
-        become singular. Pass 0.0 for the unregularised XD of astroML.
+        its equivalent is ``w_pygmmis**2 * (N / K + 1)``. None (default): a ridge of
+        ``1e-6`` times the mean per-feature variance of the data (errors included) is
+        added to each numerator but nothing to the denominator (the prior
+        ``exp(-w tr(Sigma^-1)/2)`` alone), so covariances are not shrunk by
+        ``q_k / (q_k + 1)``; negligible next to any statistical error but enough that
+        no covariance can become singular. Pass 0.0 for the unregularised XD of astroML.
     init : {"kmeans++", "random", "given"} or None
         k-means++ seeding plus ``kmeans_iter`` Lloyd iterations on standardised values;
         K distinct random stars as means with the global covariance; or ``init_params``.
@@ -544,7 +546,8 @@ def _log_prior(params, model: _Model):
     low = cholesky_factor(cov)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(low, axis1=-2, axis2=-1)), axis=-1)
     trace = jnp.sum(model.psi * spd_inverse(cov), axis=(-2, -1))
-    active = ~model.frozen_covariances & (model.prior_count > 0)
+    has_prior = (model.prior_count > 0) | (jnp.trace(model.psi, axis1=-2, axis2=-1) > 0)
+    active = ~model.frozen_covariances & has_prior
     term = -0.5 * model.prior_count * logdet - 0.5 * trace
     return lp_w + jnp.sum(jnp.where(active, term, 0.0))
 
@@ -976,7 +979,9 @@ def _prepare(data, n_components, *, errors, options: EMOptions, init_params, sam
     alpha_m1 = np.zeros(kb)
     if w > 0:
         psi += w * np.eye(d)
-        prior_count += 1.0
+        # Bovy's w prior counts one pseudo-star (denominator q + 1). The automatic ridge does
+        # not: that would shrink every covariance by q / (q + 1), 5% at 20 stars.
+        prior_count += 1.0 if o.w is not None else 0.0
     if prior is not None:
         if not isinstance(prior, MAPPrior):
             raise ValueError("prior must be a MAPPrior (or None for maximum likelihood).")

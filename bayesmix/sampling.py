@@ -19,7 +19,6 @@ import logging
 import os
 import pickle
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -380,16 +379,23 @@ def _to_idata(model: MixtureModel, obs: Observations, covariates, samples, extra
 
 
 def _atomic_pickle(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    from bayesmix.catalogue import atomic_write
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
             pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(Path(path), write)
+
+
+def checkpoint_draws(path) -> int:
+    """Draws per chain saved in a checkpoint written by :func:`sample_posterior` (0 if none)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    with open(path, "rb") as fh:
+        saved = pickle.load(fh)
+    return sum(part[0]["means"].shape[1] for part in saved["parts"])
 
 
 def sample_posterior(
@@ -451,7 +457,8 @@ def sample_posterior(
     checkpoint : path, optional
         Write draws and sampler state here after every ``chunk_size`` draws; if the
         file exists (an interrupted or finished run with the same settings), resume
-        from it instead of starting again.
+        from it instead of starting again. ``num_samples`` may exceed the saved run's:
+        a finished run is then extended (the same draws as one long run).
     chunk_size : int, optional
         Draws per chunk with ``checkpoint`` (default ``max(num_samples // 10, 1)``).
     em_kwargs : dict, optional
@@ -497,9 +504,16 @@ def sample_posterior(
     if ckpt is not None and ckpt.exists():
         with open(ckpt, "rb") as fh:
             saved = pickle.load(fh)
-        if saved.get("version") != _CHECKPOINT_VERSION or saved["settings"] != settings:
+        # num_samples may grow: resuming a finished run with more draws extends it.
+        same = {k: v for k, v in settings.items() if k != "num_samples"}
+        if saved.get("version") != _CHECKPOINT_VERSION or {
+                k: v for k, v in saved["settings"].items() if k != "num_samples"} != same:
             raise ValueError(f"checkpoint {ckpt} was written with other settings "
                              f"({saved.get('settings')}); delete it or use the same settings.")
+        saved_draws = sum(p[0]["means"].shape[1] for p in saved["parts"])
+        if saved_draws > num_samples:
+            raise ValueError(f"checkpoint {ckpt} already holds {saved_draws} draws per chain, more than "
+                             f"num_samples={num_samples}; ask for at least {saved_draws}.")
         params, background_weight, em_result = saved["params"], saved["background_weight"], saved["em"]
     else:
         params, background_weight, em_result = _initial_point(k_em, model, obs, init, em_kwargs)

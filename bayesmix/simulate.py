@@ -32,8 +32,11 @@ __all__ = [
     "MixtureSimulation",
     "simulate_cluster_field",
     "simulate_mixture",
+    "simulate_named",
     "thin_thick_disc_params",
 ]
+
+NAMED_SIMULATIONS = {"cluster-field": 386, "disc": 2000}  # name -> default number of stars
 
 
 def _as_key(key):
@@ -335,3 +338,33 @@ def simulate_mixture(
         catalogue = read_catalogue(table, values=names, errors=[f"{n}_err" for n in names],
                                    correlations=correlations, id_column="star_id")
     return MixtureSimulation(catalogue, table, params, labels, true_values)
+
+
+def simulate_named(kind: str, key=0, n_stars: int | None = None):
+    """The simulations behind ``bayesmix simulate`` and ``[data] simulate`` in a model file.
+
+    Parameters
+    ----------
+    kind : {"cluster-field", "disc"}
+        NGC 288-like velocities with radii (:func:`simulate_cluster_field`), or the thin
+        and thick disc in ([Fe/H], [Mg/Fe]) with correlated errors (:func:`simulate_mixture`).
+    key : int or jax PRNG key
+    n_stars : int, optional
+        Default 386 (cluster-field) or 2000 (disc).
+
+    Returns
+    -------
+    simulation : ClusterFieldSimulation or MixtureSimulation
+    truth : dict
+        JSON-ready true values (the tutorial's ``mean1 .. frac1`` for cluster-field;
+        weights, means, covariances for disc).
+    """
+    if kind not in NAMED_SIMULATIONS:
+        raise ValueError(f"simulation {kind!r} is unknown; use one of {list(NAMED_SIMULATIONS)}.")
+    n_stars = NAMED_SIMULATIONS[kind] if n_stars is None else n_stars
+    if kind == "cluster-field":
+        sim = simulate_cluster_field(key, n_stars)
+        return sim, {**sim.truth._asdict(), **sim.truth.tutorial_values()}
+    sim = simulate_mixture(key, thin_thick_disc_params(), n_stars, error_scale=[0.05, 0.04],
+                           max_error_correlation=0.3, feature_names=["FeH", "MgFe"])
+    return sim, {name: np.asarray(v).tolist() for name, v in sim.truth._asdict().items()}

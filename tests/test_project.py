@@ -119,6 +119,10 @@ def test_readme_nuts_example_runs():
     assert abs(float(mean1.median()) + 44.73) < 4 * float(mean1.std())
 
 
+_DATA_DEFAULTS = {"values": [], "correlations": [], "covariates": [], "select": {}, "zero_flags": [],
+                  "ranges": {}, "drop_nonfinite": False, "duplicates": "error"}
+
+
 def test_cli_demo_fits_and_writes_outputs_with_provenance(tmp_path, capsys):
     import json
 
@@ -138,8 +142,9 @@ def test_cli_demo_fits_and_writes_outputs_with_provenance(tmp_path, capsys):
     assert np.all(stars["p_cluster_16"] <= stars["p_cluster_84"])
     for path in (out / "membership.fits", out / "membership.csv", out / "summary.csv"):
         prov = read_provenance(path)
-        assert prov["seed"] == 3 and prov["spec"]["n_stars"] == 200
-        assert prov["bayesmix_version"] == __version__
+        assert prov["seed"] == 3 and prov["spec"]["data"] == {"simulate": "cluster-field", "n_stars": 200,
+                                                               **_DATA_DEFAULTS}
+        assert prov["bayesmix_version"] == __version__ and prov["truth"]["mean1"] == -44.73
     summary = read_table(out / "summary.csv")
     assert list(summary["parameter"]) == ["mean1", "sigma1", "mean2", "sigma2", "frac1"]
     idata = az.from_netcdf(out / "posterior.nc")
@@ -147,7 +152,8 @@ def test_cli_demo_fits_and_writes_outputs_with_provenance(tmp_path, capsys):
     assert json.loads(idata.attrs["bayesmix_provenance"])["seed"] == 3
     em = json.loads((out / "em.json").read_text())
     assert em["converged"] and len(em["weights"]) == 2
-    for figure in ("corner.png", "membership_radius.png"):
+    for figure in ("corner.png", "trace.png", "membership_radius.png", "membership_histogram.png", "ppc.png",
+                   "em_history.png"):
         assert (out / figure).stat().st_size > 10_000
     assert not list(out.glob(".*.tmp"))  # no temporary file left behind
 
@@ -155,3 +161,49 @@ def test_cli_demo_fits_and_writes_outputs_with_provenance(tmp_path, capsys):
 def test_cli_demo_bad_settings_are_a_message(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--num-samples", "0"]) == 2
     assert "--num-samples must be positive" in capsys.readouterr().err
+
+
+def test_readme_whole_path_example_runs_on_harps(shared_data, tmp_path, monkeypatch):
+    code = _fenced_blocks("python")[3].replace("../shared/data", str(shared_data))
+    assert "read_catalogue" in code and "sample_posterior" in code and "membership_probabilities" in code
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["report"].ok
+    stars = read_table(tmp_path / "harps_disc.fits")
+    assert len(stars) == 1059 and {"Star", "feh", "p_thin", "p_thick_84", "label"} <= set(stars.colnames)
+    post = namespace["fit"].idata.posterior
+    # The thick disc is the alpha-rich minority: higher [Mg/Fe], lower [Fe/H].
+    means = post["means"].median(("chain", "draw")).values
+    assert means[1, 1] > means[0, 1] + 0.1 and means[1, 0] < means[0, 0]
+    assert 0.05 < float(post["weights"].median(("chain", "draw"))[1]) < 0.5
+    for name in ("harps_disc.png", "harps_corner.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_readme_model_file_example_is_a_valid_spec():
+    import tomllib
+
+    from bayesmix.config import RunSpec
+
+    spec = RunSpec.from_dict(tomllib.loads(_fenced_blocks("toml")[0]))
+    assert spec.model.kind == "cluster-field" and spec.model.radius_fraction.covariate == "DCEN"
+    documented = README.split("## Scripted runs", 1)[1].split("## A first look", 1)[0]
+    for path in sorted((REPO_ROOT / "models").glob("*.toml")):
+        assert path.name in documented, f"{path.name} is not described in the README"
+
+
+def test_readme_estimator_example_runs_and_deconvolves():
+    code = _fenced_blocks("python")[4]
+    assert "DeconvolvedGaussianMixture" in code
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    plain, xd, bayes = namespace["plain"], namespace["xd"], namespace["bayes"]
+    thin_plain = np.argmin(plain.means_[:, 1])
+    thin_xd = np.argmin(xd.means_[:, 1])
+    # The thin disc's [Mg/Fe] spread is 0.04 dex, errors 0.05: ignoring them inflates it.
+    assert plain.covariances_[thin_plain, 1, 1] ** 0.5 > 0.055
+    assert abs(xd.covariances_[thin_xd, 1, 1] ** 0.5 - 0.04) < 0.006
+    mean, low, high = namespace["mean"], namespace["low"], namespace["high"]
+    assert mean.shape == (3000, 2) and np.all(low <= high) and np.allclose(mean.sum(axis=1), 1.0)
+    assert bayes.convergence_.ok and namespace["new_stars"].shape == (100, 2)

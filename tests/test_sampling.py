@@ -179,9 +179,19 @@ def test_interrupted_checkpointed_run_resumes_to_the_same_draws(tmp_path, monkey
     again = sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.pkl", **kwargs)
     np.testing.assert_array_equal(again.idata.posterior["means"].values,
                                   reference.idata.posterior["means"].values)
+    # Asking a finished run for more draws extends it: the same draws as one longer run.
+    longer = sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.pkl",
+                              **{**kwargs, "num_samples": 80})
+    longer_reference = sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "c.pkl",
+                                        **{**kwargs, "num_samples": 80})
+    np.testing.assert_array_equal(longer.idata.posterior["means"].values,
+                                  longer_reference.idata.posterior["means"].values)
+    with pytest.raises(ValueError, match="already holds 80 draws"):
+        sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.pkl",
+                         **{**kwargs, "num_samples": 40})
     with pytest.raises(ValueError, match="other settings"):
         sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.pkl",
-                         **{**kwargs, "num_samples": 80})
+                         **{**kwargs, "num_warmup": 120})
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,610 @@
+"""Run specifications as data: the ``models/*.toml`` files behind ``bayesmix fit`` and ``scan``.
+
+A spec is a tree of frozen dataclasses (:class:`RunSpec` holding :class:`DataSpec`,
+:class:`ModelSpec`, :class:`EMSpec`, :class:`SamplerSpec`, :class:`OutputSpec` and
+:class:`ScanSpec`). :func:`load_spec` reads TOML and checks it key by key: an unknown
+key, a wrong type or a value outside its allowed set is a :class:`SpecError` naming the
+key (``[model] n_components``) and what is allowed. :meth:`RunSpec.to_dict` and
+:meth:`RunSpec.from_dict` round-trip, so the spec written into every output's
+provenance rebuilds the run.
+
+A minimal spec::
+
+    [data]
+    path = "{shared_data}/baumgardt_gc_rv/appendix_combined_table.txt"
+    values = ["RV"]
+    errors = ["E_RV"]
+    covariates = ["DCEN"]
+    select = { Cluster = "NGC 288" }
+
+    [model]
+    kind = "cluster-field"
+    radius_fraction = { covariate = "DCEN" }
+
+Relative paths are relative to the spec file's folder; ``{shared_data}`` is
+``$BAYESMIX_SHARED_DATA`` or else ``../shared/data`` beside the folder that holds the
+spec's folder (the layout of this repository's ``models/``). TOML has no null: leave a
+key out for "default".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BackgroundSpec",
+    "DataSpec",
+    "EMSpec",
+    "ModelSpec",
+    "OutputSpec",
+    "PriorSpec",
+    "RadiusFractionSpec",
+    "RunSpec",
+    "SamplerSpec",
+    "ScanSpec",
+    "SpecError",
+    "load_spec",
+    "parse_k_range",
+]
+
+SIMULATIONS = ("cluster-field", "disc")
+MODEL_KINDS = ("mixture", "cluster-field")
+ORDERINGS = ("scale", "mean", "weight")
+RADIUS_LAWS = ("logistic", "plummer")
+BACKGROUND_KINDS = ("uniform", "gaussian")
+CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
+EM_INITS = ("kmeans++", "random")
+DUPLICATES = ("error", "first", "best")
+TABLE_FORMATS = ("fits", "csv", "ecsv", "votable", "fixed_width", "ascii")
+OUTPUT_TABLE_FORMATS = ("fits", "csv", "ecsv", "votable")
+
+
+class SpecError(ValueError):
+    """A run specification is invalid.
+
+    Attributes
+    ----------
+    key : str
+        Where, as ``[section] key`` (or the file).
+    """
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+# --------------------------------------------------------------------------- value checks
+# Each check takes (value, where) and returns the normalised value or raises SpecError.
+
+
+def _type_name(value) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+            dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _string(choices=None):
+    def check(value, where):
+        if not isinstance(value, str):
+            raise SpecError(where, f"must be a string; got {_type_name(value)} ({value!r}).")
+        if choices is not None and value not in choices:
+            hint = difflib.get_close_matches(value, choices, n=1)
+            raise SpecError(where, f"{value!r} is not allowed; use one of {list(choices)}"
+                                   + (f" (did you mean {hint[0]!r}?)" if hint else "") + ".")
+        return value
+    return check
+
+
+def _integer(minimum=None):
+    def check(value, where):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(where, f"must be an integer; got {_type_name(value)} ({value!r}).")
+        if minimum is not None and value < minimum:
+            raise SpecError(where, f"must be at least {minimum}; got {value}.")
+        return value
+    return check
+
+
+def _number(low=None, high=None, open_low=False, open_high=False):
+    def check(value, where):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(where, f"must be a number; got {_type_name(value)} ({value!r}).")
+        value = float(value)
+        if math.isnan(value):
+            raise SpecError(where, "must be a number, not nan.")
+        if low is not None and (value <= low if open_low else value < low):
+            raise SpecError(where, f"must be {'>' if open_low else '>='} {low}; got {value}.")
+        if high is not None and (value >= high if open_high else value > high):
+            raise SpecError(where, f"must be {'<' if open_high else '<='} {high}; got {value}.")
+        return value
+    return check
+
+
+def _boolean(value, where):
+    if not isinstance(value, bool):
+        raise SpecError(where, f"must be true or false; got {_type_name(value)} ({value!r}).")
+    return value
+
+
+def _strings(min_length=0):
+    def check(value, where):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SpecError(where, f"must be an array of strings; got {value!r}.")
+        if len(value) < min_length:
+            raise SpecError(where, f"needs at least {min_length} entr{'y' if min_length == 1 else 'ies'}.")
+        if len(set(value)) != len(value):
+            raise SpecError(where, f"lists a name twice: {value}.")
+        return tuple(value)
+    return check
+
+
+def _numbers(value, where):
+    """A number or an array of numbers (per-feature settings)."""
+    if isinstance(value, list):
+        return tuple(_number()(v, f"{where}[{i}]") for i, v in enumerate(value))
+    return _number()(value, where)
+
+
+def _matrix(value, where):
+    if not isinstance(value, list) or not value or not all(isinstance(row, list) for row in value):
+        raise SpecError(where, "must be a square array of arrays of numbers, e.g. [[1.0, 0.0], [0.0, 1.0]].")
+    rows = tuple(tuple(_number()(v, f"{where}[{i}][{j}]") for j, v in enumerate(row))
+                 for i, row in enumerate(value))
+    if any(len(r) != len(rows) for r in rows):
+        raise SpecError(where, f"must be square; got rows of lengths {[len(r) for r in rows]}.")
+    return rows
+
+
+def _feature(value, where):
+    """A feature given by name (a value column) or by index."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise SpecError(where, f"must be a value column name or a feature index; got {value!r}.")
+    if isinstance(value, int) and value < 0:
+        raise SpecError(where, f"a feature index must be >= 0; got {value}.")
+    return value
+
+
+def _scalar_mapping(value, where):
+    """``{column: value or [values]}`` (selections)."""
+    if not isinstance(value, dict):
+        raise SpecError(where, f"must be a table {{column = value}}; got {value!r}.")
+    out = {}
+    for col, wanted in value.items():
+        if isinstance(wanted, list):
+            if not wanted or not all(isinstance(w, (str, int, float)) for w in wanted):
+                raise SpecError(f"{where}.{col}", "must be a value or a non-empty array of values.")
+            wanted = tuple(wanted)
+        elif not isinstance(wanted, (str, int, float)):
+            raise SpecError(f"{where}.{col}", f"must be a string or a number; got {wanted!r}.")
+        out[col] = wanted
+    return out
+
+
+def _missing(value, where):
+    if isinstance(value, dict):
+        return {col: _numbers(v, f"{where}.{col}") for col, v in value.items()}
+    return _numbers(value, where)
+
+
+def _error_floor(value, where):
+    if isinstance(value, dict):
+        return {col: _number(0.0, open_low=True)(v, f"{where}.{col}") for col, v in value.items()}
+    return _number(0.0, open_low=True)(value, where)
+
+
+def _ranges(value, where):
+    if not isinstance(value, dict):
+        raise SpecError(where, "must be a table {column = [low, high]} (use -inf / inf for an open side).")
+    out = {}
+    for col, pair in value.items():
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise SpecError(f"{where}.{col}", f"must be [low, high] (use -inf / inf for an open side); "
+                                              f"got {pair!r}.")
+        low, high = (_number()(v, f"{where}.{col}") for v in pair)
+        if low > high:
+            raise SpecError(f"{where}.{col}", f"low {low} is above high {high}.")
+        out[col] = (low, high)
+    return out
+
+
+def _error_columns(value, where):
+    """Error columns in the order of ``values``; "" marks an error-free feature (TOML has no null)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SpecError(where, "must be an array of column names (\"\" for an error-free feature); "
+                               f"got {value!r}.")
+    return tuple(value)
+
+
+def _correlations(value, where):
+    if not isinstance(value, list):
+        raise SpecError(where, 'must be an array of [value_a, value_b, column] triples, e.g. '
+                               '[["FeH", "MgFe", "rho_FeH_MgFe"]].')
+    out = []
+    for i, triple in enumerate(value):
+        if not isinstance(triple, list) or len(triple) != 3 or not all(isinstance(t, str) for t in triple):
+            raise SpecError(f"{where}[{i}]", f"must be [value_a, value_b, column]; got {triple!r}.")
+        out.append(tuple(triple))
+    return tuple(out)
+
+
+def _k_range(value, where):
+    if isinstance(value, str):
+        try:
+            return parse_k_range(value)
+        except ValueError as exc:
+            raise SpecError(where, str(exc)) from None
+    if (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                            for v in value) and 1 <= value[0] <= value[1]):
+        return tuple(value)
+    raise SpecError(where, f"must be [k_min, k_max] with 1 <= k_min <= k_max, or \"1..8\"; got {value!r}.")
+
+
+def parse_k_range(text: str) -> tuple[int, int]:
+    """``"1..8"`` (or ``"3"``) -> ``(1, 8)``; a ValueError says what is accepted."""
+    parts = text.split("..")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not 1 <= values[0] <= values[1]:
+        raise ValueError(f"K range {text!r} must look like 1..8 (k_min..k_max, 1 <= k_min <= k_max) or 3.")
+    return values[0], values[1]
+
+
+def _field(default=dataclasses.MISSING, check=None, section=None, doc=""):
+    metadata = {"check": check, "section": section, "doc": doc}
+    if section is not None and default is dataclasses.MISSING:  # a section of defaults
+        return dataclasses.field(default_factory=section, metadata=metadata)
+    if default is dataclasses.MISSING:  # required key
+        return dataclasses.field(metadata=metadata)
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+# --------------------------------------------------------------------------- the spec tree
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """``[data]``: where the stars come from and which rows and columns are used.
+
+    Either ``path`` (a catalogue file) or ``simulate`` (``"cluster-field"`` or
+    ``"disc"``, with ``n_stars``). The other keys are the arguments of
+    :func:`bayesmix.catalogue.read_catalogue` of the same names.
+    """
+
+    path: str | None = _field(None, _string(), doc="catalogue file")
+    simulate: str | None = _field(None, _string(SIMULATIONS), doc="simulated catalogue instead of a file")
+    n_stars: int | None = _field(None, _integer(1), doc="stars to simulate")
+    format: str | None = _field(None, _string(TABLE_FORMATS))
+    layout: str | None = _field(None, _string())
+    values: tuple = _field((), _strings(), doc="fitted value columns")
+    errors: tuple | None = _field(None, _error_columns)
+    correlations: tuple = _field((), _correlations)
+    error_cov_column: str | None = _field(None, _string())
+    id_column: str | None = _field(None, _string())
+    covariates: tuple = _field((), _strings())
+    select: dict = _field({}, _scalar_mapping)
+    zero_flags: tuple = _field((), _strings())
+    missing: Any = _field(None, _missing)
+    ranges: dict = _field({}, _ranges)
+    drop_nonfinite: bool = _field(False, _boolean)
+    error_floor: Any = _field(None, _error_floor)
+    duplicates: str = _field("error", _string(DUPLICATES))
+
+    def _validate(self, where):
+        if (self.path is None) == (self.simulate is None):
+            raise SpecError(where, "give exactly one of path (a catalogue file) or simulate "
+                                   f"(one of {list(SIMULATIONS)}).")
+        if self.path is not None and not self.values:
+            raise SpecError(f"{where} values", "name the value column(s) to fit, e.g. values = [\"RV\"].")
+        if self.simulate is not None and self.values:
+            raise SpecError(f"{where} values", "a simulated catalogue has its own columns; leave values out.")
+        if self.n_stars is not None and self.simulate is None:
+            raise SpecError(f"{where} n_stars", "only applies to simulate = ...; a file's rows are chosen "
+                                                "with select / ranges.")
+        if self.errors is not None and len(self.errors) != len(self.values):
+            raise SpecError(f"{where} errors", f"has {len(self.errors)} column(s) for {len(self.values)} "
+                                               f"value column(s) {list(self.values)}; give one per value "
+                                               "column (\"\" for an error-free one).")
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorSpec:
+    """``[model.priors]``: the arguments of :class:`bayesmix.models.Priors`."""
+
+    weight_concentration: float = _field(1.0, _number(0.0, open_low=True))
+    mean_loc: Any = _field(None, _numbers)
+    mean_scale: Any = _field(None, _numbers)
+    scale_scale: Any = _field(None, _numbers)
+    lkj_concentration: float = _field(2.0, _number(0.0, open_low=True))
+    frac_loc: float = _field(0.0, _number())
+    frac_scale: float = _field(2.5, _number(0.0, open_low=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class RadiusFractionSpec:
+    """``[model.radius_fraction]``: a member fraction that follows projected radius (K = 2)."""
+
+    covariate: str = _field(check=_string())
+    kind: str = _field("logistic", _string(RADIUS_LAWS))
+    reference_radius: float | None = _field(None, _number(0.0, open_low=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class BackgroundSpec:
+    """``[model.background]``: a fixed-shape extra component (uniform box or broad Gaussian)."""
+
+    kind: str = _field(check=_string(BACKGROUND_KINDS))
+    low: tuple | None = _field(None, _numbers)
+    high: tuple | None = _field(None, _numbers)
+    mean: tuple | None = _field(None, _numbers)
+    covariance: tuple | None = _field(None, _matrix)
+    weight: float = _field(0.1, _number(0.0, 1.0, open_low=True, open_high=True))
+    fit_weight: bool = _field(True, _boolean)
+
+    def _validate(self, where):
+        needs = {"uniform": ("low", "high"), "gaussian": ("mean", "covariance")}[self.kind]
+        other = {"uniform": ("mean", "covariance"), "gaussian": ("low", "high")}[self.kind]
+        for name in needs:
+            if getattr(self, name) is None:
+                raise SpecError(f"{where} {name}", f"a {self.kind} background needs {' and '.join(needs)}.")
+        for name in other:
+            if getattr(self, name) is not None:
+                raise SpecError(f"{where} {name}", f"does not apply to a {self.kind} background.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """``[model]``: the mixture.
+
+    ``kind = "cluster-field"`` is the 1-D velocity-membership model (K = 2, components
+    named cluster and field, the tutorial's mean1 .. frac1 recorded); ``"mixture"`` is
+    the general K-component model. ``ordering`` breaks label switching: component index
+    increasing with the dispersion (``"scale"``) or mean (``"mean"``) of
+    ``ordering_feature`` (a value column name or index), or with the weight.
+    """
+
+    kind: str = _field("mixture", _string(MODEL_KINDS))
+    n_components: int | None = _field(None, _integer(1))
+    ordering: str = _field("scale", _string(ORDERINGS))
+    ordering_feature: Any = _field(0, _feature)
+    component_names: tuple | None = _field(None, _strings(1))
+    priors: PriorSpec = _field(section=PriorSpec)
+    radius_fraction: RadiusFractionSpec | None = _field(None, section=RadiusFractionSpec)
+    background: BackgroundSpec | None = _field(None, section=BackgroundSpec)
+
+    def _validate(self, where):
+        if self.kind == "cluster-field":
+            if self.n_components not in (None, 2):
+                raise SpecError(f"{where} n_components", "a cluster-field model has 2 components; leave "
+                                                         "n_components out or use kind = \"mixture\".")
+            if self.background is not None:
+                raise SpecError(f"{where} background", "a cluster-field model has no background "
+                                                       "(its field component is the broad Gaussian).")
+        elif self.n_components is None:
+            raise SpecError(f"{where} n_components", "is required for kind = \"mixture\" (e.g. 2).")
+        if self.radius_fraction is not None and (self.n_components or 2) != 2:
+            raise SpecError(f"{where} radius_fraction", "needs exactly 2 components (cluster, field).")
+
+    @property
+    def k(self) -> int:
+        return 2 if self.kind == "cluster-field" else int(self.n_components)
+
+
+@dataclasses.dataclass(frozen=True)
+class EMSpec:
+    """``[em]``: the extreme-deconvolution EM start (:class:`bayesmix.em.EMOptions`)."""
+
+    n_init: int = _field(4, _integer(1))
+    max_iter: int = _field(1000, _integer(1))
+    tol: float = _field(1e-3, _number(0.0, open_low=True))
+    w: float | None = _field(None, _number(0.0))
+    init: str = _field("kmeans++", _string(EM_INITS))
+    kmeans_iter: int = _field(10, _integer(0))
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """``[sampler]``: NUTS settings of :func:`bayesmix.sampling.sample_posterior`.
+
+    ``checkpoint_every`` draws per chain between saved states (default a tenth of
+    ``num_samples``); ``membership_draws`` bounds the posterior draws used for the
+    membership probabilities and their intervals.
+    """
+
+    num_chains: int = _field(4, _integer(1))
+    num_warmup: int = _field(300, _integer(0))
+    num_samples: int = _field(1000, _integer(1))
+    target_accept: float = _field(0.8, _number(0.0, 1.0, open_low=True, open_high=True))
+    adapt_mass: bool = _field(True, _boolean)
+    max_tree_depth: int = _field(10, _integer(1))
+    chain_method: str = _field("auto", _string(CHAIN_METHODS))
+    checkpoint_every: int | None = _field(None, _integer(1))
+    membership_draws: int = _field(1000, _integer(1))
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSpec:
+    """``[output]``: what a run writes (``directory`` relative to where bayesmix runs)."""
+
+    directory: str | None = _field(None, _string())
+    formats: tuple = _field(("fits", "csv"), _strings(1))
+    figures: bool = _field(True, _boolean)
+    loo: bool = _field(False, _boolean)
+
+    def _validate(self, where):
+        bad = [f for f in self.formats if f not in OUTPUT_TABLE_FORMATS]
+        if bad:
+            raise SpecError(f"{where} formats",
+                            f"{bad} not allowed; use any of {list(OUTPUT_TABLE_FORMATS)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanSpec:
+    """``[scan]``: ``bayesmix scan`` defaults (K range; LOO from NUTS on request)."""
+
+    k: tuple = _field((1, 6), _k_range)
+    loo: bool = _field(False, _boolean)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """A whole run: ``name``, ``description`` and ``seed`` at the top, then the sections.
+
+    Attributes
+    ----------
+    source : str or None
+        The spec file (not part of the spec; used to resolve relative paths).
+    """
+
+    name: str = _field("bayesmix-run", _string())
+    description: str = _field("", _string())
+    seed: int = _field(0, _integer(0))
+    data: DataSpec = _field(section=DataSpec)
+    model: ModelSpec = _field(section=ModelSpec)
+    em: EMSpec = _field(section=EMSpec)
+    sampler: SamplerSpec = _field(section=SamplerSpec)
+    output: OutputSpec = _field(section=OutputSpec)
+    scan: ScanSpec = _field(section=ScanSpec)
+    source: str | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def _validate(self, where):
+        if self.model.kind == "cluster-field":
+            n_values = 1 if self.data.simulate == "cluster-field" else len(self.data.values)
+            if self.data.simulate == "disc" or n_values != 1:
+                raise SpecError("[model] kind", "\"cluster-field\" fits one value column (velocities); "
+                                                "use kind = \"mixture\" for several features.")
+        rf = self.model.radius_fraction
+        if rf is not None and self.data.path is not None and rf.covariate not in self.data.covariates:
+            raise SpecError("[model.radius_fraction] covariate",
+                            f"{rf.covariate!r} must also be listed in [data] covariates "
+                            f"(now {list(self.data.covariates)}).")
+
+    # -- round trip ------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (lists, no None), as TOML would hold it; ``from_dict`` inverts it."""
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, table: Mapping[str, Any], source: str | None = None) -> RunSpec:
+        """Build and check a spec from a parsed TOML table."""
+        spec = _build(cls, table, "")
+        return dataclasses.replace(spec, source=source)
+
+    def with_overrides(self, **sections) -> RunSpec:
+        """A copy with some fields replaced, e.g. ``with_overrides(sampler={"num_samples": 50})``."""
+        table = self.to_dict()
+        for section, values in sections.items():
+            if isinstance(values, Mapping):
+                table.setdefault(section, {}).update(_to_plain(values))
+            else:
+                table[section] = values
+        return RunSpec.from_dict(table, source=self.source)
+
+    # -- paths -------------------------------------------------------------------------
+
+    def catalogue_path(self) -> Path | None:
+        """``data.path`` resolved: ``{shared_data}`` expanded, relative to the spec file's folder."""
+        if self.data.path is None:
+            return None
+        base = Path(self.source).resolve().parent if self.source else Path.cwd()
+        text = self.data.path
+        if "{shared_data}" in text:
+            shared = os.environ.get("BAYESMIX_SHARED_DATA") or str(base.parent.parent / "shared" / "data")
+            text = text.replace("{shared_data}", shared)
+        path = Path(os.path.expanduser(text))
+        return path if path.is_absolute() else base / path
+
+
+def _to_plain(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if f.name != "source" and getattr(value, f.name) is not None}
+    if isinstance(value, Mapping):
+        return {k: _to_plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (tuple, list)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _build(cls, table, where: str):
+    label = where or "spec"
+    if not isinstance(table, Mapping):
+        raise SpecError(label, f"must be a table; got {_type_name(table)} ({table!r}).")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    for key in table:
+        if key not in fields:
+            hint = difflib.get_close_matches(key, list(fields), n=1)
+            raise SpecError(f"{label} {key}" if where else key,
+                            "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                            + f"; allowed keys{' in ' + where if where else ''}: {', '.join(fields)}.")
+    values = {}
+    for name, f in fields.items():
+        at = f"{where} {name}" if where else name
+        section = f.metadata.get("section")
+        if section is not None:
+            sub = f"[{where[1:-1]}.{name}]" if where else f"[{name}]"
+            if name in table:
+                values[name] = _build(section, table[name], sub)
+            elif f.default_factory is not dataclasses.MISSING:  # a section of defaults (or required keys)
+                try:
+                    values[name] = _build(section, {}, sub)
+                except SpecError as exc:
+                    raise SpecError(sub, f"section is missing ({exc})") from None
+            continue
+        if name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise SpecError(at, "is required.")
+            continue
+        check = f.metadata.get("check")
+        values[name] = check(table[name], at) if check else table[name]
+    spec = cls(**values)
+    if hasattr(spec, "_validate"):
+        spec._validate(label)
+    return spec
+
+
+def load_spec(path) -> RunSpec:
+    """Read and check a run specification (TOML).
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    RunSpec
+
+    Raises
+    ------
+    FileNotFoundError
+    SpecError
+        A TOML syntax error, an unknown key, a missing required key or a bad value;
+        the message names the key and what is allowed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        table = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(str(path), f"not valid TOML ({exc}).") from None
+    try:
+        return RunSpec.from_dict(table, source=str(path))
+    except SpecError as exc:
+        raise SpecError(f"{path.name} {exc.key}", str(exc).split(": ", 1)[1]) from None

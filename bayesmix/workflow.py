@@ -1,0 +1,521 @@
+"""Whole runs from a :class:`~bayesmix.config.RunSpec`: the layer under ``bayesmix fit`` and ``scan``.
+
+:func:`run_spec` wires catalogue -> EM -> NUTS -> diagnostics -> memberships -> outputs
+and figures; :func:`scan_spec` fits K = k_min..k_max and tabulates BIC/AIC (and LOO on
+request). Every step is also a public function of the layer below, so a script can stop
+anywhere; these functions only choose settings from the spec and write the files.
+
+Outputs of a run (folder ``[output] directory``, default ``bayesmix-output-<name>-seed<seed>``),
+each written atomically and carrying provenance (bayesmix version, the spec, the seed, the
+dropped-row counts):
+
+``summary.csv``, ``membership.<fits|csv|...>`` (input columns + per-component probabilities,
+their 16/84 percentiles, the hard label), ``posterior.nc`` (the InferenceData),
+``em.json`` (the EM start), ``dropped_rows.csv`` (when cuts removed rows), ``spec.toml`` (the
+spec as given), ``checkpoint.pkl`` (sampler state: ``resume=True`` continues from it) and
+the figures (``*.png``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bayesmix.catalogue import atomic_write, make_provenance, read_catalogue, write_table
+from bayesmix.config import RunSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RunResult", "ScanResult", "build_model", "load_catalogue", "run_spec", "scan_spec"]
+
+CHECKPOINT = "checkpoint.pkl"
+RUN_RECORD = "run.json"
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :func:`run_spec` made.
+
+    Attributes
+    ----------
+    spec : RunSpec
+    catalogue : Catalogue
+    truth : dict or None
+        True values of a simulated catalogue.
+    fit : PosteriorFit
+    members : MembershipResult
+    summary : pandas.DataFrame
+    convergence : ConvergenceReport
+    directory : Path
+    written : list of Path
+    provenance : dict
+    resumed_from : int
+        Draws per chain that came from a checkpoint (0 for a fresh run).
+    """
+
+    spec: RunSpec
+    catalogue: Any
+    truth: dict | None
+    fit: Any
+    members: Any
+    summary: Any
+    convergence: Any
+    directory: Path
+    written: list
+    provenance: dict
+    resumed_from: int = 0
+
+
+@dataclasses.dataclass
+class ScanResult:
+    """What :func:`scan_spec` made.
+
+    Attributes
+    ----------
+    table : astropy.table.Table
+        One row per K: ``n_components``, ``log_likelihood``, ``n_parameters``, ``bic``,
+        ``aic``, ``delta_bic``, ``delta_aic``, ``converged``, ``n_iter`` (and ``elpd_loo``,
+        ``se_elpd_loo``, ``p_loo``, ``max_pareto_k`` with LOO).
+    preferred : dict of str to int
+        The K each criterion prefers (``bic``, ``aic``, and ``loo``).
+    fits : dict of int to EMResult
+    directory : Path
+    written : list of Path
+    """
+
+    table: Any
+    preferred: dict
+    fits: dict
+    directory: Path
+    written: list
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def load_catalogue(spec: RunSpec):
+    """The spec's stars: the catalogue file with its cuts, or a simulation.
+
+    Returns
+    -------
+    catalogue : Catalogue
+    truth : dict or None
+    """
+    data = spec.data
+    if data.simulate is not None:
+        from bayesmix.simulate import simulate_named
+
+        sim, truth = simulate_named(data.simulate, spec.seed, data.n_stars)
+        return sim.catalogue, truth
+    path = spec.catalogue_path()
+    if not path.is_file():
+        hint = (" (the science specs in models/ read ../shared/data; set BAYESMIX_SHARED_DATA to the "
+                "folder holding the catalogues)" if "{shared_data}" in data.path else "")
+        raise FileNotFoundError(f"[data] path: catalogue file not found: {path}{hint}.")
+    errors = None if data.errors is None else [e or None for e in data.errors]
+    catalogue = read_catalogue(
+        path, values=list(data.values), errors=errors,
+        correlations={(a, b): col for a, b, col in data.correlations} or None,
+        error_cov_column=data.error_cov_column, id_column=data.id_column,
+        covariates=list(data.covariates) or None, select=data.select or None,
+        zero_flags=list(data.zero_flags) or None, missing=data.missing,
+        ranges=data.ranges or None, drop_nonfinite=data.drop_nonfinite, error_floor=data.error_floor,
+        duplicates=data.duplicates, format=data.format, layout=data.layout,
+    )
+    if catalogue.report.n_dropped:
+        logger.info("%s: kept %d of %d rows; dropped %s", path.name, catalogue.report.n_kept,
+                    catalogue.report.n_input, catalogue.report.counts())
+    return catalogue, None
+
+
+def _feature_index(spec: RunSpec, catalogue) -> int:
+    feature = spec.model.ordering_feature
+    names = list(catalogue.feature_names)
+    if isinstance(feature, str):
+        if feature not in names:
+            raise ValueError(f"[model] ordering_feature: {feature!r} is not a value column; use one of "
+                             f"{names} or an index.")
+        return names.index(feature)
+    if feature >= len(names):
+        raise ValueError(f"[model] ordering_feature: index {feature} is out of range for {names}.")
+    return feature
+
+
+def _background(spec: RunSpec, n_features: int):
+    from bayesmix.em import GaussianBackground, UniformBackground
+
+    bg = spec.model.background
+    if bg is None:
+        return None
+    if bg.kind == "uniform":
+        low, high = (np.broadcast_to(np.asarray(v, float), (n_features,)) for v in (bg.low, bg.high))
+        if np.any(high <= low):
+            raise ValueError("[model.background] low, high: every high must exceed its low.")
+        return UniformBackground(low, high, weight=bg.weight, fit_weight=bg.fit_weight)
+    mean = np.broadcast_to(np.asarray(bg.mean, float), (n_features,))
+    cov = np.asarray(bg.covariance, float)
+    if cov.shape != (n_features, n_features) or np.any(np.linalg.eigvalsh(cov) <= 0):
+        raise ValueError(f"[model.background] covariance must be a positive-definite {n_features}x"
+                         f"{n_features} matrix.")
+    return GaussianBackground(mean, cov, weight=bg.weight, fit_weight=bg.fit_weight)
+
+
+def build_model(spec: RunSpec, catalogue, n_components: int | None = None):
+    """The spec's :class:`~bayesmix.models.MixtureModel` (``n_components`` overrides K for scans)."""
+    from bayesmix.models import Ordering, Priors, RadiusFraction, cluster_field_model, mixture_model
+
+    m = spec.model
+    priors = Priors(**{f.name: getattr(m.priors, f.name) for f in dataclasses.fields(m.priors)})
+    rf = None if m.radius_fraction is None else RadiusFraction(
+        m.radius_fraction.covariate, m.radius_fraction.kind, m.radius_fraction.reference_radius)
+    if m.kind == "cluster-field" and n_components in (None, 2):
+        return cluster_field_model(catalogue, radius_fraction=rf, priors=priors)
+    k = n_components or m.k
+    names = m.component_names if (m.component_names and len(m.component_names) == k) else None
+    background = _background(spec, catalogue.n_features)
+    if names is not None and background is not None:
+        names = (*names, "background")
+    return mixture_model(catalogue, k, priors=priors,
+                         ordering=Ordering(m.ordering, _feature_index(spec, catalogue)),
+                         background=background, radius_fraction=rf if k == 2 else None,
+                         component_names=names)
+
+
+def em_kwargs(spec: RunSpec, model=None) -> dict[str, Any]:
+    """Keyword arguments of :func:`bayesmix.em.fit_em` from ``[em]`` (and the model's background)."""
+    e = spec.em
+    kwargs = {"n_init": e.n_init, "max_iter": e.max_iter, "tol": e.tol, "init": e.init,
+              "kmeans_iter": e.kmeans_iter}
+    if e.w is not None:
+        kwargs["w"] = e.w
+    if model is not None and model.background is not None:
+        kwargs["background"] = model.background
+    return kwargs
+
+
+def default_directory(spec: RunSpec) -> Path:
+    return Path(spec.output.directory or f"bayesmix-output-{spec.name}-seed{spec.seed}")
+
+
+def _write_json(path: Path, record) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, default=_plain)))
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _comparable(spec_dict: dict) -> dict:
+    """The parts of a spec that must match for a resume: not the draws asked for, nor outputs."""
+    out = json.loads(json.dumps(spec_dict, default=_plain))
+    out.get("sampler", {}).pop("num_samples", None)
+    out.get("sampler", {}).pop("checkpoint_every", None)
+    out.pop("output", None)
+    out.pop("scan", None)
+    out.pop("description", None)
+    return out
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def run_spec(spec: RunSpec, *, directory=None, resume: bool = False, progress_bar: bool | None = None,
+             figures: bool | None = None) -> RunResult:
+    """Run a spec end to end and write its outputs.
+
+    Parameters
+    ----------
+    spec : RunSpec
+    directory : path, optional
+        Output folder (default from ``[output] directory``).
+    resume : bool
+        Continue the run saved in ``directory`` (interrupted, or finished and now asked
+        for more draws) instead of starting afresh; its spec must match except for
+        ``num_samples`` and the outputs.
+    progress_bar : bool, optional
+    figures : bool, optional
+        Override ``[output] figures``.
+
+    Returns
+    -------
+    RunResult
+    """
+    from bayesmix.diagnostics import check_convergence, summary
+    from bayesmix.membership import membership_probabilities, membership_table
+    from bayesmix.sampling import checkpoint_draws, sample_posterior
+
+    out = Path(directory) if directory is not None else default_directory(spec)
+    checkpoint = out / CHECKPOINT
+    record_path = out / RUN_RECORD
+    spec_dict = spec.to_dict()
+    resumed_from = 0
+    if resume:
+        if not checkpoint.exists() or not record_path.exists():
+            raise FileNotFoundError(f"--resume: no saved run in {out} (expected {CHECKPOINT} and "
+                                    f"{RUN_RECORD}); run without --resume to start one.")
+        saved = json.loads(record_path.read_text())
+        if _comparable(saved["spec"]) != _comparable(spec_dict):
+            changed = sorted(k for k in set(_comparable(saved["spec"])) | set(_comparable(spec_dict))
+                             if _comparable(saved["spec"]).get(k) != _comparable(spec_dict).get(k))
+            raise ValueError(f"--resume: the saved run in {out} was made from a different spec (sections "
+                             f"{changed} differ); only [sampler] num_samples and [output] may change.")
+        resumed_from = checkpoint_draws(checkpoint)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        if checkpoint.exists():
+            logger.warning("%s holds an earlier run; starting afresh (pass resume=True / --resume to "
+                           "continue it instead)", out)
+            checkpoint.unlink()
+    catalogue, truth = load_catalogue(spec)
+    model = build_model(spec, catalogue)
+    dropped = catalogue.report.to_dict()
+    _write_json(record_path, {"spec": spec_dict, "draws_done": resumed_from,
+                              "provenance": make_provenance(spec=spec_dict, seed=spec.seed)})
+    s = spec.sampler
+    fit = sample_posterior(
+        spec.seed, model, catalogue, num_chains=s.num_chains, num_warmup=s.num_warmup,
+        num_samples=s.num_samples, target_accept=s.target_accept, adapt_mass=s.adapt_mass,
+        max_tree_depth=s.max_tree_depth, chain_method=s.chain_method, progress_bar=progress_bar,
+        checkpoint=checkpoint, chunk_size=s.checkpoint_every, em_kwargs=em_kwargs(spec, model),
+    )
+    _write_json(record_path, {"spec": spec_dict, "draws_done": fit.n_draws,
+                              "provenance": make_provenance(spec=spec_dict, seed=spec.seed)})
+    if spec.output.loo:
+        from bayesmix.sampling import add_log_likelihood
+
+        fit = add_log_likelihood(fit)
+    table = summary(fit, var_names=corner_variables(fit) if model.tutorial_names else None)
+    report = check_convergence(fit, var_names=corner_variables(fit) if model.tutorial_names else None,
+                               warn=False)
+    members = membership_probabilities(fit, max_draws=s.membership_draws)
+    provenance = make_provenance(spec=spec_dict, spec_file=spec.source, seed=spec.seed,
+                                 dropped_rows=dropped, truth=truth,
+                                 n_stars=catalogue.n_stars, draws_per_chain=fit.n_draws,
+                                 converged=bool(report.ok), convergence_problems=list(report.reasons))
+    written = _write_run_outputs(spec, out, fit, table, members, catalogue, provenance,
+                                 membership_table(fit, members, provenance=provenance))
+    if figures if figures is not None else spec.output.figures:
+        written += run_figures(out, fit, members, catalogue, truth=truth, key=spec.seed)
+    return RunResult(spec=spec, catalogue=catalogue, truth=truth, fit=fit, members=members, summary=table,
+                     convergence=report, directory=out, written=written, provenance=provenance,
+                     resumed_from=resumed_from)
+
+
+def _write_run_outputs(spec, out, fit, table, members, catalogue, provenance, stars) -> list[Path]:
+    from astropy.table import Table
+
+    written = []
+    summary_table = Table.from_pandas(table.reset_index())
+    written.append(write_table(summary_table, out / "summary.csv", provenance=provenance))
+    for fmt in spec.output.formats:
+        suffix = {"votable": "vot"}.get(fmt, fmt)
+        written.append(write_table(stars, out / f"membership.{suffix}", provenance=provenance))
+    if catalogue.report.n_dropped:
+        written.append(write_table(catalogue.report.as_table(), out / "dropped_rows.csv",
+                                   provenance=provenance))
+    fit.idata.attrs["bayesmix_provenance"] = json.dumps(provenance, default=_plain)
+    written.append(atomic_write(out / "posterior.nc", lambda tmp: fit.idata.to_netcdf(tmp)))
+    em = fit.em
+    if em is not None:
+        written.append(_write_json(out / "em.json", {
+            "weights": em.params.weights, "means": em.params.means, "covariances": em.params.covariances,
+            "background_weight": em.background_weight, "log_likelihood": em.log_likelihood,
+            "n_iter": em.n_iter, "converged": em.converged, "bic": em.bic, "aic": em.aic,
+            "log_likelihood_history": em.log_likelihood_history, "provenance": provenance}))
+    if spec.source is not None and Path(spec.source).is_file():
+        text = Path(spec.source).read_text()
+        written.append(atomic_write(out / "spec.toml", lambda tmp: Path(tmp).write_text(text)))
+    return written
+
+
+# --------------------------------------------------------------------------- scan
+
+
+def scan_spec(spec: RunSpec, *, k_range: tuple[int, int] | None = None, loo: bool | None = None,
+              directory=None, figures: bool | None = None, progress_bar: bool | None = None) -> ScanResult:
+    """Fit K = k_min..k_max by EM (with restarts) and tabulate BIC and AIC; LOO from NUTS on request.
+
+    Parameters
+    ----------
+    spec : RunSpec
+        ``[model]`` gives everything but K; ``[scan]`` the defaults of ``k_range`` and ``loo``.
+    k_range : (int, int), optional
+    loo : bool, optional
+        Also sample each K with NUTS (``[sampler]`` settings) and add PSIS-LOO columns;
+        radius laws and the cluster-field naming apply only at K = 2.
+    directory : path, optional
+        Default ``bayesmix-scan-<name>-seed<seed>``.
+
+    Returns
+    -------
+    ScanResult
+    """
+    import jax
+    from astropy.table import Table
+
+    from bayesmix.em import fit_em
+
+    k_min, k_max = k_range or spec.scan.k
+    loo = spec.scan.loo if loo is None else loo
+    out = Path(directory) if directory is not None else Path(
+        spec.output.directory or f"bayesmix-scan-{spec.name}-seed{spec.seed}")
+    catalogue, truth = load_catalogue(spec)
+    if k_max > catalogue.n_stars:
+        raise ValueError(f"--k: k_max={k_max} exceeds the number of stars ({catalogue.n_stars}).")
+    key = jax.random.PRNGKey(spec.seed)
+    fits, rows = {}, []
+    for k in range(k_min, k_max + 1):
+        model = build_model(spec, catalogue, n_components=k)
+        fits[k] = fit_em(jax.random.fold_in(key, k), catalogue, k, **em_kwargs(spec, model))
+        em = fits[k]
+        row = {"n_components": k, "log_likelihood": em.log_likelihood, "n_parameters": em.n_parameters,
+               "bic": em.bic, "aic": em.aic, "converged": em.converged, "n_iter": em.n_iter}
+        if loo:
+            row.update(_loo_columns(spec, model, catalogue, em, progress_bar))
+        rows.append(row)
+        logger.info("K=%d: log L %.2f, BIC %.2f, AIC %.2f", k, em.log_likelihood, em.bic, em.aic)
+    table = Table(rows=rows)
+    for col in ("bic", "aic"):
+        table[f"delta_{col}"] = table[col] - np.min(table[col])
+    preferred = {"bic": int(table["n_components"][np.argmin(table["bic"])]),
+                 "aic": int(table["n_components"][np.argmin(table["aic"])])}
+    if loo:
+        preferred["loo"] = int(table["n_components"][np.nanargmax(table["elpd_loo"])])
+    table.meta.update({f"best_{k}": v for k, v in preferred.items()})
+    provenance = make_provenance(spec=spec.to_dict(), spec_file=spec.source, seed=spec.seed,
+                                 command="scan", k_range=[k_min, k_max], loo=bool(loo), preferred=preferred,
+                                 dropped_rows=catalogue.report.to_dict(), truth=truth)
+    written = [write_table(table, out / "scan.csv", provenance=provenance)]
+    if figures if figures is not None else spec.output.figures:
+        written.append(_save(out / "information_criteria.png", _scan_plot(table)))
+    return ScanResult(table=table, preferred=preferred, fits=fits, directory=out, written=written)
+
+
+def _loo_columns(spec, model, catalogue, em, progress_bar) -> dict[str, float]:
+    import arviz as az
+
+    from bayesmix.sampling import add_log_likelihood, sample_posterior
+
+    s = spec.sampler
+    fit = sample_posterior(spec.seed, model, catalogue, init=em, num_chains=s.num_chains,
+                           num_warmup=s.num_warmup, num_samples=s.num_samples,
+                           target_accept=s.target_accept, chain_method=s.chain_method,
+                           progress_bar=progress_bar)
+    with_log_lik = add_log_likelihood(fit, max_draws=min(4000, fit.n_chains * fit.n_draws))
+    loo = az.loo(with_log_lik.idata, pointwise=True)
+    return {"elpd_loo": float(loo.elpd_loo), "se_elpd_loo": float(loo.se), "p_loo": float(loo.p_loo),
+            "max_pareto_k": float(np.max(loo.pareto_k))}
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _save(path: Path, fig) -> Path:
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
+def _scan_plot(table):
+    from bayesmix.plotting import information_criterion_plot
+
+    return information_criterion_plot(table)
+
+
+TUTORIAL = ("mean1", "sigma1", "mean2", "sigma2", "frac1")
+
+
+def corner_variables(fit) -> list[str]:
+    """The posterior variables a run's corner and trace plots show."""
+    post = fit.idata.posterior
+    if fit.model.tutorial_names:
+        scalars = [name for name in (*TUTORIAL, "frac_intercept", "frac_slope", "frac_log_ratio",
+                                     "frac_radius") if name in post]
+        return scalars
+    return [name for name in ("weights", "means", "scales") if name in post]
+
+
+def run_figures(out: Path, fit, members, catalogue, *, truth=None, key=0) -> list[Path]:
+    """The figures of a run, as PNGs in ``out``; returns their paths.
+
+    corner (EM values as reference lines; true values for simulated data), trace,
+    membership histograms, posterior predictive check per feature, the 2-D plane with
+    component ellipses (D >= 2), membership against radius (with a radius covariate)
+    and the EM log-likelihood per iteration.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from bayesmix import plotting
+
+    model = fit.model
+    names = corner_variables(fit)
+    reference = _reference_values(fit, names, truth)
+    written = [_save(out / "corner.png", plotting.corner_plot(fit, names, truths=reference)),
+               _save(out / "trace.png", plotting.trace_plot(fit, names))]
+    n_total = members.mean.shape[1]
+    fig, axes = plt.subplots(1, n_total, figsize=(4.2 * n_total, 3.6), squeeze=False)
+    for k, name in enumerate(members.component_names):
+        plotting.membership_histogram(members.mean[:, k], ax=axes[0, k], component_name=name)
+    written.append(_save(out / "membership_histogram.png", fig))
+    n_features = fit.data.n_features
+    fig, axes = plt.subplots(1, n_features, figsize=(5.0 * n_features, 3.8), squeeze=False)
+    for j in range(n_features):
+        plotting.ppc_plot_fit(key, fit, feature=j, ax=axes[0, j])
+    written.append(_save(out / "ppc.png", fig))
+    if n_features >= 2:
+        fig = plotting.ellipse_plot(np.asarray(fit.data.values), fit, probability=members.mean,
+                                    component_names=model.component_names,
+                                    feature_names=model.feature_names, posterior=fit)
+        written.append(_save(out / "ellipses.png", fig))
+    radius = _radius_covariate(fit)
+    if radius is not None:
+        p_first = members.mean[:, 0]
+        fig = plotting.membership_radius_plot(np.asarray(fit.data.values)[:, 0], fit.covariates[radius],
+                                              p_first, value_label=model.feature_names[0],
+                                              radius_label=f"projected radius ({radius})")
+        fig.axes[0].set_title(f"probability of {model.component_names[0]!r}")
+        written.append(_save(out / "membership_radius.png", fig))
+    if fit.em is not None:
+        written.append(_save(out / "em_history.png", plotting.em_history_plot(fit.em)))
+    return written
+
+
+def _radius_covariate(fit) -> str | None:
+    if fit.model.radius_fraction is not None:
+        return fit.model.radius_fraction.covariate
+    if fit.model.tutorial_names:
+        return next(iter(fit.covariates), None)
+    return None
+
+
+def _reference_values(fit, names, truth) -> dict[str, Any] | None:
+    """True values when known (simulations), else the EM start's, for the corner plot's lines."""
+    if truth is not None and all(isinstance(truth.get(n), (int, float)) for n in names):
+        return {n: truth[n] for n in names}
+    if fit.em is None:
+        return None
+    params = fit.em.params
+    order = fit.model.order_components(params)
+    weights = np.asarray(params.weights)[order]
+    means = np.asarray(params.means)[order]
+    scales = np.sqrt(np.diagonal(np.asarray(params.covariances), axis1=1, axis2=2))[order]
+    values = {"weights": weights, "means": means, "scales": scales}
+    if fit.model.tutorial_names:
+        values.update(mean1=means[0, 0], sigma1=scales[0, 0], mean2=means[1, 0], sigma2=scales[1, 0],
+                      frac1=weights[0])
+    return {name: values[name] for name in names if name in values}

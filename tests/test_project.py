@@ -207,3 +207,11 @@ def test_readme_estimator_example_runs_and_deconvolves():
     mean, low, high = namespace["mean"], namespace["low"], namespace["high"]
     assert mean.shape == (3000, 2) and np.all(low <= high) and np.allclose(mean.sum(axis=1), 1.0)
     assert bayes.convergence_.ok and namespace["new_stars"].shape == (100, 2)
+
+
+def test_every_notebook_is_described_in_the_readme():
+    section = README.split("## Notebooks", 1)[1].split("\n## ", 1)[0]
+    notebooks = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+    assert len(notebooks) >= 4
+    for path in notebooks:
+        assert f"(notebooks/{path.name})" in section, f"{path.name} is not described in the README"

@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bayesmix import __version__
-
-SIMULATIONS = ("cluster-field", "disc")
+from bayesmix.config import SIMULATIONS  # light (no JAX): argparse needs the names
 
 
 def _k_range(text: str) -> tuple[int, int]:
@@ -85,7 +84,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-TUTORIAL = ("mean1", "sigma1", "mean2", "sigma2", "frac1")
 _TUTORIAL_MEANING = {"mean1": "cluster systemic velocity [km/s]", "sigma1": "cluster dispersion [km/s]",
                      "mean2": "field mean velocity [km/s]", "sigma2": "field dispersion [km/s]",
                      "frac1": "member fraction"}

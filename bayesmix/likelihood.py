@@ -147,6 +147,18 @@ def _forward_substitution(low, resid):
     return z, maha, 2.0 * logdet
 
 
+def _back_substitution(low, y):
+    """Solve ``L^T x = y`` for an unrolled factor (nested list); ``y`` and ``x`` are lists of d arrays."""
+    d = len(y)
+    x = [None] * d
+    for i in reversed(range(d)):
+        xi = y[i]
+        for m in range(i + 1, d):
+            xi = xi - low[m][i] * x[m]
+        x[i] = xi / low[i][i]
+    return x
+
+
 def _cholesky_looped(a):
     """Lower Cholesky factor of ``a`` (..., D, D) in plain XLA arithmetic, for any D.
 
@@ -289,13 +301,7 @@ def spd_solve(a, b):
             for m in range(i):
                 yi = yi - low[i][m] * y[m]
             y.append(yi / low[i][i])
-        x = [None] * d
-        for i in reversed(range(d)):
-            xi = y[i]
-            for m in range(i + 1, d):
-                xi = xi - low[m][i] * x[m]
-            x[i] = xi / low[i][i]
-        cols.append(jnp.stack(x, axis=-1))
+        cols.append(jnp.stack(_back_substitution(low, y), axis=-1))
     out = jnp.stack(cols, axis=-1)
     return out[..., 0] if vector else out
 
@@ -466,13 +472,7 @@ def _score_terms(means, covariances, values, error_covs):
     low = _cholesky_unrolled(total)
     z, maha, logdet = _forward_substitution(low, resid)
     log_prob = -0.5 * (d * _LOG_2PI + logdet + maha)
-    u = [None] * d
-    for i in reversed(range(d)):
-        ui = z[i]
-        for m in range(i + 1, d):
-            ui = ui - low[m][i] * u[m]
-        u[i] = ui / low[i][i]
-    return log_prob, u, _inverse_from_cholesky(low)
+    return log_prob, _back_substitution(low, z), _inverse_from_cholesky(low)
 
 
 def _total_log_likelihood_impl(means, covariances, log_weights, values, error_covs, extra_log_prob):

@@ -2,12 +2,19 @@
 
 Commands::
 
-    bayesmix demo [--out DIR] [--seed 0] [--n-stars 386] [--num-samples 1000] [--no-cache]
-    bayesmix fit MODEL.toml [--out DIR] [--seed N] [--resume] [--num-samples N] [--no-figures]
+    bayesmix demo [--out DIR] [--seed 0] [--n-stars 386] [--num-samples 1000] [--no-cache] [--exit-zero]
+    bayesmix fit MODEL.toml [--out DIR] [--seed N] [--resume] [--num-samples N] [--no-figures] [--exit-zero]
     bayesmix scan MODEL.toml [--k 1..8] [--loo] [--out DIR] [--seed N]
     bayesmix simulate cluster-field --out ngc288_sim.fits [--n-stars 386] [--seed 0]
+    bayesmix simulate contaminated-field --out field_sim.fits [--n-stars 400] [--seed 0]
     bayesmix simulate disc --out disc_sim.fits [--n-stars 2000] [--seed 0]
     bayesmix --version
+
+Exit status (:data:`EXIT_OK`, :data:`EXIT_INPUT_ERROR`, :data:`EXIT_CHECKS_FAILED`): 0 when the
+run finished and every check passed; 2 for bad input (a message names the file, column or key
+and the fix); 3 when ``fit`` or ``demo`` finished and wrote its outputs but a check failed: not
+converged (R-hat, ESS), divergent transitions, chains in different modes, or a model misfit.
+``--exit-zero`` gives 0 in that case too (the checks are still printed and stored).
 """
 
 from __future__ import annotations
@@ -21,6 +28,14 @@ import numpy as np
 
 from bayesmix import __version__
 from bayesmix.config import SIMULATIONS  # light (no JAX): argparse needs the names
+
+EXIT_OK = 0
+EXIT_INPUT_ERROR = 2
+EXIT_CHECKS_FAILED = 3
+
+_EPILOG = """exit status: 0 finished and every check passed; 2 bad input (the message says what and how to fix
+it); 3 (fit, demo) finished and wrote the outputs, but a check failed: not converged, divergences,
+chains in different modes, or model misfit (--exit-zero: 0 instead)."""
 
 
 def _k_range(text: str) -> tuple[int, int]:
@@ -36,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bayesmix",
         description="Bayesian Gaussian mixtures with measurement errors for star catalogues.",
+        epilog=_EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"bayesmix {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and cuts")
@@ -51,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-chains", type=int, default=4, help="NUTS chains (default 4)")
     demo.add_argument("--no-cache", action="store_true",
                       help="do not keep compiled programs in ~/.cache/bayesmix (or $BAYESMIX_CACHE)")
-    fit = sub.add_parser("fit", help="run a model file: catalogue, EM start, NUTS, memberships, outputs")
+    fit = sub.add_parser("fit", help="run a model file: catalogue, EM start, NUTS, checks, memberships, "
+                                     "outputs",
+                         epilog=_EPILOG)
     fit.add_argument("model", type=Path, help="run specification (TOML), e.g. models/ngc288.toml")
     scan = sub.add_parser("scan", help="BIC/AIC over K (EM with restarts), LOO from NUTS on request")
     scan.add_argument("model", type=Path, help="run specification (TOML); [model] gives all but K")
@@ -69,17 +87,22 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--no-figures", action="store_true", help="write no PNGs")
         command.add_argument("--no-cache", action="store_true",
                              help="do not keep compiled programs in ~/.cache/bayesmix")
+    for command in (demo, fit):
+        command.add_argument("--exit-zero", action="store_true",
+                             help="exit 0 even when a check fails (not converged, divergences, modes, "
+                                  "misfit); default: exit 3")
     fit.add_argument("--resume", action="store_true",
                      help="continue the run saved in the output folder (interrupted, or finished and now "
                           "given a larger --num-samples) without losing draws")
     sim = sub.add_parser("simulate", help="write a simulated catalogue with its truth")
     sim.add_argument("kind", choices=SIMULATIONS,
-                     help="cluster-field: NGC 288-like velocities with radii; "
+                     help="cluster-field: NGC 288-like velocities with radii; contaminated-field: a faint "
+                          "cluster in a broad, lumpy field with a cold stream; "
                           "disc: thin/thick disc in [Fe/H]-[Mg/Fe]")
     sim.add_argument("--out", required=True, type=Path,
                      help="output table (.fits, .csv, .ecsv or .vot), written atomically")
     sim.add_argument("--n-stars", type=int, default=None,
-                     help="number of stars (default: 386 for cluster-field, 2000 for disc)")
+                     help="number of stars (default: 386 cluster-field, 400 contaminated-field, 2000 disc)")
     sim.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
     return parser
 
@@ -109,8 +132,6 @@ def _sampler_overrides(args) -> dict:
 
 
 def _demo(args) -> int:
-    from bayesmix.workflow import run_spec
-
     for name in ("n_stars", "num_warmup", "num_samples", "num_chains"):
         if getattr(args, name) < (0 if name == "num_warmup" else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be positive; got {getattr(args, name)}.")
@@ -119,14 +140,38 @@ def _demo(args) -> int:
     _cache(args)
     print(f"bayesmix demo: {args.n_stars} NGC 288-like stars (seed {args.seed}); EM start, then NUTS "
           f"{args.num_chains} x ({args.num_warmup} + {args.num_samples})", flush=True)
-    result = run_spec(spec, directory=out)
+    result = _run(spec, directory=out)
     _print_fit(result)
     n_members = int((result.members.labels == 0).sum())
     print(f"\n{n_members} of {args.n_stars} stars are more likely members than not; the membership "
           f"probabilities sum to {result.members.mean[:, 0].sum():.1f} members "
           f"(true fraction x stars: {result.truth['frac1'] * args.n_stars:.1f}).")
     _print_written(result.directory, result.written)
-    return 0
+    return _exit_status(result, args)
+
+
+def _exit_status(result, args) -> int:
+    """0 when every check passed (or with --exit-zero), else EXIT_CHECKS_FAILED, saying why."""
+    problems = result.problems
+    if not problems:
+        return EXIT_OK
+    print(f"\nchecks failed ({'; '.join(problems)}): the outputs are written, but do not trust them as they "
+          f"are" + ("" if args.exit_zero else f" (exit status {EXIT_CHECKS_FAILED}; --exit-zero gives 0)"))
+    return EXIT_OK if args.exit_zero else EXIT_CHECKS_FAILED
+
+
+def _run(spec, **kwargs):
+    """``run_spec``, with the checks' named warnings silenced: the CLI prints their reports itself."""
+    import warnings
+
+    from bayesmix.diagnostics import ConvergenceWarning, ModelMisfitWarning
+    from bayesmix.workflow import run_spec
+
+    with warnings.catch_warnings():
+        # ModeDisagreementWarning is a ConvergenceWarning.
+        for category in (ConvergenceWarning, ModelMisfitWarning):
+            warnings.simplefilter("ignore", category)
+        return run_spec(spec, **kwargs)
 
 
 def _cache(args) -> None:
@@ -152,9 +197,38 @@ def _print_fit(result) -> None:
         print(line)
     report = result.convergence
     print(f"\n{report}")
-    if not report.ok:
+    if not report.ok and (report.modes is None or report.modes.ok):
         print("(run longer: bayesmix fit MODEL --resume --num-samples N; on divergences raise "
               "[sampler] target_accept)")
+    if result.model_check is not None:
+        print(f"\n{result.model_check}")
+
+
+def _print_em(result) -> None:
+    """The distinct EM optima when there are several (the best few), and where the chains started."""
+    em = result.fit.em
+    optima = getattr(em, "optima", ()) if em is not None else ()
+    if len(optima) < 2:
+        return
+    best = optima[0].objective
+    print(f"\nEM: {len(em.start_kinds)} starts reached {len(optima)} distinct optima; the best few:")
+    model, fit = result.fit.model, result.fit
+    names = model.component_names
+    for i, optimum in enumerate(optima[:3]):
+        member = (model.member_component(optimum.params, fit.data, fit.covariates, optimum.background_weight)
+                  if model.member_apart else None)
+        order = model.order_components(optimum.params, member)
+        means = np.asarray(optimum.params.means)[order]
+        scales = np.sqrt(np.diagonal(np.asarray(optimum.params.covariances), axis1=1, axis2=2))[order]
+        parts = ", ".join(f"{names[k]}: mean {np.array2string(means[k], precision=3)} "
+                          f"sd {np.array2string(scales[k], precision=3)}" for k in range(len(order)))
+        print(f"  {i}: log L {optimum.log_likelihood:.2f} ({optimum.objective - best:+.2f}), from "
+              f"{len(optimum.starts)} start(s) [{', '.join(sorted(set(optimum.start_kinds)))}]; {parts}")
+    attrs = result.fit.idata.posterior.attrs
+    masses = np.atleast_1d(attrs.get("start_mode_log_mass", [0.0]))
+    print(f"  chains started in {len(masses)} mode(s)" + (
+        f" (log posterior mass relative to the best: {np.round(masses, 2).tolist()})" if len(masses) > 1 else
+        " (the others hold under 0.1% of the posterior mass, or lie more than 25 nats below)"))
 
 
 def _print_written(out: Path, written) -> None:
@@ -175,27 +249,25 @@ def _load(args):
 
 
 def _fit(args) -> int:
-    from bayesmix.workflow import run_spec
-
     spec = _load(args)
     _cache(args)
     s = spec.sampler
     print(f"bayesmix fit {args.model}: {spec.name} (seed {spec.seed}); EM start, then NUTS "
           f"{s.num_chains} x ({s.num_warmup} + {s.num_samples})" + (" [resuming]" if args.resume else ""),
           flush=True)
-    result = run_spec(spec, directory=args.out, resume=args.resume,
-                      figures=False if args.no_figures else None)
+    result = _run(spec, directory=args.out, resume=args.resume, figures=False if args.no_figures else None)
     report = result.catalogue.report
     if report.n_dropped or report.floored:
         print(f"\ncatalogue: {report}")
     if result.resumed_from:
         print(f"resumed with {result.resumed_from} draws per chain already done")
+    _print_em(result)
     _print_fit(result)
     for k, name in enumerate(result.members.component_names):
         print(f"{name}: {int((result.members.labels == k).sum())} stars most probably here, expected "
               f"{result.members.mean[:, k].sum():.1f}")
     _print_written(result.directory, result.written)
-    return 0
+    return _exit_status(result, args)
 
 
 def _scan(args) -> int:
@@ -260,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             return _scan(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"bayesmix {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT_ERROR
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects others
 
 

@@ -40,6 +40,8 @@ from typing import Any
 
 __all__ = [
     "BackgroundSpec",
+    "CheckSpec",
+    "ComponentPriorSpec",
     "DataSpec",
     "EMSpec",
     "ModelSpec",
@@ -54,13 +56,13 @@ __all__ = [
     "parse_k_range",
 ]
 
-SIMULATIONS = ("cluster-field", "disc")
+SIMULATIONS = ("cluster-field", "contaminated-field", "disc")
 MODEL_KINDS = ("mixture", "cluster-field")
 ORDERINGS = ("scale", "mean", "weight")
 RADIUS_LAWS = ("logistic", "plummer")
 BACKGROUND_KINDS = ("uniform", "gaussian")
 CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
-EM_INITS = ("kmeans++", "random")
+EM_INITS = ("auto", "kmeans++", "random", "given")
 DUPLICATES = ("error", "first", "best")
 TABLE_FORMATS = ("fits", "csv", "ecsv", "votable", "fixed_width", "ascii")
 OUTPUT_TABLE_FORMATS = ("fits", "csv", "ecsv", "votable")
@@ -151,6 +153,38 @@ def _numbers(value, where):
     if isinstance(value, list):
         return tuple(_number()(v, f"{where}[{i}]") for i, v in enumerate(value))
     return _number()(value, where)
+
+
+def _positive_numbers(value, where):
+    """A positive number or an array of positive numbers (per-feature scales)."""
+    if isinstance(value, list):
+        return tuple(_number(0.0, open_low=True)(v, f"{where}[{i}]") for i, v in enumerate(value))
+    return _number(0.0, open_low=True)(value, where)
+
+
+def _rows(positive=False):
+    """One row of numbers per component: ``[[...], [...]]``, or a flat array for one feature."""
+    def check(value, where):
+        if not isinstance(value, list) or not value:
+            raise SpecError(where, "must be an array with one entry per component, e.g. [[-45.0], [0.0]] "
+                                   "(or [-45.0, 0.0] for one feature).")
+        number = _number(0.0, open_low=True) if positive else _number()
+        rows = []
+        for i, row in enumerate(value):
+            row = row if isinstance(row, list) else [row]
+            rows.append(tuple(number(v, f"{where}[{i}]") for v in row))
+        if len({len(r) for r in rows}) != 1:
+            raise SpecError(where, "rows must have one value per feature each; got lengths "
+                                   f"{[len(r) for r in rows]}.")
+        return tuple(rows)
+    return check
+
+
+def _weights(value, where):
+    if not isinstance(value, list) or not value:
+        raise SpecError(where, "must be an array of weights, one per component, e.g. [0.2, 0.8].")
+    weights = tuple(_number(0.0, open_low=True)(v, f"{where}[{i}]") for i, v in enumerate(value))
+    return weights
 
 
 def _matrix(value, where):
@@ -323,16 +357,41 @@ class DataSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class ComponentPriorSpec:
+    """``[model.priors.<component>]``: one component's priors (:class:`bayesmix.models.ComponentPrior`),
+    e.g. a literature systemic velocity and a cold dispersion for the cluster::
+
+        [model.priors.cluster]
+        mean_loc = -44.8
+        mean_scale = 2.0
+        scale_scale = 10.0
+    """
+
+    mean_loc: Any = _field(None, _numbers)
+    mean_scale: Any = _field(None, _positive_numbers)
+    scale_scale: Any = _field(None, _positive_numbers)
+
+
+@dataclasses.dataclass(frozen=True)
 class PriorSpec:
-    """``[model.priors]``: the arguments of :class:`bayesmix.models.Priors`."""
+    """``[model.priors]``: the arguments of :class:`bayesmix.models.Priors`.
+
+    A sub-table named after a component (``[model.priors.cluster]``) holds that
+    component's own priors (:class:`ComponentPriorSpec`); the names are checked against
+    the model's components when the spec is read.
+    """
 
     weight_concentration: float = _field(1.0, _number(0.0, open_low=True))
     mean_loc: Any = _field(None, _numbers)
-    mean_scale: Any = _field(None, _numbers)
-    scale_scale: Any = _field(None, _numbers)
+    mean_scale: Any = _field(None, _positive_numbers)
+    scale_scale: Any = _field(None, _positive_numbers)
     lkj_concentration: float = _field(2.0, _number(0.0, open_low=True))
     frac_loc: float = _field(0.0, _number())
     frac_scale: float = _field(2.5, _number(0.0, open_low=True))
+    components: dict = _field({}, doc="per-component priors, from sub-tables", section=ComponentPriorSpec)
+
+    # Sub-tables with names that are not keys are component priors (see _build).
+    _EXTRA_TABLES = "components"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,8 +456,23 @@ class ModelSpec:
                                                        "(its field component is the broad Gaussian).")
         elif self.n_components is None:
             raise SpecError(f"{where} n_components", "is required for kind = \"mixture\" (e.g. 2).")
-        if self.radius_fraction is not None and (self.n_components or 2) != 2:
-            raise SpecError(f"{where} radius_fraction", "needs exactly 2 components (cluster, field).")
+        if self.radius_fraction is not None:
+            if self.k + (self.background is not None) < 2:
+                raise SpecError(f"{where} radius_fraction", "needs a field: at least 2 components (the "
+                                                            "cluster first), or 1 and a background.")
+            if self.ordering == "weight":
+                raise SpecError(f"{where} ordering", "\"weight\" cannot be combined with a radius law "
+                                                     "(the law sets the weights); use \"scale\" or \"mean\".")
+        names = self.component_names
+        if names is not None and self.kind == "mixture" and len(names) != self.k:
+            raise SpecError(f"{where} component_names", f"has {len(self.component_names)} names for "
+                                                        f"{self.k} components.")
+
+    def names(self) -> tuple[str, ...]:
+        """The Gaussian components' names, as the model will have them."""
+        if self.kind == "cluster-field":
+            return ("cluster", "field")
+        return tuple(self.component_names) if self.component_names else tuple(f"c{k}" for k in range(self.k))
 
     @property
     def k(self) -> int:
@@ -407,14 +481,60 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class EMSpec:
-    """``[em]``: the extreme-deconvolution EM start (:class:`bayesmix.em.EMOptions`)."""
+    """``[em]``: the extreme-deconvolution EM start (:class:`bayesmix.em.EMOptions`).
+
+    ``init = "auto"`` (the default) runs ``n_init`` k-means++ starts, ``n_peaks``
+    density-peak starts and, when ``init_means`` is given, that start too; ``"given"``
+    runs only the given start. A given start is ``init_means`` (one row per component,
+    one value per feature), optionally ``init_scales`` (intrinsic dispersions, same
+    shape; default the data's spread shared out) and ``init_weights`` (default equal)::
+
+        [em]
+        init_means = [[-45.0], [0.0]]
+        init_scales = [[3.0], [60.0]]
+    """
 
     n_init: int = _field(4, _integer(1))
+    n_peaks: int = _field(4, _integer(0))
     max_iter: int = _field(1000, _integer(1))
     tol: float = _field(1e-3, _number(0.0, open_low=True))
     w: float | None = _field(None, _number(0.0))
-    init: str = _field("kmeans++", _string(EM_INITS))
+    init: str = _field("auto", _string(EM_INITS))
     kmeans_iter: int = _field(10, _integer(0))
+    init_means: tuple | None = _field(None, _rows())
+    init_scales: tuple | None = _field(None, _rows(positive=True))
+    init_weights: tuple | None = _field(None, _weights)
+
+    def _validate(self, where):
+        if self.init == "given" and self.init_means is None:
+            raise SpecError(f"{where} init", "\"given\" needs init_means (one row per component).")
+        if self.init_means is None and (self.init_scales is not None or self.init_weights is not None):
+            raise SpecError(f"{where} init_means", "init_scales and init_weights complete a start given "
+                                                    "by init_means; add init_means.")
+        for name in ("init_scales", "init_weights"):
+            value = getattr(self, name)
+            if value is not None and len(value) != len(self.init_means):
+                raise SpecError(f"{where} {name}", f"has {len(value)} entries; init_means has "
+                                                   f"{len(self.init_means)} components.")
+        if self.init_scales is not None and len(self.init_scales[0]) != len(self.init_means[0]):
+            raise SpecError(f"{where} init_scales", "rows must have as many values as init_means' rows.")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckSpec:
+    """``[checks]``: what a run checks besides convergence.
+
+    ``model_fit``: the posterior predictive goodness-of-fit check of
+    :func:`bayesmix.diagnostics.check_model_fit` (``n_replicates`` mock catalogues,
+    alarm below ``misfit_alpha``). ``mode_tolerance``: chains whose means differ by
+    more than this many within-chain standard deviations are in different modes
+    (:func:`bayesmix.diagnostics.check_modes`).
+    """
+
+    model_fit: bool = _field(True, _boolean)
+    misfit_alpha: float = _field(0.01, _number(0.0, 1.0, open_low=True, open_high=True))
+    n_replicates: int = _field(500, _integer(100))
+    mode_tolerance: float = _field(3.0, _number(0.0, open_low=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -480,12 +600,12 @@ class RunSpec:
     sampler: SamplerSpec = _field(section=SamplerSpec)
     output: OutputSpec = _field(section=OutputSpec)
     scan: ScanSpec = _field(section=ScanSpec)
+    checks: CheckSpec = _field(section=CheckSpec)
     source: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def _validate(self, where):
         if self.model.kind == "cluster-field":
-            n_values = 1 if self.data.simulate == "cluster-field" else len(self.data.values)
-            if self.data.simulate == "disc" or n_values != 1:
+            if self.n_features() != 1:
                 raise SpecError("[model] kind", "\"cluster-field\" fits one value column (velocities); "
                                                 "use kind = \"mixture\" for several features.")
         rf = self.model.radius_fraction
@@ -493,6 +613,34 @@ class RunSpec:
             raise SpecError("[model.radius_fraction] covariate",
                             f"{rf.covariate!r} must also be listed in [data] covariates "
                             f"(now {list(self.data.covariates)}).")
+        if rf is not None and self.data.simulate is not None and rf.covariate != "R_proj":
+            raise SpecError("[model.radius_fraction] covariate", "a simulated catalogue's radius column is "
+                                                                 "\"R_proj\".")
+        names = self.model.names()
+        for name in self.model.priors.components:
+            if name not in names:
+                hint = difflib.get_close_matches(name, names, n=1)
+                raise SpecError(f"[model.priors.{name}]", f"{name!r} is not a component of this model; its "
+                                f"components are {list(names)}"
+                                + (f" (did you mean {hint[0]!r}?)" if hint else "") + ".")
+        self._validate_start()
+
+    def n_features(self) -> int:
+        """Fitted features: the value columns, or the simulation's."""
+        if self.data.simulate is not None:
+            return 2 if self.data.simulate == "disc" else 1
+        return len(self.data.values)
+
+    def _validate_start(self):
+        e = self.em
+        if e.init_means is None:
+            return
+        k, d = self.model.k, self.n_features()
+        if len(e.init_means) != k:
+            raise SpecError("[em] init_means", f"has {len(e.init_means)} rows; the model has {k} components.")
+        if len(e.init_means[0]) != d:
+            raise SpecError("[em] init_means", f"rows have {len(e.init_means[0])} value(s); the data have "
+                                               f"{d} feature(s).")
 
     # -- round trip ------------------------------------------------------------------
 
@@ -533,8 +681,12 @@ class RunSpec:
 
 def _to_plain(value):
     if dataclasses.is_dataclass(value):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if f.name != "source" and getattr(value, f.name) is not None}
+        out = {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+               if f.name != "source" and getattr(value, f.name) is not None}
+        extra = getattr(type(value), "_EXTRA_TABLES", None)
+        if extra is not None:  # sub-tables by name, as TOML holds them ([model.priors.cluster])
+            out.update(out.pop(extra, {}))
+        return out
     if isinstance(value, Mapping):
         return {k: _to_plain(v) for k, v in value.items() if v is not None}
     if isinstance(value, (tuple, list)):
@@ -547,6 +699,12 @@ def _build(cls, table, where: str):
     if not isinstance(table, Mapping):
         raise SpecError(label, f"must be a table; got {_type_name(table)} ({table!r}).")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    extra = getattr(cls, "_EXTRA_TABLES", None)
+    named_tables = {}
+    if extra is not None:  # sub-tables that are not keys: named parts (component priors)
+        named_tables = {key: value for key, value in table.items()
+                        if isinstance(value, Mapping) and (key not in fields or key == extra)}
+        table = {key: value for key, value in table.items() if key not in named_tables}
     for key in table:
         if key not in fields:
             hint = difflib.get_close_matches(key, list(fields), n=1)
@@ -554,7 +712,13 @@ def _build(cls, table, where: str):
                             "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                             + f"; allowed keys{' in ' + where if where else ''}: {', '.join(fields)}.")
     values = {}
+    if extra is not None:
+        part = fields[extra].metadata["section"]
+        values[extra] = {key: _build(part, value, f"[{where[1:-1]}.{key}]")
+                         for key, value in named_tables.items()}
     for name, f in fields.items():
+        if name == extra:
+            continue
         at = f"{where} {name}" if where else name
         section = f.metadata.get("section")
         if section is not None:

@@ -32,8 +32,15 @@ __all__ = [
     "ConvergenceWarning",
     "LabelSwitchingReport",
     "LabelSwitchingWarning",
+    "ModeDisagreementWarning",
+    "ModeReport",
+    "ModelCheckReport",
+    "ModelMisfitWarning",
+    "PosteriorMode",
     "check_convergence",
     "check_label_switching",
+    "check_model_fit",
+    "check_modes",
     "compare_models",
     "summary",
 ]
@@ -43,8 +50,9 @@ logger = logging.getLogger(__name__)
 # The mixture quantities summarised by default, in this order; raw scalar sites follow.
 _DEFAULT_VARIABLES = ("weights", "means", "scales", "correlations")
 # Derived quantities that are never "raw scalar sites" (covariances duplicate scales and
-# correlations; they are summarised only when asked for by name).
-_DERIVED_VARIABLES = (*_DEFAULT_VARIABLES, "covariances")
+# correlations, the cluster's own mean or scale site under a radius law duplicates its row of
+# means or scales; they are summarised only when asked for by name).
+_DERIVED_VARIABLES = (*_DEFAULT_VARIABLES, "covariances", "mean_member", "scale_member")
 # Up to this many components the relabelling search tries every permutation (7! = 5040).
 _BRUTE_FORCE_MAX_COMPONENTS = 7
 
@@ -73,6 +81,40 @@ class ConvergenceWarning(UserWarning):
         self.report = report
         self.table = None if report is None else report.table
         self.offending = None if report is None else report.offending
+
+
+class ModeDisagreementWarning(ConvergenceWarning):
+    """Chains settled in different modes of the posterior: the run has not converged.
+
+    A :class:`ConvergenceWarning`, so code that catches those catches this too.
+
+    Attributes
+    ----------
+    report : ConvergenceReport or None
+        The convergence check it came from (None when raised by :func:`check_modes`).
+    modes : ModeReport
+        Every mode: its chains, its mean log posterior density, its parameters.
+    """
+
+    def __init__(self, message, *, modes=None, report=None):
+        super().__init__(message, report=report)
+        self.modes = modes
+
+
+class ModelMisfitWarning(UserWarning):
+    """The data fall outside the posterior predictive distribution more often than chance allows.
+
+    Attributes
+    ----------
+    report : ModelCheckReport
+    worst_bins : pandas.DataFrame
+        The bins where observed and predicted counts differ most (``report.worst_bins``).
+    """
+
+    def __init__(self, message, *, report=None):
+        super().__init__(message)
+        self.report = report
+        self.worst_bins = None if report is None else report.worst_bins
 
 
 class LabelSwitchingWarning(UserWarning):
@@ -302,6 +344,7 @@ class ConvergenceReport:
     reasons: tuple[str, ...]
     offending: pd.DataFrame
     table: pd.DataFrame
+    modes: ModeReport | None = None
 
     def __str__(self) -> str:
         head = "converged" if self.ok else "NOT converged"
@@ -311,7 +354,9 @@ class ConvergenceReport:
             f"divergences {self.n_divergent if self.n_divergent is not None else 'not recorded'}"
         ]
         lines.extend(f"  - {r}" for r in self.reasons)
-        if len(self.offending):
+        if self.modes is not None and not self.modes.ok:
+            lines.append(str(self.modes))
+        elif len(self.offending):
             cols = ["mean", "sd", "ess_bulk", "ess_tail", "r_hat"]
             lines.append(self.offending[cols].to_string(float_format=lambda v: f"{v:.4g}"))
         return "\n".join(lines)
@@ -325,8 +370,9 @@ def _n_divergent(idata):
 
 
 def check_convergence(fit_or_idata, r_hat_max: float = 1.01, ess_min: float = 400, *,
-                      var_names: Sequence[str] | None = None, warn: bool = True) -> ConvergenceReport:
-    """Check R-hat, bulk and tail ESS and divergences; warn with the numbers on failure.
+                      var_names: Sequence[str] | None = None, modes: bool = True,
+                      mode_tolerance: float = 3.0, warn: bool = True) -> ConvergenceReport:
+    """Check R-hat, bulk and tail ESS, divergences and mode agreement; warn with the numbers on failure.
 
     Parameters
     ----------
@@ -337,8 +383,14 @@ def check_convergence(fit_or_idata, r_hat_max: float = 1.01, ess_min: float = 40
         Smallest acceptable bulk and tail effective sample size (over all chains).
     var_names : sequence of str, optional
         Variables checked; default as in :func:`summary`.
+    modes : bool
+        Also check that all chains settled in one mode (:func:`check_modes`); chains in
+        different modes make the run NOT converged.
+    mode_tolerance : float
+        ``tolerance`` of :func:`check_modes`.
     warn : bool
-        Emit a :class:`ConvergenceWarning` carrying the report when a check fails.
+        Emit a :class:`ConvergenceWarning` carrying the report when a check fails (a
+        :class:`ModeDisagreementWarning`, its subclass, when chains disagree on the mode).
 
     Returns
     -------
@@ -396,6 +448,11 @@ def check_convergence(fit_or_idata, r_hat_max: float = 1.01, ess_min: float = 40
     if n_divergent is None:
         logger.info("no sample_stats.diverging in the InferenceData; divergences not checked")
 
+    mode_report = check_modes(idata, mode_tolerance, var_names=var_names, warn=False) if modes else None
+    if mode_report is not None and not mode_report.ok:
+        reasons.append(f"chains settled in {len(mode_report.modes)} different modes (see below); the "
+                       "posterior has several modes or the chains have not mixed")
+
     report = ConvergenceReport(
         ok=not reasons,
         max_r_hat=max_r_hat,
@@ -409,9 +466,182 @@ def check_convergence(fit_or_idata, r_hat_max: float = 1.01, ess_min: float = 40
         reasons=tuple(reasons),
         offending=offending,
         table=table,
+        modes=mode_report,
     )
     if not report.ok and warn:
-        warnings.warn(ConvergenceWarning(str(report), report=report), stacklevel=2)
+        if mode_report is not None and not mode_report.ok:
+            warnings.warn(ModeDisagreementWarning(str(report), modes=mode_report, report=report),
+                          stacklevel=2)
+        else:
+            warnings.warn(ConvergenceWarning(str(report), report=report), stacklevel=2)
+    return report
+
+
+# --------------------------------------------------------------------------- modes
+
+
+@dataclasses.dataclass(frozen=True)
+class PosteriorMode:
+    """Draws of a group of chains that agree with each other (see :func:`check_modes`).
+
+    Attributes
+    ----------
+    chains : tuple of int
+    mean_log_density : float
+        Mean log posterior density of its draws (``sample_stats.lp``; NaN when absent).
+        Its difference from another mode's compares how well each explains the data
+        (it is not the ratio of their posterior masses).
+    max_log_density : float
+    parameters : pandas.Series
+        Posterior mean of every summarised quantity over its draws (index as in
+        :func:`summary`).
+    """
+
+    chains: tuple[int, ...]
+    mean_log_density: float
+    max_log_density: float
+    parameters: pd.Series
+
+
+@dataclasses.dataclass(frozen=True)
+class ModeReport:
+    """Outcome of :func:`check_modes`.
+
+    Attributes
+    ----------
+    ok : bool
+        All chains are in one mode.
+    modes : tuple of PosteriorMode
+        Highest mean log density first.
+    chain_modes : tuple of int
+        Index into ``modes`` of every chain.
+    tolerance : float
+    separation : pandas.DataFrame
+        ``[c, c']``: largest standardised distance between the two chains' means over
+        all quantities (in within-chain standard deviations).
+    """
+
+    ok: bool
+    modes: tuple[PosteriorMode, ...]
+    chain_modes: tuple[int, ...]
+    tolerance: float
+    separation: pd.DataFrame
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"all {len(self.chain_modes)} chain(s) in one mode (tolerance {self.tolerance:g} sd)"
+        lines = [f"chains settled in {len(self.modes)} different modes:"]
+        best = self.modes[0].mean_log_density
+        for i, mode in enumerate(self.modes):
+            gap = mode.mean_log_density - best
+            lines.append(f"  mode {i}: chains {list(mode.chains)}, mean log posterior density "
+                         f"{mode.mean_log_density:.2f}" + (f" ({gap:+.2f})" if i else " (highest)"))
+            shown = mode.parameters.head(12)
+            lines.append("    " + ", ".join(f"{name} = {value:.4g}" for name, value in shown.items())
+                         + (" ..." if len(mode.parameters) > len(shown) else ""))
+        lines.append("  the posterior has several modes (or the chains have not mixed): results from one "
+                     "mode hold only under it. Compare the modes above; consider more components, "
+                     "priors on the component you mean (e.g. a systemic velocity), or longer warmup.")
+        return "\n".join(lines)
+
+
+def _chain_separation(stacked):
+    """``[c, c']``: max over rows of |mean_c - mean_c'| / sqrt((var_c + var_c') / 2)."""
+    means = stacked.mean(axis=1)  # (chain, row)
+    variances = stacked.var(axis=1)
+    diff = np.abs(means[:, None, :] - means[None, :, :])
+    pooled = np.sqrt(0.5 * (variances[:, None, :] + variances[None, :, :]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(diff == 0.0, 0.0, diff / pooled)
+    return np.max(z, axis=-1) if z.shape[-1] else np.zeros(diff.shape[:2])
+
+
+def _groups(linked):
+    """Connected components of a boolean (n, n) adjacency, in order of first member."""
+    n = linked.shape[0]
+    label = [-1] * n
+    groups = []
+    for start in range(n):
+        if label[start] >= 0:
+            continue
+        stack, members = [start], []
+        label[start] = len(groups)
+        while stack:
+            c = stack.pop()
+            members.append(c)
+            for other in np.flatnonzero(linked[c]):
+                if label[other] < 0:
+                    label[other] = len(groups)
+                    stack.append(int(other))
+        groups.append(tuple(sorted(members)))
+    return groups
+
+
+def check_modes(fit_or_idata, tolerance: float = 3.0, *, var_names: Sequence[str] | None = None,
+                warn: bool = True) -> ModeReport:
+    """Did every chain settle in the same mode? Groups chains that agree and describes each group.
+
+    Two chains agree when, for every summarised quantity (and the log posterior
+    density), their means differ by at most ``tolerance`` pooled within-chain standard
+    deviations. Chains in one mode differ by about ``sqrt(2 / ESS_chain)`` of that
+    (0.1 at a per-chain ESS of 200); chains in different modes of a mixture (another
+    group of stars taken as a component) differ by many. Chains are grouped by
+    agreement (transitively); more than one group is a failure.
+
+    Parameters
+    ----------
+    fit_or_idata : PosteriorFit or arviz.InferenceData
+    tolerance : float
+        In pooled within-chain standard deviations.
+    var_names : sequence of str, optional
+        Quantities compared; default as in :func:`summary`.
+    warn : bool
+        Emit a :class:`ModeDisagreementWarning` (carrying the report) on failure.
+
+    Returns
+    -------
+    ModeReport
+
+    Examples
+    --------
+    >>> report = check_modes(fit)  # doctest: +SKIP
+    >>> [mode.chains for mode in report.modes]  # doctest: +SKIP
+    [(0, 2), (1, 3)]
+    """
+    if not float(tolerance) > 0.0:
+        raise ValueError(f"tolerance must be > 0 (within-chain standard deviations); got {tolerance}.")
+    idata = _as_idata(fit_or_idata)
+    posterior = idata.posterior
+    names = _resolve_var_names(posterior, var_names)
+    labels, stacked = _stack_rows(posterior, names)
+    n_chains = stacked.shape[0]
+    lp = None
+    stats = getattr(idata, "sample_stats", None)
+    if stats is not None and "lp" in stats.data_vars:
+        lp = np.asarray(stats["lp"].transpose("chain", "draw").values, dtype=float)
+    compared = stacked if lp is None else np.concatenate([stacked, lp[..., None]], axis=-1)
+    finite = np.isfinite(compared).all(axis=(0, 1))
+    separation = _chain_separation(compared[..., finite])
+    groups = _groups(separation <= float(tolerance))
+    flat_lp = lp if lp is not None else np.full(stacked.shape[:2], np.nan)
+    modes = []
+    for chains in groups:
+        draws = stacked[list(chains)].reshape(-1, stacked.shape[-1])
+        log_density = flat_lp[list(chains)]
+        modes.append(PosteriorMode(chains=chains, mean_log_density=float(np.mean(log_density)),
+                                   max_log_density=float(np.max(log_density)),
+                                   parameters=pd.Series(draws.mean(axis=0), index=labels)))
+    order = sorted(range(len(modes)), key=lambda i: -np.nan_to_num(modes[i].mean_log_density, nan=-np.inf))
+    modes = [modes[i] for i in order]
+    chain_modes = [0] * n_chains
+    for index, mode in enumerate(modes):
+        for c in mode.chains:
+            chain_modes[c] = index
+    report = ModeReport(ok=len(modes) == 1, modes=tuple(modes), chain_modes=tuple(chain_modes),
+                        tolerance=float(tolerance),
+                        separation=pd.DataFrame(separation, index=range(n_chains), columns=range(n_chains)))
+    if not report.ok and warn:
+        warnings.warn(ModeDisagreementWarning(str(report), modes=report), stacklevel=2)
     return report
 
 
@@ -735,3 +965,217 @@ def compare_models(fits: Mapping[str, Any], *, loo_var_name: str | None = None) 
         ascending = sort_by == "bic"
         table = table.sort_values(sort_by, ascending=ascending, na_position="last")
     return table
+
+
+# --------------------------------------------------------------------------- model check
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCheckReport:
+    """Outcome of :func:`check_model_fit`: the data against mock catalogues from the posterior.
+
+    Attributes
+    ----------
+    ok : bool
+        ``p_value >= alpha``.
+    p_value : float
+        Posterior predictive p-value of the whole check: how often a mock catalogue looks
+        at least as discrepant, on its most discrepant statistic, as the data do on theirs.
+        Calibrated against the mocks themselves, so it already accounts for the several
+        statistics and features tested.
+    alpha : float
+    n_replicates : int
+    statistics : pandas.DataFrame
+        One row per (feature, statistic): ``feature``, ``statistic`` ("chi2_fine",
+        "chi2_coarse", "max_bin"), ``n_bins``, ``observed``, ``replicated_median``, and
+        ``p_value`` (that statistic's own posterior predictive p-value).
+    bins : pandas.DataFrame
+        One row per fine bin of every feature: ``feature``, ``low``, ``high``,
+        ``observed`` (stars), ``expected`` (mean of the mocks), ``p2_5``, ``p97_5`` (the
+        mocks' 95% band), ``z`` (observed minus expected over the mocks' standard
+        deviation) and ``outside`` (the observed count outside the band).
+    worst_bins : pandas.DataFrame
+        The five rows of ``bins`` with the largest ``|z|``.
+    """
+
+    ok: bool
+    p_value: float
+    alpha: float
+    n_replicates: int
+    statistics: pd.DataFrame
+    bins: pd.DataFrame
+    worst_bins: pd.DataFrame
+
+    def __str__(self) -> str:
+        head = "model check passed" if self.ok else "MODEL MISFIT"
+        n_out = int(self.bins["outside"].sum())
+        lines = [f"{head}: posterior predictive p = {self.p_value:.3g} (alarm below {self.alpha:g}) from "
+                 f"{self.n_replicates} mock catalogues; {n_out} of {len(self.bins)} bins outside their "
+                 "95% band"]
+        for feature, rows in self.statistics.groupby("feature", sort=False):
+            parts = ", ".join(f"{row.statistic} p={row.p_value:.3g}" for row in rows.itertuples())
+            lines.append(f"  {feature}: {parts}")
+        if not self.ok:
+            lines.append("  worst bins (observed stars vs the mocks' mean and 95% band):")
+            for row in self.worst_bins.itertuples():
+                lines.append(f"    {row.feature} in [{row.low:.4g}, {row.high:.4g}): {row.observed:.0f} "
+                             f"observed, {row.expected:.1f} expected ({row.p2_5:.0f}-{row.p97_5:.0f}), "
+                             f"z = {row.z:+.1f}")
+            lines.append("  the model misses structure in the data: add a component (a stream, a second "
+                         "field population) or a background, and check the ppc figure.")
+        return "\n".join(lines)
+
+
+# Mock catalogues pooled to place the bin edges of check_model_fit.
+_PILOT_CATALOGUES = 20
+
+
+def _quantile_edges(values, n_bins):
+    """Bin edges with about equal numbers of stars per bin; -inf and inf outermost."""
+    inner = np.unique(np.quantile(values, np.linspace(0.0, 1.0, n_bins + 1)[1:-1]))
+    return np.concatenate([[-np.inf], inner, [np.inf]])
+
+
+def _exceedance_p(replicated, observed):
+    """Posterior predictive p-values: of the data, and of every mock against the other mocks.
+
+    ``replicated`` (S, T), ``observed`` (T,). Returns (p_observed (T,), p_replicated (S, T)),
+    ``p = (1 + #{mocks at least as large}) / (S + 1)`` for the data, and the same among
+    the other ``S - 1`` mocks for each mock.
+    """
+    n = replicated.shape[0]
+    ordered = np.sort(replicated, axis=0)
+    at_least_obs = n - np.stack([np.searchsorted(ordered[:, t], observed[t], side="left")
+                                 for t in range(replicated.shape[1])])
+    p_obs = (1.0 + at_least_obs) / (n + 1.0)
+    at_least_rep = n - np.stack([np.searchsorted(ordered[:, t], replicated[:, t], side="left")
+                                 for t in range(replicated.shape[1])], axis=1)  # includes itself
+    return p_obs, at_least_rep / float(n)
+
+
+def _discrepancies(counts, expected):
+    """Pearson chi-square over bins and the largest single-bin term, per leading index."""
+    terms = (counts - expected) ** 2 / np.maximum(expected, 0.5)
+    return terms.sum(axis=-1), terms.max(axis=-1)
+
+
+def check_model_fit(key, fit, *, n_replicates: int = 500, alpha: float = 0.01, n_bins: int | None = None,
+                    warn: bool = True) -> ModelCheckReport:
+    """Posterior predictive goodness of fit per feature: do the data look like mock catalogues?
+
+    ``n_replicates`` mock catalogues are drawn from the posterior, each star with its
+    own measurement errors (and its own weights under a radius law),
+    :func:`bayesmix.membership.posterior_predictive_counts`. For every feature the stars
+    are counted in fine bins (about ten stars each, at most 50) and coarse bins (a
+    quarter as many), with edges at quantiles of the data, and three discrepancy
+    statistics are computed for the data and for every mock against the mocks' mean
+    counts: the Pearson chi-square over fine bins and over coarse bins (the overall
+    shape) and the largest single fine-bin term (a narrow structure the model lacks,
+    such as an unmodelled cold stream). Each statistic's p-value is the fraction of
+    mocks at least as discrepant. The check's p-value compares the data's smallest
+    p-value with the mocks' own smallest p-values, so it is calibrated for the number
+    of statistics and features. Like every posterior predictive p-value it is
+    conservative when the model is right (the data also fitted the model); on data
+    drawn from the fitted model it stays below ``alpha`` less often than ``alpha``.
+
+    Parameters
+    ----------
+    key : int or JAX PRNG key
+    fit : PosteriorFit
+    n_replicates : int
+        Mock catalogues (at least 100; p-values are resolved to ``1 / (n_replicates + 1)``).
+    alpha : float
+        The check fails (and warns) when its p-value is below this.
+    n_bins : int, optional
+        Fine bins per feature (default: about ten stars per bin, between 5 and 50).
+    warn : bool
+        Emit a :class:`ModelMisfitWarning` carrying the report on failure.
+
+    Returns
+    -------
+    ModelCheckReport
+
+    Examples
+    --------
+    >>> report = check_model_fit(0, fit)  # doctest: +SKIP
+    >>> report.ok, report.p_value  # doctest: +SKIP
+    (True, 0.41)
+    """
+    import jax
+
+    from bayesmix.membership import _as_key, posterior_predictive, posterior_predictive_counts
+
+    if (isinstance(n_replicates, bool) or not isinstance(n_replicates, (int, np.integer))
+            or n_replicates < 100):
+        raise ValueError(f"n_replicates must be an integer >= 100; got {n_replicates!r}.")
+    if not 0.0 < float(alpha) < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1); got {alpha}.")
+    if n_bins is not None and (isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer))
+                               or n_bins < 2):
+        raise ValueError(f"n_bins must be an integer >= 2; got {n_bins!r}.")
+    values = np.asarray(fit.data.values, dtype=float)
+    n_stars, n_features = values.shape
+    fine = int(n_bins) if n_bins is not None else int(np.clip(n_stars // 10, 5, 50))
+    coarse = max(2, fine // 4)
+    names = list(getattr(fit.model, "feature_names", ()) or [f"x{j}" for j in range(n_features)])
+    # Edges at quantiles of the posterior predictive distribution (a pilot of mock catalogues), so
+    # every bin expects about the same number of stars under the model: stars the model does not
+    # expect (a cold stream it lacks) pile up in one or two bins instead of being spread over
+    # several narrow bins, as edges at the data's own quantiles would do.
+    key_pilot, key_counts = jax.random.split(_as_key(key))
+    pilot = posterior_predictive(key_pilot, fit, _PILOT_CATALOGUES).reshape(-1, n_features)
+    edges = [_quantile_edges(pilot[:, j], fine) for j in range(n_features)]
+    counts = posterior_predictive_counts(key_counts, fit, edges, int(n_replicates)).astype(float)  # (S, D, B)
+    observed = np.zeros(counts.shape[1:])
+    for j in range(n_features):  # the same binning rule as the mocks' (searchsorted, right side)
+        index = np.clip(np.searchsorted(edges[j], values[:, j], side="right") - 1, 0, len(edges[j]) - 2)
+        observed[j, : len(edges[j]) - 1] = np.bincount(index, minlength=len(edges[j]) - 1)
+    expected = counts.mean(axis=0)
+    # Coarse bins: consecutive fine bins merged (the fine edges are quantiles, so these are too).
+    groups = [np.array_split(np.arange(len(edges[j]) - 1), coarse) for j in range(n_features)]
+
+    def merge(c, j):
+        return np.stack([c[..., g].sum(axis=-1) for g in groups[j]], axis=-1)
+
+    stat_names, rep_stats, obs_stats = [], [], []
+    for j in range(n_features):
+        nb = len(edges[j]) - 1
+        chi_rep, max_rep = _discrepancies(counts[:, j, :nb], expected[j, :nb])
+        chi_obs, max_obs = _discrepancies(observed[j, :nb], expected[j, :nb])
+        coarse_rep, _ = _discrepancies(merge(counts[:, j, :nb], j), merge(expected[j, :nb], j))
+        coarse_obs, _ = _discrepancies(merge(observed[j, :nb], j), merge(expected[j, :nb], j))
+        for name, rep, obs, size in (("chi2_fine", chi_rep, chi_obs, nb),
+                                     ("chi2_coarse", coarse_rep, coarse_obs, len(groups[j])),
+                                     ("max_bin", max_rep, max_obs, nb)):
+            stat_names.append((names[j], name, size))
+            rep_stats.append(rep)
+            obs_stats.append(obs)
+    rep_stats = np.stack(rep_stats, axis=1)  # (S, T)
+    obs_stats = np.asarray(obs_stats)
+    p_obs, p_rep = _exceedance_p(rep_stats, obs_stats)
+    p_value = float((1.0 + np.sum(p_rep.min(axis=1) <= p_obs.min())) / (len(p_rep) + 1.0))
+    statistics = pd.DataFrame({
+        "feature": [f for f, _, _ in stat_names], "statistic": [s for _, s, _ in stat_names],
+        "n_bins": [b for _, _, b in stat_names], "observed": obs_stats,
+        "replicated_median": np.median(rep_stats, axis=0), "p_value": p_obs})
+    rows = []
+    for j in range(n_features):
+        nb = len(edges[j]) - 1
+        band = np.percentile(counts[:, j, :nb], [2.5, 97.5], axis=0)
+        sd = counts[:, j, :nb].std(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(sd > 0, (observed[j, :nb] - expected[j, :nb]) / sd,
+                         np.where(observed[j, :nb] == expected[j, :nb], 0.0, np.inf))
+        for b in range(nb):
+            rows.append({"feature": names[j], "low": edges[j][b], "high": edges[j][b + 1],
+                         "observed": observed[j, b], "expected": expected[j, b], "p2_5": band[0, b],
+                         "p97_5": band[1, b], "z": z[b],
+                         "outside": bool(observed[j, b] < band[0, b] or observed[j, b] > band[1, b])})
+    bins = pd.DataFrame(rows)
+    worst = bins.iloc[np.argsort(-np.abs(bins["z"].to_numpy()), kind="stable")[:5]].reset_index(drop=True)
+    report = ModelCheckReport(ok=p_value >= float(alpha), p_value=p_value, alpha=float(alpha),
+                              n_replicates=int(n_replicates), statistics=statistics, bins=bins,
+                              worst_bins=worst)
+    if not report.ok and warn:
+        warnings.warn(ModelMisfitWarning(str(report), report=report), stacklevel=2)
+    return report

@@ -76,11 +76,13 @@ from bayesmix.likelihood import (
 __all__ = [
     "DegenerateFitWarning",
     "EMConvergenceWarning",
+    "EMOptimum",
     "EMOptions",
     "EMResult",
     "GaussianBackground",
     "MAPPrior",
     "UniformBackground",
+    "complete_start",
     "em_step",
     "fit_em",
     "n_free_parameters",
@@ -89,7 +91,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_INIT_METHODS = ("kmeans++", "random", "given")
+_INIT_METHODS = ("auto", "kmeans++", "random", "given")
+# Density-peak starts (init="auto"): stars used for the kernel density estimate, mean-shift
+# steps, and the narrow kernel's width as a fraction of Silverman's rule (1.06 n^(-1/(D+4))
+# in standardised units). A quarter of Silverman's width resolves a cluster of a few km/s
+# inside a field of 50-100 km/s at a few hundred stars (bench/robustness.py).
+_PEAK_SAMPLE = 2048
+_MEAN_SHIFT_STEPS = 30
+_PEAK_BANDWIDTH = 0.25 * 1.06
 # Relative size (to the total sample weight) below which a component's share of the
 # stars is treated as empty: its mean and covariance are then left where they are
 # instead of being divided by a vanishing count.
@@ -171,13 +180,28 @@ class EMOptions:
         ``exp(-w tr(Sigma^-1)/2)`` alone), so covariances are not shrunk by
         ``q_k / (q_k + 1)``; negligible next to any statistical error but enough that
         no covariance can become singular. Pass 0.0 for the unregularised XD of astroML.
-    init : {"kmeans++", "random", "given"} or None
-        k-means++ seeding plus ``kmeans_iter`` Lloyd iterations on standardised values;
-        K distinct random stars as means with the global covariance; or ``init_params``.
-        None: "given" when ``init_params`` is passed, else "kmeans++".
+    init : {"auto", "kmeans++", "random", "given"} or None
+        Where EM starts.
+
+        * "auto": ``n_init`` k-means++ starts, plus ``n_peaks`` density-peak starts (a
+          narrow component on each of the most significant local over-densities of
+          the stars, found by mean-shift, the other K - 1 components from k-means++),
+          plus ``init_params`` when it is given. k-means++ alone cannot place a narrow
+          component on a small, sharp over-density, such as a faint cluster inside a
+          broad field; the peak starts can (``bench/robustness.py``).
+        * "kmeans++": ``n_init`` starts from k-means++ seeding plus ``kmeans_iter``
+          Lloyd iterations on standardised values (the only kind before density peaks).
+        * "random": ``n_init`` starts with K distinct random stars as means and the
+          global covariance.
+        * "given": ``init_params`` only.
+
+        None: "given" when ``init_params`` is passed, else "auto". All starts run in
+        parallel (``vmap``); the one with the highest objective is kept, and the
+        distinct optima they reach are returned (:attr:`EMResult.optima`).
     n_init : int
-        Restarts from independent random initialisations, run in parallel with
-        ``vmap``; the one with the highest objective is kept.
+        k-means++ (or random) starts.
+    n_peaks : int
+        Density-peak starts of ``init="auto"`` (none when K = 1).
     kmeans_iter : int
         Lloyd iterations after the k-means++ seeding.
     chunk_size : int
@@ -190,6 +214,7 @@ class EMOptions:
     w: float | None = None
     init: str | None = None
     n_init: int = 1
+    n_peaks: int = 4
     kmeans_iter: int = 10
     chunk_size: int = 16384
 
@@ -281,6 +306,49 @@ class GaussianBackground:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class EMOptimum:
+    """One distinct optimum reached by :func:`fit_em`'s starts.
+
+    Attributes
+    ----------
+    params : MixtureParams
+        As :attr:`EMResult.params`.
+    background_weight : float or None
+    log_likelihood, log_prior : float
+    n_iter : int
+        M-steps of the best start that reached it.
+    converged : bool
+    starts : tuple of int
+        Indices (into :attr:`EMResult.restart_objectives`) of the starts that reached it.
+    start_kinds : tuple of str
+        Their kinds: "kmeans++", "random", "peak" or "given".
+    """
+
+    params: MixtureParams
+    background_weight: float | None
+    log_likelihood: float
+    log_prior: float
+    n_iter: int
+    converged: bool
+    starts: tuple
+    start_kinds: tuple
+
+    @property
+    def objective(self) -> float:
+        return self.log_likelihood + self.log_prior
+
+    def to_dict(self) -> dict:
+        """JSON-ready values (lists), as ``em.json`` stores them."""
+        return {"weights": np.asarray(self.params.weights).tolist(),
+                "means": np.asarray(self.params.means).tolist(),
+                "covariances": np.asarray(self.params.covariances).tolist(),
+                "background_weight": self.background_weight, "log_likelihood": self.log_likelihood,
+                "log_prior": self.log_prior, "objective": self.objective, "n_iter": self.n_iter,
+                "converged": self.converged, "n_starts": len(self.starts),
+                "start_kinds": sorted(set(self.start_kinds))}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class EMResult:
     """Outcome of :func:`fit_em`.
 
@@ -310,9 +378,19 @@ class EMResult:
         Sum of sample weights (the number of stars without weights); the N of BIC.
     w : float
         Bovy regularisation used (resolved from ``EMOptions.w``).
-    restart_objectives : ndarray, shape (n_init,)
-        Final objective of every restart (NaN for a failed one).
+    restart_objectives : ndarray, shape (n_starts,)
+        Final objective of every start (NaN for a failed one): the ``n_init``
+        k-means++/random starts, then the density-peak starts, then the given one.
     best_restart : int
+    optima : tuple of EMOptimum
+        The distinct optima the starts reached, best (highest objective) first;
+        ``optima[0]`` is ``params``. Two starts reach the same optimum when every
+        component of one matches one of the other (Bhattacharyya distance below 0.01,
+        weights within 0.01). More than one means the likelihood has several local
+        maxima that the data populate: :func:`bayesmix.sampling.sample_posterior`
+        starts chains from them.
+    start_kinds : tuple of str
+        Kind of every start ("kmeans++", "random", "peak" or "given").
     """
 
     params: MixtureParams
@@ -328,6 +406,8 @@ class EMResult:
     w: float
     restart_objectives: np.ndarray
     best_restart: int
+    optima: tuple = ()
+    start_kinds: tuple = ()
 
     @property
     def weights(self) -> np.ndarray:
@@ -364,7 +444,11 @@ class EMResult:
 
 
 class _Static(NamedTuple):
-    """Shapes and switches that fix the compiled program (a hashable jit argument)."""
+    """Shapes and switches that fix the compiled program (a hashable jit argument).
+
+    The starts are, in this order: ``n_init`` k-means++ (or random) starts, ``n_peaks``
+    density-peak starts, and the given start when ``given_start``.
+    """
 
     n_components: int
     n_features: int
@@ -375,6 +459,12 @@ class _Static(NamedTuple):
     init: str
     n_init: int
     kmeans_iter: int
+    n_peaks: int = 0
+    given_start: bool = False
+
+    @property
+    def n_starts(self) -> int:
+        return self.n_init + self.n_peaks + int(self.given_start)
 
 
 class _Model(NamedTuple):
@@ -627,9 +717,9 @@ def _seed_centres(key, x, sw, n_components, kind):
     return centres
 
 
-def _cluster_moments(centres, model: _Model, static: _Static):
-    """Hard-assignment counts, sums and scatter about ``centres`` (in original units)."""
-    k, d = static.n_components, static.n_features
+def _cluster_moments(centres, model: _Model):
+    """Hard-assignment counts, sums and scatter about ``centres`` (k, D) (in original units)."""
+    k, d = centres.shape
     scale = model.feature_scale
 
     def body(acc, blk):
@@ -646,8 +736,9 @@ def _cluster_moments(centres, model: _Model, static: _Static):
     return out
 
 
-def _kmeans_init(key, model: _Model, static: _Static, kind):
-    k, d = static.n_components, static.n_features
+def _kmeans_init(key, model: _Model, static: _Static, kind, k):
+    """``k`` components from k-means++ seeding and Lloyd iterations (or ``k`` random stars)."""
+    d = static.n_features
     x = model.values.reshape(-1, d)
     sw = model.sample_weight.reshape(-1)
     centres = _seed_centres(key, x / model.feature_scale, sw, k, kind) * model.feature_scale
@@ -657,11 +748,11 @@ def _kmeans_init(key, model: _Model, static: _Static, kind):
         return MixtureParams(weights, centres, jnp.broadcast_to(global_cov, (k, d, d)))
 
     def lloyd(_, c):
-        counts, sums, _unused = _cluster_moments(c, model, static)
+        counts, sums, _unused = _cluster_moments(c, model)
         return jnp.where(counts[:, None] > 0, c + sums / jnp.where(counts > 0, counts, 1.0)[:, None], c)
 
     centres = lax.fori_loop(0, static.kmeans_iter, lloyd, centres)
-    counts, sums, scatter = _cluster_moments(centres, model, static)
+    counts, sums, scatter = _cluster_moments(centres, model)
     safe = jnp.where(counts > 0, counts, 1.0)
     shift = jnp.where(counts[:, None] > 0, sums / safe[:, None], 0.0)
     means = centres + shift
@@ -672,19 +763,84 @@ def _kmeans_init(key, model: _Model, static: _Static, kind):
     return MixtureParams(weights, means, covariances)
 
 
-def _initialise(key, model: _Model, static: _Static):
-    """Initial internal parameters of one restart; frozen parts come from ``given``."""
+class _Peaks(NamedTuple):
+    """Density peaks of the data: locations (P, D), excess star counts (P,), kernel width (D,)."""
+
+    locations: Any
+    excess: Any
+    bandwidth: Any
+
+
+def _density_peaks(model: _Model, static: _Static) -> _Peaks:
+    """The ``n_peaks`` most significant local over-densities of the stars (mean-shift).
+
+    On at most ``_PEAK_SAMPLE`` stars (rows evenly spaced through the catalogue: the whole
+    catalogue up to that size), in standardised units: every star is moved uphill on a
+    Gaussian kernel density estimate of narrow bandwidth ``h`` (mean-shift) until it
+    sits on a local maximum. Each maximum is scored by its excess over a broad density
+    (bandwidth 1, the scale of the whole sample): ``c`` stars inside the narrow kernel
+    against ``b`` expected there from the broad density, significance
+    ``(c - b) / sqrt(b + 1)``. The most significant maxima are kept, each at least
+    ``2 h`` from those kept before. A k-means++ seed cannot put a narrow component on a
+    small, sharp over-density (a faint cluster in a broad field); a start placed on one
+    of these peaks can.
+    """
+    d = static.n_features
+    x = model.values.reshape(-1, d)
+    sw = model.sample_weight.reshape(-1)
+    n_rows = x.shape[0]
+    m = min(n_rows, _PEAK_SAMPLE)
+    # Static, evenly spaced over every row (a catalogue sorted by a column is still sampled whole).
+    rows = np.unique(np.linspace(0, n_rows - 1, m).round().astype(int))
+    z = x[rows] / model.feature_scale
+    w = (sw[rows] > 0).astype(z.dtype)
+    n_used = jnp.maximum(jnp.sum(w), 1.0)
+    h = _PEAK_BANDWIDTH * n_used ** (-1.0 / (d + 4))
+    zz = jnp.sum(z**2, axis=1)
+
+    def kernel(p, width):
+        r2 = jnp.sum(p**2, axis=1)[:, None] + zz[None, :] - 2.0 * p @ z.T
+        return jnp.exp(-0.5 * jnp.maximum(r2, 0.0) / width**2) * w[None, :]
+
+    def shift(_, p):
+        k = kernel(p, h)
+        return (k @ z) / jnp.maximum(jnp.sum(k, axis=1), 1e-300)[:, None]
+
+    modes = lax.fori_loop(0, _MEAN_SHIFT_STEPS, shift, z)
+    inside = jnp.sum(kernel(modes, h), axis=1)
+    expected = jnp.sum(kernel(modes, 1.0), axis=1) * h**d
+    score = jnp.where(w > 0, (inside - expected) / jnp.sqrt(expected + 1.0), -jnp.inf)
+
+    def pick(score, _):
+        i = jnp.argmax(score)
+        far = jnp.sum((modes - modes[i]) ** 2, axis=1) > (2.0 * h) ** 2
+        return jnp.where(far, score, -jnp.inf), (modes[i], inside[i] - expected[i])
+
+    _, (locations, excess) = lax.scan(pick, score, None, length=static.n_peaks)
+    scaled = n_used / jnp.maximum(jnp.sum(sw), 1e-300)  # sample counts -> all stars
+    return _Peaks(locations * model.feature_scale, excess / scaled, h * model.feature_scale)
+
+
+def _peak_start(key, location, excess, bandwidth, model: _Model, static: _Static):
+    """A narrow component on one density peak, the other K - 1 from k-means++ on all stars."""
+    k = static.n_components
+    rest = _kmeans_init(key, model, static, "kmeans++", k - 1)
+    fraction = jnp.clip(excess / model.total_weight, 0.02, 0.5)
+    narrow = MixtureParams(fraction[None], location[None], jnp.diag(bandwidth**2)[None])
+    return MixtureParams(jnp.concatenate([narrow.weights, (1.0 - fraction) * rest.weights]),
+                         jnp.concatenate([narrow.means, rest.means]),
+                         jnp.concatenate([narrow.covariances, rest.covariances]))
+
+
+def _constrain_start(start: MixtureParams, model: _Model, static: _Static):
+    """Internal parameters of a start: the background's weight appended, frozen parts from
+    ``given``, and the free weights rescaled to share what the frozen ones leave."""
     k = static.n_components
     given = model.given
-    if static.init == "given":
-        start = given
-    else:
-        p = _kmeans_init(key, model, static, static.init)
-        weights = p.weights
-        if static.has_background:
-            weights = jnp.concatenate([weights * (1.0 - given.weights[k]), given.weights[k:]])
-        start = MixtureParams(weights, p.means, p.covariances)
-    weights = jnp.where(model.frozen_weights, given.weights, start.weights)
+    weights = start.weights
+    if static.has_background and weights.shape[0] == k:
+        weights = jnp.concatenate([weights * (1.0 - given.weights[k]), given.weights[k:]])
+    weights = jnp.where(model.frozen_weights, given.weights, weights)
     free = ~model.frozen_weights
     mass = 1.0 - jnp.sum(jnp.where(free, 0.0, weights))
     free_total = jnp.sum(jnp.where(free, weights, 0.0))
@@ -696,12 +852,29 @@ def _initialise(key, model: _Model, static: _Static):
     return MixtureParams(weights, means, covs)
 
 
+def _starts(keys, model: _Model, static: _Static) -> MixtureParams:
+    """Every start of one fit, stacked (n_starts, ...), in the order of :class:`_Static`."""
+    k = static.n_components
+    parts = []
+    if static.n_init:
+        kind = "random" if static.init == "random" else "kmeans++"
+        parts.append(jax.vmap(lambda key: _kmeans_init(key, model, static, kind, k))(keys[:static.n_init]))
+    if static.n_peaks:
+        peaks = _density_peaks(model, static)
+        def peak(key, location, excess):
+            return _peak_start(key, location, excess, peaks.bandwidth, model, static)
+
+        parts.append(jax.vmap(peak)(keys[static.n_init:static.n_init + static.n_peaks], peaks.locations,
+                                    peaks.excess))
+    if static.given_start:
+        parts.append(jax.tree_util.tree_map(lambda a: a[None], model.given))
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)
+    return jax.vmap(lambda p: _constrain_start(p, model, static))(stacked)
+
+
 @partial(jax.jit, static_argnames=("static",))
 def _fit_core(keys, model: _Model, static: _Static):
-    def one(key):
-        return _run_em(_initialise(key, model, static), model, static)
-
-    return jax.vmap(one)(keys)
+    return jax.vmap(lambda p: _run_em(p, model, static))(_starts(keys, model, static))
 
 
 _FIT_PROGRAMS: dict = {}
@@ -849,9 +1022,11 @@ def _prepare(data, n_components, *, errors, options: EMOptions, init_params, sam
         raise ValueError(f"n_init must be a positive integer; got {o.n_init!r}.")
     if not isinstance(o.kmeans_iter, (int, np.integer)) or o.kmeans_iter < 0:
         raise ValueError(f"kmeans_iter must be a non-negative integer; got {o.kmeans_iter!r}.")
+    if isinstance(o.n_peaks, bool) or not isinstance(o.n_peaks, (int, np.integer)) or o.n_peaks < 0:
+        raise ValueError(f"n_peaks must be a non-negative integer; got {o.n_peaks!r}.")
     if not isinstance(o.chunk_size, (int, np.integer)) or o.chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer; got {o.chunk_size!r}.")
-    init = o.init if o.init is not None else ("given" if init_params is not None else "kmeans++")
+    init = o.init if o.init is not None else ("given" if init_params is not None else "auto")
     if init not in _INIT_METHODS:
         raise ValueError(f"init must be one of {_INIT_METHODS} or None; got {init!r}.")
     if init == "given" and init_params is None:
@@ -1022,8 +1197,12 @@ def _prepare(data, n_components, *, errors, options: EMOptions, init_params, sam
     scale = np.sqrt(spread)
     scale = np.where(scale > 0, scale, 1.0)
 
-    static = _Static(k, d, n_blocks, block, has_bg, int(o.max_iter), init, int(o.n_init),
-                     int(o.kmeans_iter))
+    # "auto": k-means++ restarts, density-peak starts (a narrow component needs another one
+    # beside it, so none for K = 1) and the given start when there is one.
+    static = _Static(k, d, n_blocks, block, has_bg, int(o.max_iter), init,
+                     n_init=0 if init == "given" else int(o.n_init), kmeans_iter=int(o.kmeans_iter),
+                     n_peaks=int(o.n_peaks) if init == "auto" and k > 1 else 0,
+                     given_start=init == "given" or (init == "auto" and init_params is not None))
     model = _Model(
         values=jnp.asarray(values_p.reshape(n_blocks, block, d)),
         error_covs=jnp.asarray(covs_p.reshape(n_blocks, block, d, d)),
@@ -1060,6 +1239,83 @@ def _identical_pairs(params: MixtureParams, scale):
                     and np.abs(covs[i] - covs[j]).max() <= tiny * max(np.abs(covs[i]).max(), 1e-300)):
                 pairs.append((i, j))
     return pairs
+
+
+def _start_kinds(static: _Static) -> tuple[str, ...]:
+    """The kind of every start, in the order :func:`_starts` stacks them."""
+    random_kind = "random" if static.init == "random" else "kmeans++"
+    return ((random_kind,) * static.n_init + ("peak",) * static.n_peaks
+            + (("given",) if static.given_start else ()))
+
+
+# Two optima are one when every component of one has a partner in the other closer than this
+# (Bhattacharyya distance: 0.01 is a mean shift of 0.28 sd at equal widths, or widths 1.4x
+# apart at equal means) with weights within _SAME_WEIGHT. Converged starts on one optimum agree
+# to ~1e-4; genuinely different optima (another star group as a component) differ by far more.
+_SAME_DISTANCE = 0.01
+_SAME_WEIGHT = 0.01
+
+
+def _bhattacharyya(means_a, covs_a, means_b, covs_b) -> np.ndarray:
+    """``[i, j]``: Bhattacharyya distance between Gaussian ``i`` of a and ``j`` of b."""
+    # A relative ridge keeps it finite for (near-)singular covariances (a feature without spread).
+    d = covs_a.shape[-1]
+    ridge = 1e-9 * max(float(np.trace(covs_a, axis1=1, axis2=2).max()), 1e-300) / d * np.eye(d)
+    covs_a, covs_b = covs_a + ridge, covs_b + ridge
+    cov = 0.5 * (covs_a[:, None] + covs_b[None, :])
+    diff = means_a[:, None] - means_b[None, :]
+    maha = np.einsum("ija,ija->ij", diff, np.linalg.solve(cov, diff[..., None])[..., 0])
+    logdet = np.linalg.slogdet(cov)[1]
+    logdet_a, logdet_b = np.linalg.slogdet(covs_a)[1], np.linalg.slogdet(covs_b)[1]
+    return 0.125 * maha + 0.5 * (logdet - 0.5 * (logdet_a[:, None] + logdet_b[None, :]))
+
+
+def _same_optimum(a: MixtureParams, b: MixtureParams, k: int) -> bool:
+    """Whether two internal parameter sets (weights may include a background) are one optimum."""
+    from scipy.optimize import linear_sum_assignment
+
+    wa, wb = np.asarray(a.weights), np.asarray(b.weights)
+    dist = _bhattacharyya(np.asarray(a.means), np.asarray(a.covariances),
+                          np.asarray(b.means), np.asarray(b.covariances))
+    dist = np.where(np.isfinite(dist), dist, np.inf)
+    if not np.isfinite(dist).any(axis=1).all():
+        return False
+    rows, cols = linear_sum_assignment(np.where(np.isfinite(dist), dist, 1e300))
+    if dist[rows, cols].max() >= _SAME_DISTANCE:
+        return False
+    weight_gap = np.abs(wa[rows] - wb[cols]).max()
+    if wa.shape[0] > k:  # the background's weight
+        weight_gap = max(weight_gap, abs(wa[k] - wb[k]))
+    return bool(weight_gap < _SAME_WEIGHT)
+
+
+def _distinct_optima(params, final_obj, final_ll, last, status, kinds, static: _Static) -> list[EMOptimum]:
+    """The distinct optima of all starts, best first (starts with a non-finite objective dropped)."""
+    k = static.n_components
+    order = [int(r) for r in np.argsort(-np.where(np.isfinite(final_obj), final_obj, -np.inf), kind="stable")
+             if np.isfinite(final_obj[r])]
+    groups: list[list[int]] = []
+    for r in order:
+        p = MixtureParams(*(np.asarray(a[r]) for a in params))
+        for group in groups:
+            q = MixtureParams(*(np.asarray(a[group[0]]) for a in params))
+            if _same_optimum(p, q, k):
+                group.append(r)
+                break
+        else:
+            groups.append([r])
+    optima = []
+    for group in groups:
+        r = group[0]
+        weights = np.asarray(params.weights[r])
+        optima.append(EMOptimum(
+            params=MixtureParams(jnp.asarray(weights[:k]), jnp.asarray(params.means[r]),
+                                 jnp.asarray(params.covariances[r])),
+            background_weight=float(weights[k]) if static.has_background else None,
+            log_likelihood=float(final_ll[r]), log_prior=float(final_obj[r] - final_ll[r]),
+            n_iter=int(last[r]), converged=bool(status[r] == 1), starts=tuple(group),
+            start_kinds=tuple(kinds[i] for i in group)))
+    return optima
 
 
 # --------------------------------------------------------------------------- public API
@@ -1137,7 +1393,7 @@ def fit_em(key, data, n_components, *, errors=None, options: EMOptions | None = 
         data, n_components, errors=errors, options=options, init_params=init_params,
         sample_weight=sample_weight, frozen_weights=frozen_weights, frozen_means=frozen_means,
         frozen_covariances=frozen_covariances, background=background, prior=prior)
-    keys = jax.random.split(key, static.n_init)
+    keys = jax.random.split(key, max(static.n_init + static.n_peaks, 1))
     typed = jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
     impl = str(jax.random.key_impl(keys)) if typed else "threefry2x32"
     out = jax.device_get(_fit_program(static, impl)(jax.random.key_data(keys) if typed else keys, model))
@@ -1149,17 +1405,19 @@ def fit_em(key, data, n_components, *, errors=None, options: EMOptions | None = 
     last = np.where(status_all == 2, n_iter_all - 1, n_iter_all)
     final_obj = np.array([out.hist_obj[r, i] if i >= 0 else np.nan
                           for r, i in enumerate(last)])
+    final_ll = np.array([out.hist_ll[r, i] if i >= 0 else np.nan for r, i in enumerate(last)])
     if not np.isfinite(final_obj).any():
         raise FloatingPointError(
             "every restart gave a non-finite log-likelihood (a covariance became singular). "
             "Use w=None or w > 0, or a MAPPrior, or fewer components."
         )
-    best = int(np.nanargmax(np.where(np.isfinite(final_obj), final_obj, -np.inf)))
+    kinds = _start_kinds(static)
+    optima = _distinct_optima(out.params, final_obj, final_ll, last, status_all, kinds, static)
+    best = optima[0].starts[0]
     n_iter = int(last[best])
     k = static.n_components
     weights = np.asarray(out.params.weights[best])
-    params = MixtureParams(jnp.asarray(weights[:k]), jnp.asarray(out.params.means[best]),
-                           jnp.asarray(out.params.covariances[best]))
+    params = optima[0].params
     hist_ll = np.asarray(out.hist_ll[best, : n_iter + 1])
     hist_obj = np.asarray(out.hist_obj[best, : n_iter + 1])
     converged = bool(status_all[best] == 1)
@@ -1177,7 +1435,12 @@ def fit_em(key, data, n_components, *, errors=None, options: EMOptions | None = 
         w=w,
         restart_objectives=final_obj,
         best_restart=best,
+        optima=tuple(optima),
+        start_kinds=kinds,
     )
+    if len(optima) > 1:
+        logger.info("EM K=%d: %d distinct optima; objectives %s", k, len(optima),
+                    [round(o.objective, 3) for o in optima])
     logger.info("EM K=%d: log L = %.6f after %d iterations (%s), best of %d restart(s)",
                 k, result.log_likelihood, n_iter, "converged" if converged else "not converged",
                 static.n_init)
@@ -1213,6 +1476,51 @@ def fit_em(key, data, n_components, *, errors=None, options: EMOptions | None = 
     return result
 
 
+def complete_start(data, means, *, covariances=None, weights=None, errors=None) -> MixtureParams:
+    """A whole EM start from given means, the missing parts from the data.
+
+    Parameters
+    ----------
+    data : array_like (n_stars, n_features), Observations or Catalogue
+    means : array_like (n_components, n_features)
+    covariances : array_like (n_components, n_features, n_features), optional
+        Intrinsic covariances. Default: the data's covariance (errors included) divided
+        by ``n_components ** (2 / n_features)``, as the k-means++ starts begin.
+    weights : array_like (n_components,), optional
+        Normalised to sum to one. Default: equal.
+    errors : array_like, optional
+        As for :func:`fit_em`, when ``data`` is an array.
+
+    Returns
+    -------
+    MixtureParams
+        Checked (finite means, positive weights, positive-definite covariances).
+
+    Examples
+    --------
+    >>> start = complete_start(values, [[-45.0], [0.0]], errors=sigma)  # doctest: +SKIP
+    >>> fit_em(0, values, 2, errors=sigma, init_params=start, init="auto")  # doctest: +SKIP
+    """
+    obs = _observations(data, errors)
+    values = np.asarray(obs.values)
+    d = values.shape[1]
+    means = np.asarray(means, dtype=float)
+    if means.ndim == 1 and d == 1:
+        means = means[:, None]
+    if means.ndim != 2 or means.shape[1] != d:
+        raise ValueError(f"means must have shape (n_components, {d}); got {means.shape}.")
+    k = means.shape[0]
+    if covariances is None:
+        spread = np.cov(values, rowvar=False).reshape(d, d) + np.mean(np.asarray(obs.error_covs), axis=0)
+        covariances = np.broadcast_to(spread / k ** (2.0 / d), (k, d, d))
+    if weights is None:
+        weights = np.full(k, 1.0 / k)
+    weights = np.asarray(weights, dtype=float)
+    if weights.shape != (k,) or not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+        raise ValueError(f"weights must be {k} positive numbers (one per component); got {weights.tolist()}.")
+    return check_params(weights / weights.sum(), means, covariances)
+
+
 def em_step(params: MixtureParams, data: Observations, *, w: float = 0.0, sample_weight=None):
     """One extreme-deconvolution EM iteration (maximum likelihood, optional Bovy ``w``).
 
@@ -1243,7 +1551,7 @@ def em_step(params: MixtureParams, data: Observations, *, w: float = 0.0, sample
         raise ValueError(f"sample_weight must have shape ({n},); got {sw.shape}.")
     if not (np.isfinite(w) and w >= 0):
         raise ValueError(f"w must be a finite number >= 0; got {w!r}.")
-    static = _Static(k, d, 1, n, False, 1, "given", 1, 0)
+    static = _Static(k, d, 1, n, False, 1, "given", n_init=0, kmeans_iter=0, given_start=True)
     model = _Model(
         values=data.values[None], error_covs=data.error_covs[None], sample_weight=sw[None],
         log_background=jnp.zeros((1, n)), frozen_weights=jnp.zeros(k, bool),

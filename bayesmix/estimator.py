@@ -45,7 +45,7 @@ __all__ = ["DeconvolvedGaussianMixture"]
 logger = logging.getLogger(__name__)
 
 _METHODS = ("em", "nuts")
-_INIT_PARAMS = ("kmeans++", "random")
+_INIT_PARAMS = ("auto", "kmeans++", "random")
 # Most stars per compiled evaluation chunk; also the largest power-of-two bucket.
 _CHUNK = 2**16
 # Float64 numbers in the largest temporary of one evaluation chunk (64 MiB).
@@ -153,9 +153,22 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
     max_iter : int, default=1000
         EM iterations per initialisation.
     n_init : int, default=1
-        EM initialisations (run in parallel); the best is kept.
-    init_params : {"kmeans++", "random"}, default="kmeans++"
-        k-means++ seeding plus Lloyd iterations, or random distinct stars as means.
+        k-means++ (or random) EM initialisations, run in parallel with the others; the
+        best optimum is kept.
+    init_params : {"auto", "kmeans++", "random"}, default="auto"
+        "auto": ``n_init`` k-means++ starts plus four density-peak starts (a narrow
+        component on each of the most significant over-densities, which k-means++
+        cannot place on a small cluster inside a broad population) plus the given
+        start, if any (:class:`bayesmix.em.EMOptions`). "kmeans++": k-means++ seeding
+        plus Lloyd iterations only; "random": random distinct stars as means.
+    weights_init, means_init, precisions_init : array_like, optional
+        A given start, as ``GaussianMixture`` spells it: weights (n_components,),
+        means (n_components, n_features), precisions (inverse covariances,
+        (n_components, n_features, n_features)); parts left out are completed from the
+        data (:func:`bayesmix.em.complete_start`), but ``means_init`` is needed. With
+        ``init_params="auto"`` it is one more start and the best optimum wins (a poor
+        guess cannot trap the fit); with "kmeans++" or "random" it replaces them, as
+        in ``GaussianMixture``.
     random_state : int, RandomState instance or None, default=None
         Seeds the EM initialisations and the sampler (an integer seed for JAX's keys is
         drawn from it) and :meth:`sample`. An int makes everything reproducible.
@@ -225,8 +238,9 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
     """
 
     def __init__(self, n_components=1, *, method="em", tol=1e-3, reg_covar=None, max_iter=1000,
-                 n_init=1, init_params="kmeans++", random_state=None, num_chains=4, num_warmup=300,
-                 num_samples=1000, chain_method="auto", progress_bar=False, ordering=None):
+                 n_init=1, init_params="auto", weights_init=None, means_init=None, precisions_init=None,
+                 random_state=None, num_chains=4, num_warmup=300, num_samples=1000, chain_method="auto",
+                 progress_bar=False, ordering=None):
         self.n_components = n_components
         self.method = method
         self.tol = tol
@@ -234,6 +248,9 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
         self.max_iter = max_iter
         self.n_init = n_init
         self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
         self.random_state = random_state
         self.num_chains = num_chains
         self.num_warmup = num_warmup
@@ -333,8 +350,12 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
         n_rows = _bucket(obs.n_stars)
         padded = Observations(_pad_rows(np.asarray(obs.values), n_rows),
                               _pad_rows(np.asarray(obs.error_covs), n_rows))
+        start = self._given_start(obs)
+        init, n_init = self.init_params, self.n_init
+        if start is not None and init != "auto":
+            init, n_init = "given", 1  # GaussianMixture's behaviour: the given start replaces the others
         em = fit_em(em_seed, padded, self.n_components, max_iter=self.max_iter, tol=self.tol,
-                    w=self.reg_covar, init=self.init_params, n_init=self.n_init,
+                    w=self.reg_covar, init=init, n_init=n_init, init_params=start,
                     sample_weight=np.concatenate([sw, np.zeros(n_rows - obs.n_stars)]))
         self.em_ = em
         self.converged_ = bool(em.converged)
@@ -345,6 +366,43 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
             params = self._fit_posterior(obs, em, nuts_seed)
         self._set_point(params)
         return self
+
+    def _given_start(self, obs):
+        """The start of ``weights_init`` / ``means_init`` / ``precisions_init``, or None."""
+        from bayesmix.em import complete_start
+
+        given = {"weights_init": self.weights_init, "means_init": self.means_init,
+                 "precisions_init": self.precisions_init}
+        if all(v is None for v in given.values()):
+            return None
+        if self.means_init is None:
+            raise ValueError("weights_init / precisions_init complete a start given by means_init; pass "
+                             f"means_init too (shape ({self.n_components}, {obs.n_features})).")
+        k, d = self.n_components, obs.n_features
+        shapes = {"weights_init": (k,), "means_init": (k, d), "precisions_init": (k, d, d)}
+        arrays = {}
+        for name, value in given.items():
+            if value is None:
+                continue
+            arr = np.asarray(value, dtype=np.float64)
+            if arr.shape != shapes[name] or not np.all(np.isfinite(arr)):
+                raise ValueError(f"{name} must be finite with shape {shapes[name]} (n_components="
+                                 f"{k}, n_features={d}); got shape {arr.shape}.")
+            arrays[name] = arr
+        covariances = None
+        if "precisions_init" in arrays:
+            try:
+                covariances = np.linalg.inv(arrays["precisions_init"])
+                np.linalg.cholesky(covariances)
+            except np.linalg.LinAlgError:
+                raise ValueError("precisions_init must hold symmetric positive-definite matrices (inverse "
+                                 "covariances).") from None
+        try:
+            return complete_start(obs, arrays["means_init"], covariances=covariances,
+                                  weights=arrays.get("weights_init"))
+        except ValueError as exc:
+            raise ValueError(f"the given start (weights_init, means_init, precisions_init) is invalid: "
+                             f"{exc}") from exc
 
     def _fit_posterior(self, obs, em, seed):
         from bayesmix.diagnostics import check_convergence

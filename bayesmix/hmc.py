@@ -9,6 +9,9 @@ driver around it:
 * the mass matrix starts from the **Laplace approximation** at the EM/MAP start
   (:func:`laplace`: a few safeguarded Newton steps on the unconstrained potential, then
   the inverse Hessian), so warmup begins with trajectories that are already short;
+* chains start apart (:func:`start`): each at a draw from an inflated Laplace
+  approximation of its own mode (several modes when EM found several optima), so R-hat
+  can reveal chains that disagree;
 * warmup is dual-averaging step-size adaptation, with one optional window in which
   the chain's own draws re-estimate the dense mass matrix, shrunk towards the Laplace
   one by the window's size (``n / (n + n_params + 5)``);
@@ -44,6 +47,7 @@ __all__ = [
     "adapt_init",
     "init",
     "laplace",
+    "laplace_log_mass",
     "run",
     "start",
     "step",
@@ -204,32 +208,60 @@ def laplace(potential_fn, position, args, num_newton: int = 6) -> LaplaceResult:
     return LaplaceResult(z, pot, jnp.linalg.inv(h), ok)
 
 
-def start(potential_fn, key, position, args, num_chains: int):
-    """Chains drawn from the Laplace approximation at ``position`` (the EM start).
+def laplace_log_mass(lap: LaplaceResult):
+    """Log posterior mass of a mode under its Laplace approximation (up to a shared constant).
 
-    Each chain starts at its own draw from ``N(mode, H^-1)`` with ``H^-1`` as its
-    dense inverse mass: started in the bulk of the posterior with a mass matrix that
-    already fits it, warmup needs only to find the step size.
+    ``-U(mode) + log det(H^-1) / 2``: comparing two modes' values compares the posterior
+    mass around them, the height of each peak corrected for its volume.
+    """
+    chol = jnp.linalg.cholesky(0.5 * (lap.inverse_hessian + lap.inverse_hessian.T))
+    return -lap.potential_energy + jnp.sum(jnp.log(jnp.diagonal(chol)))
+
+
+def start(potential_fn, key, modes, inverse_hessians, args, *, dispersion: float = 2.0):
+    """Chains started apart: chain ``c`` at a draw from ``N(modes[c], dispersion**2 H_c^-1)``.
+
+    Each chain starts at a draw from an over-dispersed (inflated) Laplace approximation of
+    its own mode, with that mode's inverse Hessian ``H_c^-1`` as its dense inverse mass:
+    warmup starts with trajectories that already fit the posterior's shape, while the
+    spread of the starts, ``dispersion`` times the posterior's, keeps R-hat's power to
+    reveal chains that do not converge to one distribution. Chains given different modes
+    start in different modes (:func:`bayesmix.sampling.sample_posterior` does that when
+    EM found several optima).
+
+    Parameters
+    ----------
+    potential_fn : callable (position, args) -> scalar
+    key : jax PRNG key
+    modes : array (num_chains, n_params)
+    inverse_hessians : array (num_chains, n_params, n_params)
+        From :func:`laplace` at each chain's mode.
+    args : pytree
+    dispersion : float
+        Inflation of the Laplace standard deviations for the starting draws (1: draws
+        from the Laplace approximation itself).
 
     Returns
     -------
-    (ChainState, AdaptState, LaplaceResult)
-        The first two batched over ``num_chains``.
+    (ChainState, AdaptState)
+        Batched over chains.
     """
-    lap = laplace(potential_fn, position, args)
     key_start, key_chains = jax.random.split(key)
-    n_params = position.shape[0]
-    chol = jnp.linalg.cholesky(0.5 * (lap.inverse_hessian + lap.inverse_hessian.T))
-    positions = lap.mode + jax.random.normal(key_start, (num_chains, n_params), position.dtype) @ chol.T
-    tuning = tuning_from_inverse_mass(min(1.0, 1.5 / n_params**0.25), lap.inverse_hessian)
+    num_chains, n_params = modes.shape
+    sym = 0.5 * (inverse_hessians + jnp.swapaxes(inverse_hessians, -1, -2))
+    chol = jnp.linalg.cholesky(sym)
+    noise = jax.random.normal(key_start, (num_chains, n_params), modes.dtype)
+    positions = modes + dispersion * jnp.einsum("cij,cj->ci", chol, noise)
+    step_size = min(1.0, 1.5 / n_params**0.25)
+    tunings = jax.vmap(lambda m: tuning_from_inverse_mass(step_size, m))(sym)
     keys = jax.random.split(key_chains, num_chains)
-    states = jax.vmap(lambda z, k: init(potential_fn, z, args, tuning, k))(positions, keys)
+    states = jax.vmap(lambda z, t, k: init(potential_fn, z, args, t, k))(positions, tunings, keys)
     # A draw where the potential or its gradient is not finite (a repaired Hessian can
-    # reach far into the tails) would never move: start that chain at the mode instead.
+    # reach far into the tails) would never move: start that chain at its mode instead.
     finite = jnp.isfinite(states.hmc.potential_energy) & jnp.all(jnp.isfinite(states.hmc.grad), axis=1)
-    positions = jnp.where(finite[:, None], positions, lap.mode)
-    states = jax.vmap(lambda z, k: init(potential_fn, z, args, tuning, k))(positions, keys)
-    return states, jax.vmap(adapt_init)(states), lap
+    positions = jnp.where(finite[:, None], positions, modes)
+    states = jax.vmap(lambda z, t, k: init(potential_fn, z, args, t, k))(positions, tunings, keys)
+    return states, jax.vmap(adapt_init)(states)
 
 
 def init(potential_fn, position, args, tuning: Tuning, key) -> ChainState:

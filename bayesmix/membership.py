@@ -48,6 +48,7 @@ __all__ = [
     "membership_probabilities",
     "membership_table",
     "posterior_predictive",
+    "posterior_predictive_counts",
     "posterior_predictive_idata",
     "responsibilities_at",
     "select_draws",
@@ -476,6 +477,79 @@ def _background_sampler(model):
     )
 
 
+def _replicate(model, draw_key, sample, error_factors, covariates):
+    """A mock catalogue (n_stars, n_features) at one draw's parameters, each star with its own errors.
+
+    ``error_factors`` (n_stars, D, D) with ``A A^T = S_i``; ``covariates`` as in the fit.
+    """
+    k_comp, k_true, k_err, k_bg = jax.random.split(draw_key, 4)
+    n_stars, n_features = error_factors.shape[:2]
+    params = model.params(sample)
+    n_gauss = params.means.shape[0]
+    n_total = _n_total(model)
+    log_w = jnp.broadcast_to(jnp.asarray(model.log_weights(sample, covariates or None)), (n_stars, n_total))
+    component = jax.random.categorical(k_comp, log_w, axis=-1)
+    gauss = jnp.minimum(component, n_gauss - 1)
+    chol = cholesky_factor(params.covariances)[gauss]
+    shape = (n_stars, n_features)
+    true = params.means[gauss] + jnp.einsum("nij,nj->ni", chol, jax.random.normal(k_true, shape))
+    error = jnp.einsum("nij,nj->ni", error_factors, jax.random.normal(k_err, shape))
+    observed = true + error
+    if n_total > n_gauss:
+        observed = jnp.where((component == n_gauss)[:, None],
+                             _background_sampler(model)(k_bg, n_stars, error), observed)
+    return observed
+
+
+class _Predictive:
+    """The compiled replicate programs of one fit: data are arguments, the model a fingerprint.
+
+    Stored with the compilation cache (:mod:`bayesmix._programs`), so a repeated run of the
+    same model and shapes skips tracing.
+    """
+
+    def __init__(self, fit):
+        from bayesmix import _programs
+
+        model = fit.model
+        data = _observations(fit)
+        if model.log_background(data) is not None:
+            _background_sampler(model)  # fail early, with its message, when it cannot be drawn from
+        self.data_args = (jnp.asarray(_error_factors(np.asarray(data.error_covs))),
+                          {name: jnp.asarray(col) for name, col in _covariates(fit, data.n_stars).items()})
+
+        def draws(keys, sites, error_factors, covariates):
+            return lax.map(lambda a: _replicate(model, a[0], a[1], error_factors, covariates), (keys, sites))
+
+        def counts(keys, sites, error_factors, covariates, table):
+            n_bins = table.shape[1] - 1
+
+            def one(a):
+                mock = _replicate(model, a[0], a[1], error_factors, covariates)
+                index = jax.vmap(lambda e, x: jnp.searchsorted(e, x, side="right") - 1,
+                                 in_axes=(0, 1))(table, mock)
+                index = jnp.clip(index, 0, n_bins - 1)
+                return jax.vmap(lambda i: jnp.zeros(n_bins, jnp.int32).at[i].add(1))(index)
+
+            return lax.map(one, (keys, sites))
+
+        fingerprint = repr(model)
+        self.draws = _programs.Program("predictive_draws", jax.jit(draws), fingerprint)
+        self.counts = _programs.Program("predictive_counts", jax.jit(counts), fingerprint)
+
+    @staticmethod
+    def sites(fit, n_draws):
+        return {k: jnp.asarray(v) for k, v in _draw_sites(fit.idata.posterior,
+                                                           _even_draws(fit.idata.posterior, n_draws)).items()}
+
+
+def _even_draws(posterior, n_draws):
+    """``n_draws`` (chain, draw) pairs evenly spaced over the chains (repeated when fewer exist)."""
+    n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
+    flat = np.round(np.linspace(0, n_chain * n_draw - 1, n_draws)).astype(int)
+    return np.stack(np.divmod(flat, n_draw), axis=1)
+
+
 def posterior_predictive(key, fit, n_draws: int = 100) -> np.ndarray:
     """Replicated catalogues from the posterior, each star with its own measurement error.
 
@@ -499,41 +573,48 @@ def posterior_predictive(key, fit, n_draws: int = 100) -> np.ndarray:
     key = _as_key(key)
     _check_fit(fit)
     n_draws = _positive_int("n_draws", n_draws)
-    model = fit.model
-    data = _observations(fit)
-    n_stars, n_features = data.n_stars, data.n_features
-    covariates = {name: jnp.asarray(col) for name, col in _covariates(fit, n_stars).items()}
-    posterior = fit.idata.posterior
-    n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
-    flat = np.round(np.linspace(0, n_chain * n_draw - 1, n_draws)).astype(int)
-    draw_indices = np.stack(np.divmod(flat, n_draw), axis=1)
-    sites = _draw_sites(posterior, draw_indices)
-    error_factors = jnp.asarray(_error_factors(np.asarray(data.error_covs)))
-    has_background = model.log_background(data) is not None
-    sample_background = _background_sampler(model) if has_background else None
+    programs = _Predictive(fit)
+    keys = jax.random.key_data(jax.random.split(key, n_draws))
+    return np.asarray(programs.draws(keys, programs.sites(fit, n_draws), *programs.data_args))
 
-    def one(args):
-        draw_key, sample = args
-        k_comp, k_true, k_err, k_bg = jax.random.split(draw_key, 4)
-        params = model.params(sample)
-        n_gauss = params.means.shape[0]
-        log_w = jnp.broadcast_to(jnp.asarray(model.log_weights(sample, covariates or None)),
-                                 (n_stars, n_gauss + has_background))
-        component = jax.random.categorical(k_comp, log_w, axis=-1)
-        gauss = jnp.minimum(component, n_gauss - 1)
-        chol = cholesky_factor(params.covariances)[gauss]
-        shape = (n_stars, n_features)
-        true = params.means[gauss] + jnp.einsum("nij,nj->ni", chol, jax.random.normal(k_true, shape))
-        error = jnp.einsum("nij,nj->ni", error_factors, jax.random.normal(k_err, shape))
-        observed = true + error
-        if sample_background is not None:
-            observed = jnp.where((component == n_gauss)[:, None],
-                                 sample_background(k_bg, n_stars, error), observed)
-        return observed
 
-    keys = jax.random.split(key, n_draws)
-    draws = jax.jit(lambda keys, sites: lax.map(one, (keys, sites)))(keys, sites)
-    return np.asarray(draws)
+def posterior_predictive_counts(key, fit, edges, n_draws: int = 500) -> np.ndarray:
+    """Histogram counts of replicated catalogues, per feature, without keeping the catalogues.
+
+    The mock catalogues of :func:`posterior_predictive` (each star with its own errors),
+    binned as they are drawn: memory is ``n_stars * n_features`` per draw, whatever
+    ``n_draws``.
+
+    Parameters
+    ----------
+    key : int or JAX PRNG key
+    fit : PosteriorFit
+    edges : sequence of array_like, one per feature
+        Increasing bin edges of each feature (use -inf and inf as outer edges to count
+        every star).
+    n_draws : int
+
+    Returns
+    -------
+    ndarray of int, shape (n_draws, n_features, max_bins)
+        Counts; a feature with fewer bins has zeros beyond its last one.
+    """
+    key = _as_key(key)
+    _check_fit(fit)
+    n_draws = _positive_int("n_draws", n_draws)
+    n_features = _observations(fit).n_features
+    if len(edges) != n_features:
+        raise ValueError(f"edges has {len(edges)} entries; need one array of bin edges per feature "
+                         f"({n_features}).")
+    edges = [np.asarray(e, dtype=float) for e in edges]
+    if any(e.ndim != 1 or e.size < 2 or np.any(np.diff(e) <= 0) for e in edges):
+        raise ValueError("every entry of edges must be an increasing 1-D array of at least 2 edges.")
+    n_bins = max(e.size for e in edges) - 1
+    # Pad with +inf: searchsorted never reaches the padded bins.
+    table = jnp.asarray(np.stack([np.concatenate([e, np.full(n_bins + 1 - e.size, np.inf)]) for e in edges]))
+    programs = _Predictive(fit)
+    keys = jax.random.key_data(jax.random.split(key, n_draws))
+    return np.asarray(programs.counts(keys, programs.sites(fit, n_draws), *programs.data_args, table))
 
 
 def posterior_predictive_idata(key, fit, n_draws: int = 100):

@@ -37,6 +37,7 @@ from bayesmix import _x64  # noqa: F401
 from bayesmix.likelihood import MixtureParams, Observations, log_joint, mvn_log_prob, total_log_likelihood
 
 __all__ = [
+    "ComponentPrior",
     "MixtureModel",
     "Ordering",
     "Priors",
@@ -69,6 +70,27 @@ class Ordering:
 
 
 @dataclasses.dataclass(frozen=True)
+class ComponentPrior:
+    """Priors of one component, replacing the shared ones of :class:`Priors` for it.
+
+    For example a literature systemic velocity and a cold dispersion for the cluster:
+    ``ComponentPrior(mean_loc=-44.8, mean_scale=2.0, scale_scale=10.0)``. None keeps the
+    shared value.
+
+    Attributes
+    ----------
+    mean_loc, mean_scale : float or array_like (n_features,), optional
+        Normal prior of the component's mean.
+    scale_scale : float or array_like (n_features,), optional
+        HalfNormal scale of the component's intrinsic dispersion.
+    """
+
+    mean_loc: Any = None
+    mean_scale: Any = None
+    scale_scale: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Priors:
     """Prior settings; None picks a weakly informative value scaled to the data.
 
@@ -88,6 +110,10 @@ class Priors:
         Normal prior of the radius-law parameters (logit of the member fraction at
         the reference radius and its log-radius slope; or the log central density
         ratio of the Plummer law).
+    components : mapping of str or int to ComponentPrior, optional
+        Per-component priors by component name (or index), e.g.
+        ``{"cluster": ComponentPrior(mean_loc=-44.8, mean_scale=2.0)}``. Under an
+        ordering by mean or scale, component ``k`` is the ``k``-th in that order.
     """
 
     weight_concentration: float = 1.0
@@ -97,13 +123,21 @@ class Priors:
     lkj_concentration: float = 2.0
     frac_loc: float = 0.0
     frac_scale: float = 2.5
+    components: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
 class RadiusFraction:
-    """Member fraction that depends on projected radius (membership problems, K = 2).
+    """Member fraction that depends on projected radius (membership problems).
 
-    Component 0 is the cluster (the narrower one under the default ordering), 1 the field.
+    Component 0 is the cluster; every other component (and a background) is the field.
+    The law sets the member fraction ``f(R)`` of each star; the field components share
+    ``1 - f(R)`` with free weights (a Dirichlet over their shares), so the field can be
+    lumpy (several Gaussians, a cold stream, a fixed background) while only the
+    cluster follows the radial profile. With exactly two Gaussians and no background,
+    the ordering applies to both (under the default ordering the cluster is the
+    narrower one, as in the tutorial); with more, it applies among the field components
+    only, and the cluster is told apart by the radius law and its own prior.
 
     Attributes
     ----------
@@ -158,6 +192,9 @@ class MixtureModel:
     component_names : tuple of str
         One per component, the background last when there is one.
     ordering : Ordering
+    mean_loc, mean_scale, scale_scale : ndarray, shape (n_components, n_features)
+        The resolved priors of each component's mean and dispersion (shared defaults,
+        replaced per component by :class:`ComponentPrior`).
     background : UniformBackground, GaussianBackground or None
         From :mod:`bayesmix.em`; its shape is fixed, its weight sampled.
     radius_fraction : RadiusFraction or None
@@ -233,34 +270,15 @@ class MixtureModel:
         k, d = self.n_components, self.n_features
         order = self.ordering
         log_w = self._sample_log_weights(data, covariates, h)
-
-        loc, scale = h["mean_loc"], h["mean_scale"]
+        loc, scale, sscale = h["mean_loc"], h["mean_scale"], h["scale_scale"]  # (K, D) each
         if order.kind == "mean":
-            j = order.feature
-            col = _ordered_site("means_ordered", k,
-                                lambda v: dist.Normal(loc[j], scale[j]).log_prob(v).sum(), False)
-            rest = None
-            if d > 1:
-                keep = np.delete(np.arange(d), j)  # static indices: the priors are traced
-                rest = numpyro.sample("means_rest", dist.Normal(jnp.take(loc, keep), jnp.take(scale, keep))
-                                      .expand([k, d - 1]).to_event(2))
-            means = _with_column(rest, col, j)
+            means = self._ordered_matrix("mean", loc, scale, positive=False)
         else:
-            means = numpyro.sample("means_free", dist.Normal(loc, scale).expand([k, d]).to_event(2))
-
-        sscale = h["scale_scale"]
+            means = numpyro.sample("means_free", dist.Normal(loc, scale).to_event(2))
         if order.kind == "scale":
-            j = order.feature
-            col = _ordered_site("scales_ordered", k,
-                                lambda v: dist.HalfNormal(sscale[j]).log_prob(v).sum(), True)
-            rest = None
-            if d > 1:
-                keep = np.delete(np.arange(d), j)
-                rest = numpyro.sample("scales_rest", dist.HalfNormal(jnp.take(sscale, keep))
-                                      .expand([k, d - 1]).to_event(2))
-            scales = _with_column(rest, col, j)
+            scales = self._ordered_matrix("scale", None, sscale, positive=True)
         else:
-            scales = numpyro.sample("scales_free", dist.HalfNormal(sscale).expand([k, d]).to_event(2))
+            scales = numpyro.sample("scales_free", dist.HalfNormal(sscale).to_event(2))
 
         if d > 1:
             corr_chol = numpyro.sample("corr_cholesky", dist.LKJCholesky(d, h["eta"])
@@ -295,6 +313,65 @@ class MixtureModel:
         params = MixtureParams(jnp.exp(log_w[..., :k]), means, covs)
         numpyro.factor("log_likelihood", self.total_log_likelihood(params, log_w, data))
 
+    def program_key(self) -> str:
+        """What a compiled program of :meth:`model` depends on beyond its arguments.
+
+        The structure (components, ordering, background, radius law, frozen masks), not
+        the prior values: those reach the program through :meth:`hyperparameters` as
+        arguments, so another catalogue of the same shape and structure reuses the
+        stored sampler programs. Prior values enter only as their shapes.
+        """
+        hyper = {"weight_concentration", "mean_loc", "mean_scale", "scale_scale", "lkj_concentration",
+                 "frac_loc", "frac_scale", "reference_radius", "frozen"}
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in hyper:
+                value = None if value is None else jax.tree_util.tree_map(np.shape, value)
+            parts.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    @property
+    def member_apart(self) -> bool:
+        """Whether the cluster (component 0) stands outside the ordering: a radius law with
+        more than one field column (several field Gaussians or a background)."""
+        return self.radius_fraction is not None and self.n_total > 2
+
+    def _ordered_matrix(self, kind, loc, scale, *, positive):
+        """(K, D) means or scales whose column ``ordering.feature`` increases with the index.
+
+        The ordered column is an ``ImproperUniform`` ordered site plus each component's
+        own prior as a factor (the exchangeable prior restricted to the ordered region);
+        under :attr:`member_apart` component 0 has its own site and only the others are
+        ordered. The other columns are plain sites.
+        """
+        k, d = self.n_components, self.n_features
+        j = self.ordering.feature
+
+        def prior(rows):
+            if positive:
+                return dist.HalfNormal(scale[rows, j])
+            return dist.Normal(loc[rows, j], scale[rows, j])
+
+        first = int(self.member_apart)
+        parts = []
+        if first:
+            parts.append(numpyro.sample(f"{kind}_member", prior(0))[None])
+        rows = slice(first, k)
+        if k - first >= 2:
+            parts.append(_ordered_site(f"{kind}s_ordered", k - first,
+                                       lambda v: prior(rows).log_prob(v).sum(), positive))
+        elif k - first == 1:
+            parts.append(numpyro.sample(f"{kind}s_ordered", prior(rows).to_event(1)))
+        column = jnp.concatenate(parts)
+        rest = None
+        if d > 1:
+            keep = np.delete(np.arange(d), j)  # static indices: the priors are traced
+            rest_dist = (dist.HalfNormal(jnp.take(scale, keep, axis=1)) if positive else
+                         dist.Normal(jnp.take(loc, keep, axis=1), jnp.take(scale, keep, axis=1)))
+            rest = numpyro.sample(f"{kind}s_rest", rest_dist.to_event(2))
+        return _with_column(rest, column, j)
+
     def total_log_likelihood(self, params: MixtureParams, log_w, data: Observations):
         """``sum_i logsumexp_k`` of :meth:`joint_log_prob`, with its closed-form gradient.
 
@@ -323,17 +400,23 @@ class MixtureModel:
         if self.radius_fraction is not None:
             rf = self.radius_fraction
             radius = jnp.asarray((covariates or {})[rf.covariate])
-            log_r = jnp.log(radius / h["reference_radius"])
             if rf.kind == "logistic":
-                a = numpyro.sample("frac_intercept", dist.Normal(h["frac_loc"], h["frac_scale"]))
-                b = numpyro.sample("frac_slope", dist.Normal(0.0, h["frac_scale"]))
-                logit = a + b * log_r
+                law = {"frac_intercept": numpyro.sample("frac_intercept",
+                                                        dist.Normal(h["frac_loc"], h["frac_scale"])),
+                       "frac_slope": numpyro.sample("frac_slope", dist.Normal(0.0, h["frac_scale"]))}
             else:
-                c = numpyro.sample("frac_log_ratio", dist.Normal(h["frac_loc"], 2.0 * h["frac_scale"]))
-                r_p = numpyro.sample("frac_radius", dist.LogNormal(jnp.log(h["reference_radius"]), 1.0))
-                logit = c - 2.0 * jnp.log1p((radius / r_p) ** 2)
-            log_w = jnp.stack([jax.nn.log_sigmoid(logit), jax.nn.log_sigmoid(-logit)], axis=-1)
-            numpyro.deterministic("weights", jnp.mean(jnp.exp(log_w), axis=0))
+                law = {"frac_log_ratio": numpyro.sample("frac_log_ratio",
+                                                        dist.Normal(h["frac_loc"], 2.0 * h["frac_scale"])),
+                       "frac_radius": numpyro.sample("frac_radius",
+                                                     dist.LogNormal(jnp.log(h["reference_radius"]), 1.0))}
+            if k_total > 2:
+                law["field_weights"] = numpyro.sample("field_weights",
+                                                      dist.Dirichlet(jnp.full(k_total - 1, alpha)))
+            log_w = self._radius_log_weights(law, radius, h["reference_radius"])
+            mean_w = jnp.mean(jnp.exp(log_w), axis=0)
+            numpyro.deterministic("weights", mean_w[: self.n_components])
+            if self.background is not None:
+                numpyro.deterministic("background_weight", mean_w[-1])
             return log_w
         if self.frozen_weights is not None and any(self.frozen_weights):
             fixed = np.asarray(self.frozen_weights + (False,) * (k_total - self.n_components))
@@ -392,18 +475,33 @@ class MixtureModel:
             if self.background is not None:
                 return jnp.log(jnp.append(jnp.asarray(sample["weights"]), sample["background_weight"]))
             return jnp.log(jnp.asarray(sample["weights"]))
-        rf = self.radius_fraction
-        radius = jnp.asarray((covariates or {})[rf.covariate])
-        if rf.kind == "logistic":
-            logit = sample["frac_intercept"] + sample["frac_slope"] * jnp.log(radius / self.reference_radius)
+        radius = jnp.asarray((covariates or {})[self.radius_fraction.covariate])
+        return self._radius_log_weights(sample, radius, self.reference_radius)
+
+    def _radius_log_weights(self, law: dict, radius, reference_radius):
+        """(n_stars, n_total) log weights under the radius law: the cluster's ``log f(R)``, and
+        ``log(1 - f(R)) + log share`` for every field column (background last).
+
+        ``law`` holds the law's sites (``frac_intercept`` and ``frac_slope``, or
+        ``frac_log_ratio`` and ``frac_radius``) and, with several field columns,
+        ``field_weights``; the one place the law is written down.
+        """
+        if self.radius_fraction.kind == "logistic":
+            logit = law["frac_intercept"] + law["frac_slope"] * jnp.log(radius / reference_radius)
         else:
-            logit = sample["frac_log_ratio"] - 2.0 * jnp.log1p((radius / sample["frac_radius"]) ** 2)
-        return jnp.stack([jax.nn.log_sigmoid(logit), jax.nn.log_sigmoid(-logit)], axis=-1)
+            logit = law["frac_log_ratio"] - 2.0 * jnp.log1p((radius / law["frac_radius"]) ** 2)
+        field_shares = law["field_weights"] if self.n_total > 2 else jnp.ones(1)
+        return jnp.concatenate([jax.nn.log_sigmoid(logit)[:, None],
+                                jax.nn.log_sigmoid(-logit)[:, None] + jnp.log(field_shares)[None, :]], axis=1)
 
     # ------------------------------------------------------------------ initial values
 
-    def order_components(self, params: MixtureParams) -> np.ndarray:
-        """Permutation that puts point-estimate components in this model's order."""
+    def order_components(self, params: MixtureParams, member: int | None = None) -> np.ndarray:
+        """Permutation that puts point-estimate components in this model's order.
+
+        Under :attr:`member_apart`, ``member`` (default: the first in the ordering) goes
+        first and the others follow in the ordering.
+        """
         order = self.ordering
         if order.kind == "scale":
             key = np.asarray(params.covariances)[:, order.feature, order.feature]
@@ -411,10 +509,29 @@ class MixtureModel:
             key = np.asarray(params.means)[:, order.feature]
         else:
             key = np.asarray(params.weights)
-        return np.argsort(key, kind="stable")
+        perm = np.argsort(key, kind="stable")
+        if self.member_apart and member is not None:
+            perm = np.concatenate([[int(member)], perm[perm != int(member)]])
+        return perm
 
-    def init_values(self, params: MixtureParams, background_weight: float | None = None,
-                    n_stars: int | None = None, key=None) -> dict[str, np.ndarray]:
+    def member_component(self, params: MixtureParams, data: Observations, covariates: dict,
+                         background_weight: float | None = None) -> int:
+        """The Gaussian component of a point estimate (e.g. an EM fit, which knows nothing of
+        radii) that is most concentrated towards the centre: the smallest mean log radius of
+        its stars, weighted by their membership probabilities."""
+        radius = np.asarray(covariates[self.radius_fraction.covariate], float)
+        log_w = np.log(np.asarray(params.weights, float))
+        if self.background is not None:
+            bw = float(background_weight if background_weight is not None else self.background.weight)
+            log_w = np.append(log_w - math.log(np.exp(log_w).sum()) + math.log1p(-bw), math.log(bw))
+        resp = np.asarray(jax.nn.softmax(self.joint_log_prob(params, jnp.asarray(log_w), data), axis=1))
+        resp = resp[:, : self.n_components]
+        mean_log_radius = (resp * np.log(radius)[:, None]).sum(axis=0) / np.maximum(resp.sum(axis=0), 1e-300)
+        return int(np.argmin(mean_log_radius))
+
+    def init_values(self, params: MixtureParams, background_weight: float | None = None, *,
+                    data: Observations | None = None,
+                    covariates: dict | None = None) -> dict[str, np.ndarray]:
         """Constrained values of every sample site from a point estimate (e.g. the EM fit).
 
         Parameters
@@ -422,18 +539,19 @@ class MixtureModel:
         params : MixtureParams
             Gaussian components, any order (they are sorted to satisfy the ordering).
         background_weight : float, optional
-        n_stars : int, optional
-            With ``key``: jitter each chain's start by about one posterior standard
-            deviation (from the component's share of ``n_stars``), so chains do not all
-            start at one point and R-hat keeps its power.
-        key : jax PRNG key, optional
+        data, covariates : optional
+            Under :attr:`member_apart`, used to pick the cluster among the components
+            (:meth:`member_component`); without them the first in the ordering is taken.
 
         Returns
         -------
         dict of str to ndarray
         """
         k, d = self.n_components, self.n_features
-        perm = self.order_components(params)
+        member = None
+        if self.member_apart and data is not None and covariates is not None:
+            member = self.member_component(params, data, covariates, background_weight)
+        perm = self.order_components(params, member)
         w = np.asarray(params.weights, float)[perm]
         mu = np.asarray(params.means, float)[perm].copy()
         cov = np.asarray(params.covariances, float)[perm]
@@ -443,18 +561,13 @@ class MixtureModel:
             w = np.append(w / w.sum() * (1.0 - bw), bw)
         w = np.clip(w / w.sum(), 1e-6, None)
         w /= w.sum()
-        if key is not None and n_stars:
-            k1, k2, k3 = jax.random.split(key, 3)
-            n_k = np.maximum(w[:k] * n_stars, 2.0)
-            mu += np.asarray(jax.random.normal(k1, mu.shape)) * sd / np.sqrt(n_k)[:, None]
-            sd *= np.exp(np.asarray(jax.random.normal(k2, sd.shape)) / np.sqrt(2.0 * n_k)[:, None])
-            w *= np.exp(np.asarray(jax.random.normal(k3, w.shape)) / np.sqrt(np.maximum(w * n_stars, 2.0)))
-            w /= w.sum()
         values: dict[str, np.ndarray] = {}
         order = self.ordering
         if self.radius_fraction is not None:
             rf = self.radius_fraction
-            logit0 = math.log(w[0] / w[1])
+            logit0 = math.log(w[0] / (1.0 - w[0]))
+            if self.n_total > 2:
+                values["field_weights"] = w[1:] / w[1:].sum()
             if rf.kind == "logistic":
                 values["frac_intercept"] = np.asarray(logit0)
                 values["frac_slope"] = np.asarray(0.0)
@@ -473,20 +586,17 @@ class MixtureModel:
             values["weights_all"] = w
         else:
             values["weights"] = w
-        if order.kind == "mean":
+        for kind, matrix, positive in (("mean", mu, False), ("scale", sd, True)):
+            if order.kind != kind:
+                values[f"{kind}s_free"] = matrix
+                continue
             j = order.feature
-            values["means_ordered"] = _strictly_increasing(mu[:, j], positive=False)
+            first = int(self.member_apart)
+            if first:
+                values[f"{kind}_member"] = np.asarray(matrix[0, j])
+            values[f"{kind}s_ordered"] = _strictly_increasing(matrix[first:, j], positive=positive)
             if d > 1:
-                values["means_rest"] = np.delete(mu, j, axis=1)
-        else:
-            values["means_free"] = mu
-        if order.kind == "scale":
-            j = order.feature
-            values["scales_ordered"] = _strictly_increasing(sd[:, j], positive=True)
-            if d > 1:
-                values["scales_rest"] = np.delete(sd, j, axis=1)
-        else:
-            values["scales_free"] = sd
+                values[f"{kind}s_rest"] = np.delete(matrix, j, axis=1)
         if d > 1:
             base_sd = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
             corr = cov / base_sd[:, :, None] / base_sd[:, None, :]
@@ -506,10 +616,73 @@ def _strictly_increasing(v, positive):
 
 
 def _as_feature_array(name, value, default, n_features):
-    arr = np.broadcast_to(np.asarray(default if value is None else value, float), (n_features,)).copy()
+    try:
+        arr = np.broadcast_to(np.asarray(default if value is None else value, float), (n_features,)).copy()
+    except ValueError:
+        raise ValueError(f"priors.{name} must be a number or one per feature ({n_features}); "
+                         f"got {value!r}.") from None
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"priors.{name} must be finite; got {value!r}.")
     return arr
+
+
+def _resolve_priors(priors: Priors, x: np.ndarray, names: tuple[str, ...]):
+    """``mean_loc``, ``mean_scale``, ``scale_scale`` as (n_components, n_features) arrays.
+
+    Shared values (defaults scaled to the data), replaced per component by
+    ``priors.components``.
+    """
+    k, d = len(names), x.shape[1]
+    spread = np.std(x, axis=0)
+    spread = np.where(spread > 0, spread, 1.0)
+    shared = {"mean_loc": _as_feature_array("mean_loc", priors.mean_loc, np.median(x, axis=0), d),
+              "mean_scale": _as_feature_array("mean_scale", priors.mean_scale, 3.0 * spread, d),
+              "scale_scale": _as_feature_array("scale_scale", priors.scale_scale, 2.0 * spread, d)}
+    out = {name: np.tile(value, (k, 1)) for name, value in shared.items()}
+    for ident, prior in dict(priors.components or {}).items():
+        if isinstance(ident, (int, np.integer)) and not isinstance(ident, bool):
+            if not 0 <= int(ident) < k:
+                raise ValueError(f"priors.components: index {ident} is not a component (0..{k - 1}).")
+            index = int(ident)
+        elif ident in names:
+            index = names.index(ident)
+        else:
+            raise ValueError(f"priors.components: {ident!r} is not a component; use one of {list(names)} "
+                             "or an index.")
+        if not isinstance(prior, ComponentPrior):
+            raise ValueError(f"priors.components[{ident!r}] must be a ComponentPrior; "
+                             f"got {type(prior).__name__}.")
+        for name in out:
+            value = getattr(prior, name)
+            if value is not None:
+                out[name][index] = _as_feature_array(f"components[{ident!r}].{name}", value, None, d)
+    if np.any(out["mean_scale"] <= 0) or np.any(out["scale_scale"] <= 0):
+        raise ValueError("priors.mean_scale and priors.scale_scale must be > 0 (for every component).")
+    return out["mean_loc"], out["mean_scale"], out["scale_scale"]
+
+
+def _check_radius_fraction(radius_fraction: RadiusFraction, covariates, n_stars: int, n_total: int,
+                           ordering: Ordering) -> float:
+    """Validate a radius law against the model and the radii; returns the reference radius."""
+    if n_total < 2:
+        raise ValueError("radius_fraction needs a field: at least 2 components (cluster, field), or 1 "
+                         "component (the cluster) and a background.")
+    if ordering.kind == "weight":
+        raise ValueError("radius_fraction sets the weights; order by scale or mean, not by weight.")
+    if radius_fraction.covariate not in (covariates or {}):
+        raise ValueError(f"radius_fraction needs the covariate {radius_fraction.covariate!r}; "
+                         f"available covariates: {sorted(covariates or {})}.")
+    radius = np.asarray(covariates[radius_fraction.covariate], float)
+    if radius.shape != (n_stars,):
+        raise ValueError(f"covariate {radius_fraction.covariate!r} must hold one radius per star "
+                         f"({n_stars}); got shape {radius.shape}.")
+    bad = np.flatnonzero(~np.isfinite(radius) | (radius <= 0))
+    if bad.size:
+        raise ValueError(f"covariate {radius_fraction.covariate!r} must hold one positive, finite radius per "
+                         f"star; {bad.size} star(s) do not (rows {bad[:5].tolist()}"
+                         f"{' ...' if bad.size > 5 else ''}, values {radius[bad[:5]].tolist()}). A star at "
+                         "the centre has R = 0: give it a small positive radius or drop it.")
+    return float(radius_fraction.reference_radius or np.median(radius))
 
 
 def mixture_model(data, n_components: int, *, priors: Priors | None = None,
@@ -531,8 +704,9 @@ def mixture_model(data, n_components: int, *, priors: Priors | None = None,
         Default: by the dispersion of feature 0.
     background : bayesmix.em.UniformBackground or GaussianBackground, optional
     radius_fraction : RadiusFraction, optional
-        Requires ``n_components == 2`` and no background; ``covariates`` (or the
-        catalogue's) must hold its radius column, all positive.
+        Component 0 is the cluster, the other components and the background the field
+        (at least one field column is needed); ``covariates`` (or the catalogue's) must
+        hold its radius column, all positive.
     covariates : dict of str to array, optional
     frozen, frozen_means, frozen_covariances, frozen_weights
         Fixed component values (a MixtureParams) and boolean masks (n_components,),
@@ -568,32 +742,17 @@ def mixture_model(data, n_components: int, *, priors: Priors | None = None,
         raise ValueError("ordering by weight cannot be combined with a background; order by scale or mean.")
     if priors.weight_concentration <= 0 or priors.lkj_concentration <= 0:
         raise ValueError("priors.weight_concentration and priors.lkj_concentration must be > 0.")
-    spread = np.std(x, axis=0)
-    spread = np.where(spread > 0, spread, 1.0)
-    mean_loc = _as_feature_array("mean_loc", priors.mean_loc, np.median(x, axis=0), n_features)
-    mean_scale = _as_feature_array("mean_scale", priors.mean_scale, 3.0 * spread, n_features)
-    scale_scale = _as_feature_array("scale_scale", priors.scale_scale, 2.0 * spread, n_features)
-    if np.any(mean_scale <= 0) or np.any(scale_scale <= 0):
-        raise ValueError("priors.mean_scale and priors.scale_scale must be > 0.")
-    reference_radius = None
-    if radius_fraction is not None:
-        if n_components != 2 or background is not None:
-            raise ValueError("radius_fraction needs exactly 2 components (cluster, field) and no background.")
-        if radius_fraction.covariate not in (covariates or {}):
-            raise ValueError(f"radius_fraction needs the covariate {radius_fraction.covariate!r}; "
-                             f"available covariates: {sorted(covariates or {})}.")
-        radius = np.asarray(covariates[radius_fraction.covariate], float)
-        if radius.shape != (n_stars,) or not np.all(np.isfinite(radius)) or np.any(radius <= 0):
-            raise ValueError(f"covariate {radius_fraction.covariate!r} must hold one positive, finite "
-                             "radius per star.")
-        reference_radius = float(radius_fraction.reference_radius or np.median(radius))
-    if tutorial_names and (n_components != 2 or n_features != 1):
-        raise ValueError("tutorial_names needs a 1-D, 2-component model.")
     n_total = n_components + (background is not None)
     names = tuple(component_names) if component_names is not None else (
         tuple(f"c{k}" for k in range(n_components)) + (("background",) if background is not None else ()))
     if len(names) != n_total:
         raise ValueError(f"component_names has {len(names)} names for {n_total} components.")
+    mean_loc, mean_scale, scale_scale = _resolve_priors(priors, x, names[:n_components])
+    reference_radius = None
+    if radius_fraction is not None:
+        reference_radius = _check_radius_fraction(radius_fraction, covariates, n_stars, n_total, ordering)
+    if tutorial_names and (n_components != 2 or n_features != 1):
+        raise ValueError("tutorial_names needs a 1-D, 2-component model.")
     feats = tuple(feature_names) if feature_names is not None else tuple(f"x{j}" for j in range(n_features))
     masks = {}
     for label, mask in (("frozen_means", frozen_means), ("frozen_covariances", frozen_covariances),

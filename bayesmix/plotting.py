@@ -732,7 +732,7 @@ def em_history_plot(em_result, *, ax=None):
 
     Iteration 0 is the initialisation; the last point is the returned fit. The
     objective adds the log prior (MAP mode, Bovy's ``w``) to the log-likelihood. With
-    several restarts, their final objectives are shown as ticks at the right edge
+    several starts, their final objectives are shown as ticks at the right edge
     (several at the top: the optimum was found more than once; far below: local optima).
 
     Parameters
@@ -768,10 +768,15 @@ def em_history_plot(em_result, *, ax=None):
         finite = restarts[np.isfinite(restarts)]
         best = finite.max() if finite.size else np.nan
         n_best = int(np.sum(np.abs(finite - best) <= 1e-3 * max(1.0, abs(best))))
-        lines.append(f"{restarts.size} restarts: {n_best} reached the best objective"
-                     + (f", {restarts.size - finite.size} failed" if finite.size < restarts.size else ""))
+        kinds = list(getattr(em_result, "start_kinds", ()) or ())
+        mix = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
+        n_optima = len(getattr(em_result, "optima", ()) or ())
+        lines.append(f"{restarts.size} starts{f' ({mix})' if mix else ''}: {n_best} reached the best "
+                     "objective"
+                     + (f", {restarts.size - finite.size} failed" if finite.size < restarts.size else "")
+                     + (f"; {n_optima} distinct optima" if n_optima > 1 else ""))
         ax.plot(np.full(finite.size, it[-1] + 0.03 * max(it[-1], 1)), finite, marker="_", ms=14, mew=1.5,
-                color="C3", ls="none", label="final objective of each restart", clip_on=False)
+                color="C3", ls="none", label="final objective of each start", clip_on=False)
     ax.text(0.98, 0.04, "\n".join(lines), transform=ax.transAxes, ha="right", va="bottom", fontsize="small",
             bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9})
     ax.set_xlabel("EM iteration (0 = initialisation)")
@@ -881,7 +886,8 @@ def em_animation(key, data, n_components: int, path, *, errors=None, features=(0
     feature_names : sequence of str, optional
     **fit_kwargs
         Passed to :func:`fit_em` (``w=``, ``prior=``, ``background=``, ``tol=``, ...).
-        ``n_init`` must be 1: the animation follows a single start.
+        ``n_init`` must be 1 and ``init`` one of "kmeans++" (the default here),
+        "random" or "given": the animation follows a single start.
 
     Returns
     -------
@@ -903,6 +909,11 @@ def em_animation(key, data, n_components: int, path, *, errors=None, features=(0
     if n_init != 1:
         raise ValueError(f"n_init={n_init}: the animation follows one start; pass n_init=1 (fit_em's "
                          "default), or animate the kept restart's key separately.")
+    init = fit_kwargs.get("init", getattr(options, "init", None))
+    if init == "auto":
+        raise ValueError("init='auto' runs several starts (k-means++ and density peaks); the animation "
+                         "follows one: pass init='kmeans++' (the default here), 'random' or 'given'.")
+
     obs = data if isinstance(data, Observations) else as_observations(data, errors)
     values = np.asarray(obs.values)
     n_features = values.shape[1]
@@ -927,8 +938,13 @@ def em_animation(key, data, n_components: int, path, *, errors=None, features=(0
 
 
 def _em_path(key, obs, n_components, fit_kwargs):
-    """[(MixtureParams, log-likelihood)] after 0, 1, ..., n_iter M-steps of ``fit_em``'s run."""
+    """[(MixtureParams, log-likelihood)] after 0, 1, ..., n_iter M-steps of ``fit_em``'s run (from one
+    start: k-means++ unless ``fit_kwargs`` names another)."""
     from bayesmix.em import EMConvergenceWarning, fit_em
+
+    if fit_kwargs.get("init", getattr(fit_kwargs.get("options"), "init", None)) is None:
+        single = "given" if fit_kwargs.get("init_params") is not None else "kmeans++"
+        fit_kwargs = {**fit_kwargs, "init": single}
 
     full = fit_em(key, obs, n_components, **fit_kwargs)
     with warnings.catch_warnings():

@@ -1,10 +1,13 @@
 """NUTS from the EM start: chains, warmup, draws, extension, checkpoints; results as InferenceData.
 
-The sampler is NumPyro's NUTS with a dense mass matrix. All chains run as one
-vectorised program (``chain_method="vectorized"``), so the model is compiled once per
-run, not once per chain. Each chain starts at the EM/MAP point jittered by about one
-posterior standard deviation (:meth:`bayesmix.models.MixtureModel.init_values`), so
-warmup starts at the mode yet R-hat keeps its power to detect chains that disagree.
+The sampler is NUTS with a dense mass matrix (:mod:`bayesmix.hmc`); every stage is one
+compiled program for all chains. Chains start apart: when EM found several distinct
+optima (:attr:`bayesmix.em.EMResult.optima`), each optimum that holds a non-negligible
+share of the posterior mass (Laplace approximation, at least 0.1% of the best one's)
+gets its own chains; every chain starts at a draw from its mode's Laplace approximation
+inflated two-fold in standard deviation. So R-hat keeps its power to detect chains that
+disagree, and chains that settle in different modes are reported by
+:func:`bayesmix.diagnostics.check_modes`.
 
 Long runs can write a checkpoint after every chunk of draws (atomically: temporary
 file, then rename); :func:`sample_posterior` with the same checkpoint path resumes
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import pickle
 import sys
@@ -134,6 +138,17 @@ def _resolve_data(data, covariates):
     return obs, covariates, catalogue
 
 
+# Chains start from the EM optima whose objective is within this many nats of the best one
+# (no Laplace approximation is computed for the others: their share of the posterior mass is
+# below e^-25 by any volume correction seen in practice) ...
+_MODE_PREFILTER_NATS = 25.0
+# ... and whose Laplace-approximated posterior mass is at least this fraction of the best mode's.
+_MODE_MIN_MASS = 1e-3
+# Starting draws come from each mode's Laplace approximation with standard deviations inflated
+# by this factor (over-dispersed starts give R-hat its power).
+START_DISPERSION = 2.0
+
+
 def _initial_point(key, model: MixtureModel, obs: Observations, init, em_kwargs):
     """(MixtureParams, background_weight, EMResult or None) to start the chains from."""
     from bayesmix.em import EMResult, fit_em
@@ -153,6 +168,20 @@ def _initial_point(key, model: MixtureModel, obs: Observations, init, em_kwargs)
             raise ValueError("init parameters do not match the model's components/features.")
         return init, None, None
     raise ValueError(f"init must be None, an EMResult or MixtureParams; got {type(init).__name__}.")
+
+
+def _candidate_starts(params, background_weight, em, num_chains: int) -> list[tuple]:
+    """``(params, background_weight)`` of the EM optima chains may start from, best first.
+
+    The distinct optima of an EM fit within ``_MODE_PREFILTER_NATS`` of the best, at most
+    one per chain; just the given point otherwise.
+    """
+    optima = getattr(em, "optima", ()) or ()
+    if not optima:
+        return [(params, background_weight)]
+    best = optima[0].objective
+    return [(o.params, o.background_weight) for o in optima[:num_chains]
+            if o.objective >= best - _MODE_PREFILTER_NATS]
 
 
 class _Sampler:
@@ -186,14 +215,17 @@ class _Sampler:
         self.potential = potential
         self._pending = None
         self.warmup_divergences = None
-        fingerprint = (f"{model!r}|{_template_structure(template)}|chains={self.num_chains}|"
+        fingerprint = (f"{model.program_key()}|{_template_structure(template)}|chains={self.num_chains}|"
                        f"method={chain_method}|block={self.block}|accept={target_accept}|"
                        f"depth={max_tree_depth}")
         classes = (Observations, MixtureParams, hmc.HMCState, hmc.Tuning, hmc.ChainState, hmc.StepInfo,
                    hmc.LaplaceResult, hmc.AdaptState, hmc._DualAveraging)
+        self._laplace = _programs.Program("laplace", jax.jit(lambda z, args: hmc.laplace(potential, z, args)),
+                                          fingerprint, classes)
         self._start = _programs.Program("start", jax.jit(
-            lambda key, z, args: hmc.start(potential, key, z, args, self.num_chains)), fingerprint,
-            classes)
+            lambda key, modes, inverse_hessians, args: hmc.start(
+                potential, key, modes, inverse_hessians, args, dispersion=START_DISPERSION)),
+            fingerprint, classes)
         self._run = self._over_chains(lambda st, args, extra: hmc.run(
             potential, st[0], st[1], args, extra[0], extra[1], self.block, target_accept=target_accept,
             max_tree_depth=max_tree_depth))
@@ -227,13 +259,66 @@ class _Sampler:
 
         return run
 
-    def start(self, key, z_em: np.ndarray, schedule: hmc.WarmupSchedule):
-        """Laplace start, warmup and (with ``draws``) the first block, from the EM point.
+    def modes(self, starts: list[np.ndarray]) -> tuple[list, dict]:
+        """Laplace approximations at the candidate starts; the modes the chains start from.
+
+        Newton steps take each start to its posterior mode. Modes within one standard
+        deviation (Mahalanobis distance 1 under the better mode's Hessian) of a better one
+        are that mode; modes whose Laplace mass is below ``_MODE_MIN_MASS`` of the best
+        one's are dropped (logged), since chains stuck there would report a mode of
+        negligible weight.
+
+        Returns
+        -------
+        (list of LaplaceResult, best first; info dict)
+        """
+        found = []
+        for z in starts:
+            lap = jax.device_get(self._laplace(jnp.asarray(z), self.args))
+            mass = float(hmc.laplace_log_mass(lap))
+            if not (np.isfinite(mass) and np.isfinite(float(lap.potential_energy))):
+                continue
+            found.append((mass, lap))
+        if not found:
+            raise ValueError("the posterior density is not finite at any EM optimum: check the priors "
+                             "(e.g. a component's mean prior far from the data, [model.priors.<component>]) "
+                             "and the data.")
+        found.sort(key=lambda item: -item[0])
+        kept = []
+        for mass, lap in found:
+            same = any(_mahalanobis2(lap.mode, other.mode, other.inverse_hessian) < 1.0 for _, other in kept)
+            if not same:
+                kept.append((mass, lap))
+        best_mass = kept[0][0]
+        dropped = [m for m, _ in kept if m < best_mass + math.log(_MODE_MIN_MASS)]
+        if dropped:
+            logger.info("%d EM optimum(s) hold under %.1g of the best mode's posterior mass (log ratios %s); "
+                        "no chain starts there", len(dropped), _MODE_MIN_MASS,
+                        [round(m - best_mass, 1) for m in dropped])
+        kept = [(m, lap) for m, lap in kept if m >= best_mass + math.log(_MODE_MIN_MASS)]
+        info = {"laplace_hessian_ok": all(bool(lap.hessian_ok) for _, lap in kept),
+                "laplace_potential": float(kept[0][1].potential_energy),
+                "n_modes": len(kept),
+                "mode_log_mass": [round(m - best_mass, 6) for m, _ in kept]}
+        return [lap for _, lap in kept], info
+
+    def start(self, key, starts: list[np.ndarray], schedule: hmc.WarmupSchedule):
+        """Laplace modes from the candidate ``starts`` (unconstrained vectors, best first),
+        chains spread over them (chain ``c`` on mode ``c mod n_modes``), each started at a
+        draw from its mode's inflated Laplace approximation.
 
         Returns (states, start info); the warmup runs inside the first :meth:`draws`.
         """
-        states, adapt, lap = self._start(key, jnp.asarray(z_em), self.args)
-        info = {"laplace_hessian_ok": bool(lap.hessian_ok), "laplace_potential": float(lap.potential_energy)}
+        laps, info = self.modes(starts)
+        assignment = np.arange(self.num_chains) % len(laps)
+        modes = jnp.asarray(np.stack([laps[m].mode for m in assignment]))
+        inverse_hessians = jnp.asarray(np.stack([laps[m].inverse_hessian for m in assignment]))
+        states, adapt = self._start(key, modes, inverse_hessians, self.args)
+        info["mode_of_chain"] = assignment.tolist()
+        if len(laps) > 1:
+            logger.warning("EM found %d distinct optima with non-negligible posterior mass (log mass "
+                           "relative to the best: %s); chains start in each, so the diagnostics can tell "
+                           "whether they agree", len(laps), info["mode_log_mass"])
         self._pending = (adapt, tuple(jnp.asarray(v, jnp.int32) for v in schedule))
         return states, info
 
@@ -289,6 +374,12 @@ class _Sampler:
             parts.append({k: np.asarray(v)[: min(chunk, total - begin)] for k, v in out.items()})
         return {k: np.concatenate([p[k] for p in parts]).reshape((n_chains, n_draws, *parts[0][k].shape[1:]))
                 for k in parts[0]}
+
+
+def _mahalanobis2(a, b, inverse_covariance) -> float:
+    """Squared Mahalanobis distance ``(a - b)^T C^-1 (a - b)``; ``C`` is a mode's inverse Hessian."""
+    diff = np.asarray(a) - np.asarray(b)
+    return float(diff @ np.linalg.solve(np.asarray(inverse_covariance), diff))
 
 
 def _template_structure(template: dict) -> str:
@@ -355,12 +446,19 @@ def _to_idata(model: MixtureModel, obs: Observations, covariates, samples, extra
     k, d = model.n_components, model.n_features
     coords = {"component": list(model.component_names[:k]), "feature": list(model.feature_names),
               "feature_bis": list(model.feature_names)}
+    ordered = ["component"]
+    if getattr(model, "member_apart", False):  # the cluster has its own site; the field is ordered
+        coords["field_component"] = list(model.component_names[1:k])
+        ordered = ["field_component"]
+    if "field_weights" in samples:
+        coords["field_column"] = list(model.component_names[1:])
     ids = np.asarray(catalogue.ids) if catalogue is not None else np.arange(obs.n_stars)
     coords["star"] = ids.tolist() if ids.dtype.kind in "iuUS" else np.arange(obs.n_stars).tolist()
     dims = {"weights": ["component"], "means": ["component", "feature"],
             "means_free": ["component", "feature"], "scales": ["component", "feature"],
-            "scales_free": ["component", "feature"], "means_ordered": ["component"],
-            "scales_ordered": ["component"], "covariances": ["component", "feature", "feature_bis"],
+            "scales_free": ["component", "feature"], "means_ordered": ordered,
+            "scales_ordered": ordered, "field_weights": ["field_column"],
+            "covariances": ["component", "feature", "feature_bis"],
             "correlations": ["component", "feature", "feature_bis"],
             "corr_cholesky": ["component", "feature", "feature_bis"],
             "values": ["star", "feature"], "error_covs": ["star", "feature", "feature_bis"]}
@@ -419,9 +517,13 @@ def sample_posterior(
 ) -> PosteriorFit:
     """Sample the posterior of ``model`` with NUTS, started from an EM/MAP fit.
 
-    The run: EM (unless ``init`` is given) -> Newton steps to the mode of the
-    unconstrained posterior and its Laplace approximation -> every chain starts at its
-    own draw from that approximation, with its inverse Hessian as the dense mass matrix
+    The run: EM (unless ``init`` is given) -> from each distinct EM optimum within
+    25 nats of the best (:attr:`bayesmix.em.EMResult.optima`; at most one per chain),
+    Newton steps to the mode of the unconstrained posterior and its Laplace
+    approximation; modes holding less than 0.1% of the best one's Laplace mass are
+    dropped -> chain ``c`` starts in mode ``c mod n_modes``, at its own draw from that
+    mode's Laplace approximation with standard deviations inflated two-fold
+    (``START_DISPERSION``), with the mode's inverse Hessian as its dense mass matrix
     -> ``num_warmup`` iterations of step-size adaptation (with a window that
     re-estimates the mass matrix from the chain's draws, shrunk towards the Laplace
     one, when ``adapt_mass``) -> ``num_samples`` draws. Each stage is one compiled
@@ -524,7 +626,8 @@ def sample_posterior(
         block = max(num_samples // 20, 1)
     else:
         block = int(num_samples)
-    template = _unconstrained(model, obs, covariates, model.init_values(params, background_weight))
+    template = _unconstrained(model, obs, covariates,
+                              model.init_values(params, background_weight, data=obs, covariates=covariates))
     sampler = _Sampler(model, obs, covariates, template, num_chains=int(num_chains), chain_method=method,
                        block=block, target_accept=target_accept, max_tree_depth=int(max_tree_depth))
     from jax.flatten_util import ravel_pytree
@@ -535,8 +638,12 @@ def sample_posterior(
         done = sum(p[0]["means"].shape[1] for p in parts)
         logger.info("resuming from %s: %d of %d draws per chain done", ckpt, done, num_samples)
     else:
-        z_em = np.asarray(ravel_pytree(template)[0])
-        states, start_info = sampler.start(k_start, z_em, hmc.warmup_schedule(num_warmup, adapt_mass))
+        # The first candidate is the best optimum, whose unconstrained values are the template.
+        others = _candidate_starts(params, background_weight, em_result, int(num_chains))[1:]
+        starts = [np.asarray(ravel_pytree(values)[0]) for values in [template, *(
+            _unconstrained(model, obs, covariates, model.init_values(p, bw, data=obs, covariates=covariates))
+            for p, bw in others)]]
+        states, start_info = sampler.start(k_start, starts, hmc.warmup_schedule(num_warmup, adapt_mass))
         parts, done = [], 0
         if not start_info["laplace_hessian_ok"]:
             logger.warning("the posterior Hessian at the EM start was not positive definite (a "
@@ -576,7 +683,7 @@ def _unconstrained(model: MixtureModel, obs, covariates, values: dict) -> dict:
 
     args = (obs, covariates, model.hyperparameters())
     fn = _programs.Program("unconstrain", jax.jit(lambda v, a: unconstrain_fn(model.model, a, {}, v)),
-                           repr(model), (Observations,))
+                           model.program_key(), (Observations,))
     return jax.device_get(fn({k: jnp.asarray(v) for k, v in values.items()}, args))
 
 

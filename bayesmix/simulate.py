@@ -29,14 +29,17 @@ from bayesmix.likelihood import MixtureParams, check_params
 __all__ = [
     "ClusterFieldSimulation",
     "ClusterFieldTruth",
+    "ContaminatedFieldSimulation",
+    "ContaminatedFieldTruth",
     "MixtureSimulation",
     "simulate_cluster_field",
+    "simulate_contaminated_field",
     "simulate_mixture",
     "simulate_named",
     "thin_thick_disc_params",
 ]
 
-NAMED_SIMULATIONS = {"cluster-field": 386, "disc": 2000}  # name -> default number of stars
+NAMED_SIMULATIONS = {"cluster-field": 386, "contaminated-field": 400, "disc": 2000}  # name -> default stars
 
 
 def _as_key(key):
@@ -196,6 +199,190 @@ def simulate_cluster_field(
     return ClusterFieldSimulation(catalogue, table, truth, labels)
 
 
+# --------------------------------------------------------------------------- contaminated field
+
+
+class ContaminatedFieldTruth(NamedTuple):
+    """True parameters of a faint cluster in a crowded, lumpy field (velocities in km/s).
+
+    Components, in this order: the cluster (0), the halo Gaussians (1 .. n_halo) and
+    the cold stream (last). Radii in arcmin.
+
+    Attributes
+    ----------
+    cluster_mean, cluster_dispersion : float
+    halo_means, halo_dispersions, halo_fractions : tuple of float
+        The broad foreground: fractions of all stars.
+    stream_mean, stream_dispersion, stream_fraction : float
+        A cold structure spread uniformly over the field (stream_fraction 0: none).
+    member_fraction : float
+        Fraction of all stars in the cluster.
+    plummer_radius, max_radius : float
+        Members follow a projected Plummer profile; halo and stream stars a uniform
+        surface density; all out to ``max_radius``.
+    """
+
+    cluster_mean: float
+    cluster_dispersion: float
+    halo_means: tuple
+    halo_dispersions: tuple
+    halo_fractions: tuple
+    stream_mean: float
+    stream_dispersion: float
+    stream_fraction: float
+    member_fraction: float
+    plummer_radius: float
+    max_radius: float
+
+    def mixture_params(self) -> MixtureParams:
+        """Every component as D = 1 :class:`MixtureParams`: cluster, halo Gaussians, stream."""
+        weights = [self.member_fraction, *self.halo_fractions]
+        means = [[self.cluster_mean], *([m] for m in self.halo_means)]
+        sds = [self.cluster_dispersion, *self.halo_dispersions]
+        if self.stream_fraction > 0:
+            weights.append(self.stream_fraction)
+            means.append([self.stream_mean])
+            sds.append(self.stream_dispersion)
+        return check_params(weights, means, [[[s**2]] for s in sds])
+
+    def tutorial_values(self) -> dict[str, float]:
+        """The cluster under the tutorial's names (``mean1``, ``sigma1``, ``frac1``)."""
+        return {"mean1": self.cluster_mean, "sigma1": self.cluster_dispersion,
+                "frac1": self.member_fraction}
+
+
+class ContaminatedFieldSimulation(NamedTuple):
+    """A simulated faint cluster in a contaminated field.
+
+    Attributes
+    ----------
+    catalogue : Catalogue
+        Values ``RV`` (n_stars, 1) with errors ``E_RV`` and covariate ``R_proj``.
+    table : astropy.table.Table
+        ``star_id, RV, E_RV, R_proj`` plus the truth ``RV_true`` and ``component``
+        (0 cluster, 1 .. n_halo halo, n_halo + 1 stream).
+    truth : ContaminatedFieldTruth
+    labels : ndarray of int, shape (n_stars,)
+    """
+
+    catalogue: Catalogue
+    table: Table
+    truth: ContaminatedFieldTruth
+    labels: np.ndarray
+
+
+def simulate_contaminated_field(
+    key=0,
+    n_stars: int = 400,
+    *,
+    cluster_mean: float | None = None,
+    cluster_dispersion: float = 4.0,
+    member_fraction: float = 0.175,
+    halo_means: tuple | None = None,
+    halo_dispersions: tuple = (100.0, 55.0),
+    halo_weights: tuple = (0.6, 0.4),
+    stream_offset: float | None = None,
+    stream_dispersion: float = 5.0,
+    stream_fraction: float = 0.05,
+    error_median: float = 2.0,
+    error_log_sd: float = 0.5,
+    error_range: tuple[float, float] = (0.3, 15.0),
+    plummer_radius: float = 3.0,
+    max_radius: float = 30.0,
+) -> ContaminatedFieldSimulation:
+    """A faint cluster inside a broad, lumpy foreground with a cold stream: the hard membership case.
+
+    About ``member_fraction * n_stars`` members (70 of 400 by default) with dispersion
+    ``cluster_dispersion`` and a Plummer radial profile; a broad halo foreground of one
+    or more Gaussians (``halo_dispersions``, 50-100 km/s); and a cold stream
+    (``stream_fraction``, 20 of 400 stars, dispersion ``stream_dispersion``) about
+    100 km/s from the cluster and spread uniformly in radius. Each star's label is
+    drawn from these fractions. Errors are log-normal (median ``error_median``).
+
+    Quantities left as None are drawn from the key, so that a set of seeds covers the
+    class of problem rather than one configuration: ``cluster_mean`` uniform in
+    [-120, 120] km/s; ``halo_means`` uniform in [-40, 40] km/s each;
+    ``stream_offset`` (stream mean minus cluster mean) of random sign and size
+    uniform in [80, 120] km/s.
+
+    Parameters
+    ----------
+    key : jax PRNG key or int
+    n_stars : int
+
+    Returns
+    -------
+    ContaminatedFieldSimulation
+        ``truth`` holds the values actually used.
+
+    Examples
+    --------
+    >>> sim = simulate_contaminated_field(3)
+    >>> sim.catalogue.n_stars
+    400
+    """
+    n_stars = int(n_stars)
+    if n_stars < 1:
+        raise ValueError(f"n_stars must be at least 1; got {n_stars}.")
+    for name, value in (("cluster_dispersion", cluster_dispersion), ("stream_dispersion", stream_dispersion),
+                        ("error_median", error_median), ("plummer_radius", plummer_radius),
+                        ("max_radius", max_radius)):
+        _positive(name, value)
+    halo_dispersions = tuple(float(s) for s in halo_dispersions)
+    halo_weights = np.asarray(halo_weights, dtype=float)
+    if len(halo_dispersions) < 1 or halo_weights.shape != (len(halo_dispersions),):
+        raise ValueError("halo_dispersions and halo_weights need one entry per halo Gaussian (at least one); "
+                         f"got {len(halo_dispersions)} and {halo_weights.shape}.")
+    for s in halo_dispersions:
+        _positive("halo_dispersions", s)
+    if np.any(halo_weights <= 0) or not np.all(np.isfinite(halo_weights)):
+        raise ValueError(f"halo_weights must be positive; got {halo_weights.tolist()}.")
+    if not (0.0 < member_fraction < 1.0 and 0.0 <= stream_fraction < 1.0
+            and member_fraction + stream_fraction < 1.0):
+        raise ValueError("member_fraction must lie in (0, 1), stream_fraction in [0, 1), and their sum "
+                         f"below 1; got {member_fraction} and {stream_fraction}.")
+    if error_log_sd < 0 or not 0 < error_range[0] < error_range[1]:
+        raise ValueError("error_log_sd must be >= 0 and error_range an increasing positive pair.")
+    keys = jax.random.split(_as_key(key), 9)
+    u = np.asarray(jax.random.uniform(keys[0], (4 + len(halo_dispersions),)))
+    if cluster_mean is None:
+        cluster_mean = -120.0 + 240.0 * u[0]
+    if stream_offset is None:
+        stream_offset = (1.0 if u[1] < 0.5 else -1.0) * (80.0 + 40.0 * u[2])
+    if halo_means is None:
+        halo_means = tuple(-40.0 + 80.0 * u[4:])
+    halo_means = tuple(float(m) for m in halo_means)
+    if len(halo_means) != len(halo_dispersions):
+        raise ValueError(f"halo_means has {len(halo_means)} entries for {len(halo_dispersions)} halo "
+                         "Gaussians.")
+    halo_fractions = tuple((1.0 - member_fraction - stream_fraction) * halo_weights / halo_weights.sum())
+    truth = ContaminatedFieldTruth(
+        float(cluster_mean), float(cluster_dispersion), halo_means, halo_dispersions,
+        tuple(float(f) for f in halo_fractions), float(cluster_mean + stream_offset),
+        float(stream_dispersion), float(stream_fraction), float(member_fraction), float(plummer_radius),
+        float(max_radius))
+    params = truth.mixture_params()
+    labels = np.asarray(jax.random.categorical(keys[1], jnp.log(params.weights), shape=(n_stars,)))
+    sd = np.sqrt(np.asarray(params.covariances)[:, 0, 0])
+    z = np.asarray(jax.random.normal(keys[2], (n_stars,)))
+    true_rv = np.asarray(params.means)[labels, 0] + sd[labels] * z
+    log_err = np.log(error_median) + error_log_sd * np.asarray(jax.random.normal(keys[3], (n_stars,)))
+    err = np.clip(np.exp(log_err), *error_range)
+    rv = true_rv + err * np.asarray(jax.random.normal(keys[4], (n_stars,)))
+    # Inverse-CDF radii: truncated Plummer for members, uniform surface density for the rest.
+    v = np.asarray(jax.random.uniform(keys[5], (n_stars,)))
+    a = plummer_radius
+    v_member = v * (1.0 - 1.0 / (1.0 + (max_radius / a) ** 2))
+    radius = np.where(labels == 0, a * np.sqrt(v_member / (1.0 - v_member)), max_radius * np.sqrt(v))
+    table = Table({"star_id": np.arange(n_stars), "RV": rv, "E_RV": err, "R_proj": radius,
+                   "RV_true": true_rv, "component": labels})
+    table["RV"].unit = table["E_RV"].unit = table["RV_true"].unit = "km/s"
+    table["R_proj"].unit = "arcmin"
+    table.meta["bayesmix_simulation"] = {"kind": "contaminated_field", **truth._asdict()}
+    catalogue = read_catalogue(table, values="RV", errors="E_RV", id_column="star_id", covariates=["R_proj"])
+    return ContaminatedFieldSimulation(catalogue, table, truth, labels)
+
+
 # --------------------------------------------------------------------------- general mixtures
 
 
@@ -345,19 +532,22 @@ def simulate_named(kind: str, key=0, n_stars: int | None = None):
 
     Parameters
     ----------
-    kind : {"cluster-field", "disc"}
-        NGC 288-like velocities with radii (:func:`simulate_cluster_field`), or the thin
-        and thick disc in ([Fe/H], [Mg/Fe]) with correlated errors (:func:`simulate_mixture`).
+    kind : {"cluster-field", "contaminated-field", "disc"}
+        NGC 288-like velocities with radii (:func:`simulate_cluster_field`); a faint
+        cluster in a broad, lumpy field with a cold stream
+        (:func:`simulate_contaminated_field`); or the thin and thick disc in
+        ([Fe/H], [Mg/Fe]) with correlated errors (:func:`simulate_mixture`).
     key : int or jax PRNG key
     n_stars : int, optional
         Default 386 (cluster-field) or 2000 (disc).
 
     Returns
     -------
-    simulation : ClusterFieldSimulation or MixtureSimulation
+    simulation : ClusterFieldSimulation, ContaminatedFieldSimulation or MixtureSimulation
     truth : dict
-        JSON-ready true values (the tutorial's ``mean1 .. frac1`` for cluster-field;
-        weights, means, covariances for disc).
+        JSON-ready true values (with the tutorial's ``mean1 .. frac1`` for cluster-field,
+        ``mean1``, ``sigma1``, ``frac1`` of the cluster for contaminated-field; weights,
+        means, covariances for disc).
     """
     if kind not in NAMED_SIMULATIONS:
         raise ValueError(f"simulation {kind!r} is unknown; use one of {list(NAMED_SIMULATIONS)}.")
@@ -365,6 +555,11 @@ def simulate_named(kind: str, key=0, n_stars: int | None = None):
     if kind == "cluster-field":
         sim = simulate_cluster_field(key, n_stars)
         return sim, {**sim.truth._asdict(), **sim.truth.tutorial_values()}
+    if kind == "contaminated-field":
+        sim = simulate_contaminated_field(key, n_stars)
+        truth = {name: list(v) if isinstance(v, tuple) else v for name, v in sim.truth._asdict().items()}
+        return sim, {**truth, **sim.truth.tutorial_values(),
+                     "n_members": int(np.sum(sim.labels == 0))}
     sim = simulate_mixture(key, thin_thick_disc_params(), n_stars, error_scale=[0.05, 0.04],
                            max_error_correlation=0.3, feature_names=["FeH", "MgFe"])
     return sim, {name: np.asarray(v).tolist() for name, v in sim.truth._asdict().items()}

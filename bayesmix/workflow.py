@@ -11,9 +11,14 @@ dropped-row counts):
 
 ``summary.csv``, ``membership.<fits|csv|...>`` (input columns + per-component probabilities,
 their 16/84 percentiles, the hard label), ``posterior.nc`` (the InferenceData),
-``em.json`` (the EM start), ``dropped_rows.csv`` (when cuts removed rows), ``spec.toml`` (the
-spec as given), ``checkpoint.pkl`` (sampler state: ``resume=True`` continues from it) and
-the figures (``*.png``).
+``em.json`` (the EM start: every start's objective and the distinct optima they reached),
+``model_check.csv`` (the posterior predictive check, bin by bin), ``dropped_rows.csv`` (when
+cuts removed rows), ``spec.toml`` (the spec as given), ``checkpoint.pkl`` (sampler state:
+``resume=True`` continues from it) and the figures (``*.png``).
+
+Checks (``[checks]``): convergence (R-hat, ESS, divergences and chains in one mode) and the
+posterior predictive model check. Their verdicts are in every output's provenance and in
+:attr:`RunResult.problems`; ``bayesmix fit`` exits with status 3 when one fails.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ class RunResult:
     provenance : dict
     resumed_from : int
         Draws per chain that came from a checkpoint (0 for a fresh run).
+    model_check : ModelCheckReport or None
+        The posterior predictive check (None when ``[checks] model_fit = false``).
     """
 
     spec: RunSpec
@@ -69,6 +76,21 @@ class RunResult:
     written: list
     provenance: dict
     resumed_from: int = 0
+    model_check: Any = None
+
+    @property
+    def problems(self) -> list[str]:
+        """Why the results should not be trusted as they are (empty when every check passed):
+        convergence (R-hat, ESS, divergences, chains in different modes) and model misfit."""
+        out = list(self.convergence.reasons)
+        if self.model_check is not None and not self.model_check.ok:
+            out.append(f"model misfit: posterior predictive p = {self.model_check.p_value:.3g} < "
+                       f"{self.model_check.alpha:g}")
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
 
 @dataclasses.dataclass
@@ -165,36 +187,67 @@ def _background(spec: RunSpec, n_features: int):
     return GaussianBackground(mean, cov, weight=bg.weight, fit_weight=bg.fit_weight)
 
 
+def _priors(spec: RunSpec, k: int):
+    """:class:`~bayesmix.models.Priors` of ``[model.priors]`` (component priors only at the spec's own K)."""
+    from bayesmix.models import ComponentPrior, Priors
+
+    p = spec.model.priors
+    shared = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name != "components"}
+    components = None
+    if p.components and k == spec.model.k:
+        components = {name: ComponentPrior(c.mean_loc, c.mean_scale, c.scale_scale)
+                      for name, c in p.components.items()}
+    return Priors(**shared, components=components)
+
+
 def build_model(spec: RunSpec, catalogue, n_components: int | None = None):
-    """The spec's :class:`~bayesmix.models.MixtureModel` (``n_components`` overrides K for scans)."""
-    from bayesmix.models import Ordering, Priors, RadiusFraction, cluster_field_model, mixture_model
+    """The spec's :class:`~bayesmix.models.MixtureModel` (``n_components`` overrides K for scans;
+    component names and component priors then apply only at the spec's own K)."""
+    from bayesmix.models import Ordering, RadiusFraction, cluster_field_model, mixture_model
 
     m = spec.model
-    priors = Priors(**{f.name: getattr(m.priors, f.name) for f in dataclasses.fields(m.priors)})
+    k = n_components or m.k
+    priors = _priors(spec, k)
     rf = None if m.radius_fraction is None else RadiusFraction(
         m.radius_fraction.covariate, m.radius_fraction.kind, m.radius_fraction.reference_radius)
-    if m.kind == "cluster-field" and n_components in (None, 2):
+    if m.kind == "cluster-field" and k == 2:
         return cluster_field_model(catalogue, radius_fraction=rf, priors=priors)
-    k = n_components or m.k
     names = m.component_names if (m.component_names and len(m.component_names) == k) else None
     background = _background(spec, catalogue.n_features)
     if names is not None and background is not None:
         names = (*names, "background")
+    field_columns = k - 1 + (background is not None)
     return mixture_model(catalogue, k, priors=priors,
                          ordering=Ordering(m.ordering, _feature_index(spec, catalogue)),
-                         background=background, radius_fraction=rf if k == 2 else None,
+                         background=background, radius_fraction=rf if field_columns >= 1 else None,
                          component_names=names)
 
 
-def em_kwargs(spec: RunSpec, model=None) -> dict[str, Any]:
-    """Keyword arguments of :func:`bayesmix.em.fit_em` from ``[em]`` (and the model's background)."""
+def em_kwargs(spec: RunSpec, model=None, catalogue=None) -> dict[str, Any]:
+    """Keyword arguments of :func:`bayesmix.em.fit_em` from ``[em]`` (and the model's background).
+
+    A start given by ``init_means`` (completed by :func:`bayesmix.em.complete_start`)
+    becomes ``init_params`` when ``catalogue`` is passed and K is the spec's own.
+    """
     e = spec.em
-    kwargs = {"n_init": e.n_init, "max_iter": e.max_iter, "tol": e.tol, "init": e.init,
+    kwargs = {"n_init": e.n_init, "n_peaks": e.n_peaks, "max_iter": e.max_iter, "tol": e.tol, "init": e.init,
               "kmeans_iter": e.kmeans_iter}
     if e.w is not None:
         kwargs["w"] = e.w
     if model is not None and model.background is not None:
         kwargs["background"] = model.background
+    k = model.n_components if model is not None else spec.model.k
+    if e.init_means is not None and catalogue is not None and k == spec.model.k:
+        from bayesmix.em import complete_start
+
+        covariances = None
+        if e.init_scales is not None:
+            scales = np.asarray(e.init_scales, float)
+            covariances = scales[:, :, None] * np.eye(scales.shape[1]) * scales[:, None, :]
+        kwargs["init_params"] = complete_start(catalogue, np.asarray(e.init_means, float),
+                                               weights=e.init_weights, covariances=covariances)
+    elif e.init == "given":
+        kwargs["init"] = "auto"  # another K in a scan: the given start does not apply
     return kwargs
 
 
@@ -249,7 +302,7 @@ def run_spec(spec: RunSpec, *, directory=None, resume: bool = False, progress_ba
     -------
     RunResult
     """
-    from bayesmix.diagnostics import check_convergence, summary
+    from bayesmix.diagnostics import summary
     from bayesmix.membership import membership_probabilities, membership_table
     from bayesmix.sampling import checkpoint_draws, sample_posterior
 
@@ -285,7 +338,7 @@ def run_spec(spec: RunSpec, *, directory=None, resume: bool = False, progress_ba
         spec.seed, model, catalogue, num_chains=s.num_chains, num_warmup=s.num_warmup,
         num_samples=s.num_samples, target_accept=s.target_accept, adapt_mass=s.adapt_mass,
         max_tree_depth=s.max_tree_depth, chain_method=s.chain_method, progress_bar=progress_bar,
-        checkpoint=checkpoint, chunk_size=s.checkpoint_every, em_kwargs=em_kwargs(spec, model),
+        checkpoint=checkpoint, chunk_size=s.checkpoint_every, em_kwargs=em_kwargs(spec, model, catalogue),
     )
     _write_json(record_path, {"spec": spec_dict, "draws_done": fit.n_draws,
                               "provenance": make_provenance(spec=spec_dict, seed=spec.seed)})
@@ -293,24 +346,81 @@ def run_spec(spec: RunSpec, *, directory=None, resume: bool = False, progress_ba
         from bayesmix.sampling import add_log_likelihood
 
         fit = add_log_likelihood(fit)
-    table = summary(fit, var_names=corner_variables(fit) if model.tutorial_names else None)
-    report = check_convergence(fit, var_names=corner_variables(fit) if model.tutorial_names else None,
-                               warn=False)
+    var_names = corner_variables(fit) if model.tutorial_names else None
+    table = summary(fit, var_names=var_names)
+    report, model_check = run_checks(spec, fit, var_names)
     members = membership_probabilities(fit, max_draws=s.membership_draws)
     provenance = make_provenance(spec=spec_dict, spec_file=spec.source, seed=spec.seed,
                                  dropped_rows=dropped, truth=truth,
                                  n_stars=catalogue.n_stars, draws_per_chain=fit.n_draws,
-                                 converged=bool(report.ok), convergence_problems=list(report.reasons))
+                                 converged=bool(report.ok), convergence_problems=list(report.reasons),
+                                 **_check_provenance(fit, report, model_check))
     written = _write_run_outputs(spec, out, fit, table, members, catalogue, provenance,
-                                 membership_table(fit, members, provenance=provenance))
+                                 membership_table(fit, members, provenance=provenance), model_check)
     if figures if figures is not None else spec.output.figures:
         written += run_figures(out, fit, members, catalogue, truth=truth, key=spec.seed)
     return RunResult(spec=spec, catalogue=catalogue, truth=truth, fit=fit, members=members, summary=table,
                      convergence=report, directory=out, written=written, provenance=provenance,
-                     resumed_from=resumed_from)
+                     resumed_from=resumed_from, model_check=model_check)
 
 
-def _write_run_outputs(spec, out, fit, table, members, catalogue, provenance, stars) -> list[Path]:
+def run_checks(spec: RunSpec, fit, var_names=None):
+    """Convergence (R-hat, ESS, divergences, one mode) and the model check of a run, as ``[checks]`` says.
+
+    Each failed check is also emitted as its named warning
+    (:class:`~bayesmix.diagnostics.ModeDisagreementWarning` when chains disagree on the
+    mode, else :class:`~bayesmix.diagnostics.ConvergenceWarning`;
+    :class:`~bayesmix.diagnostics.ModelMisfitWarning`), carrying its report.
+
+    Returns
+    -------
+    (ConvergenceReport, ModelCheckReport or None)
+    """
+    import warnings
+
+    from bayesmix.diagnostics import (
+        ConvergenceWarning,
+        ModeDisagreementWarning,
+        ModelMisfitWarning,
+        check_convergence,
+        check_model_fit,
+    )
+
+    c = spec.checks
+    report = check_convergence(fit, var_names=var_names, mode_tolerance=c.mode_tolerance, warn=False)
+    model_check = None
+    if c.model_fit:
+        model_check = check_model_fit(spec.seed, fit, n_replicates=c.n_replicates, alpha=c.misfit_alpha,
+                                      warn=False)
+    if report.modes is not None and not report.modes.ok:
+        warnings.warn(ModeDisagreementWarning(str(report), modes=report.modes, report=report), stacklevel=3)
+    elif not report.ok:
+        warnings.warn(ConvergenceWarning(str(report), report=report), stacklevel=3)
+    if model_check is not None and not model_check.ok:
+        warnings.warn(ModelMisfitWarning(str(model_check), report=model_check), stacklevel=3)
+    return report, model_check
+
+
+def _check_provenance(fit, report, model_check) -> dict[str, Any]:
+    """What the checks found, for every output's provenance."""
+    info: dict[str, Any] = {}
+    if report.modes is not None:
+        info["modes"] = [{"chains": list(m.chains), "mean_log_density": m.mean_log_density}
+                         for m in report.modes.modes]
+    attrs = fit.idata.posterior.attrs
+    if "start_mode_log_mass" in attrs:
+        info["start_modes_log_mass"] = np.atleast_1d(attrs["start_mode_log_mass"]).tolist()
+    if fit.em is not None and getattr(fit.em, "optima", ()):
+        info["em_optima_objectives"] = [o.objective for o in fit.em.optima]
+    if model_check is not None:
+        info["model_check"] = {"ok": bool(model_check.ok), "p_value": model_check.p_value,
+                               "alpha": model_check.alpha, "n_replicates": model_check.n_replicates,
+                               "statistics": model_check.statistics.to_dict(orient="records")}
+    return info
+
+
+def _write_run_outputs(spec, out, fit, table, members, catalogue, provenance, stars,
+                       model_check=None) -> list[Path]:
     from astropy.table import Table
 
     written = []
@@ -322,6 +432,9 @@ def _write_run_outputs(spec, out, fit, table, members, catalogue, provenance, st
     if catalogue.report.n_dropped:
         written.append(write_table(catalogue.report.as_table(), out / "dropped_rows.csv",
                                    provenance=provenance))
+    if model_check is not None:
+        written.append(write_table(Table.from_pandas(model_check.bins), out / "model_check.csv",
+                                   provenance=provenance))
     fit.idata.attrs["bayesmix_provenance"] = json.dumps(provenance, default=_plain)
     written.append(atomic_write(out / "posterior.nc", lambda tmp: fit.idata.to_netcdf(tmp)))
     em = fit.em
@@ -330,7 +443,9 @@ def _write_run_outputs(spec, out, fit, table, members, catalogue, provenance, st
             "weights": em.params.weights, "means": em.params.means, "covariances": em.params.covariances,
             "background_weight": em.background_weight, "log_likelihood": em.log_likelihood,
             "n_iter": em.n_iter, "converged": em.converged, "bic": em.bic, "aic": em.aic,
-            "log_likelihood_history": em.log_likelihood_history, "provenance": provenance}))
+            "log_likelihood_history": em.log_likelihood_history,
+            "starts": {"kinds": list(em.start_kinds), "objectives": em.restart_objectives},
+            "optima": [o.to_dict() for o in em.optima], "provenance": provenance}))
     if spec.source is not None and Path(spec.source).is_file():
         text = Path(spec.source).read_text()
         written.append(atomic_write(out / "spec.toml", lambda tmp: Path(tmp).write_text(text)))
@@ -375,7 +490,7 @@ def scan_spec(spec: RunSpec, *, k_range: tuple[int, int] | None = None, loo: boo
     fits, rows = {}, []
     for k in range(k_min, k_max + 1):
         model = build_model(spec, catalogue, n_components=k)
-        fits[k] = fit_em(jax.random.fold_in(key, k), catalogue, k, **em_kwargs(spec, model))
+        fits[k] = fit_em(jax.random.fold_in(key, k), catalogue, k, **em_kwargs(spec, model, catalogue))
         em = fits[k]
         row = {"n_components": k, "log_likelihood": em.log_likelihood, "n_parameters": em.n_parameters,
                "bic": em.bic, "aic": em.aic, "converged": em.converged, "n_iter": em.n_iter}

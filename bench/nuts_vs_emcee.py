@@ -471,8 +471,8 @@ def _make_data(n, seed, path):
         from bayesmix.models import cluster_field_model
 
         model = cluster_field_model(as_observations(v[:, None], e[:, None]))
-        pv = {"mean_loc": float(model.mean_loc[0]), "mean_scale": float(model.mean_scale[0]),
-              "scale_scale": float(model.scale_scale[0])}
+        pv = {"mean_loc": float(model.mean_loc[0, 0]), "mean_scale": float(model.mean_scale[0, 0]),
+              "scale_scale": float(model.scale_scale[0, 0])}  # (component, feature): shared priors here
     except ImportError:  # before bayesmix.models existed: its documented defaults
         pv = {"mean_loc": float(np.median(v)), "mean_scale": 3.0 * float(np.std(v)),
               "scale_scale": 2.0 * float(np.std(v))}

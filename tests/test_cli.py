@@ -15,7 +15,7 @@ from conftest import REPO_ROOT
 
 from bayesmix import __version__
 from bayesmix.catalogue import read_provenance, read_table
-from bayesmix.cli import main
+from bayesmix.cli import EXIT_CHECKS_FAILED, EXIT_OK, main
 from bayesmix.config import load_spec
 from bayesmix.sampling import checkpoint_draws
 
@@ -40,9 +40,12 @@ def test_fit_runs_every_model_file_and_writes_checked_outputs(spec_path, require
     out = tmp_path / "run"
     # Figures for one 1-D and one 2-D case (they are tested on their own in test_plotting).
     figures = [] if spec_path.stem in ("demo", "disc_harps") else ["--no-figures"]
-    assert main(["fit", str(spec_path), "--out", str(out), "--seed", "1", *SMALL, *figures]) == 0
+    # Runs this short may fail a check (exit 3); --exit-zero keeps 0, and the outputs are written either way.
+    argv = ["fit", str(spec_path), "--out", str(out), "--seed", "1", *SMALL, *figures, "--exit-zero"]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "r_hat" in printed and "wrote" in printed
+    assert "model check passed" in printed or "MODEL MISFIT" in printed
 
     stars = read_table(out / "membership.fits")
     names = ["cluster", "field"] if spec.model.kind == "cluster-field" else list(spec.model.component_names)
@@ -68,6 +71,14 @@ def test_fit_runs_every_model_file_and_writes_checked_outputs(spec_path, require
     assert json.loads(idata.attrs["bayesmix_provenance"])["spec"]["name"] == spec.name
     em = json.loads((out / "em.json").read_text())
     assert len(em["weights"]) == spec.model.k and em["provenance"]["seed"] == 1
+    # Every start and the distinct optima they reached, best first, the first being the kept fit.
+    assert len(em["starts"]["kinds"]) == len(em["starts"]["objectives"]) >= spec.em.n_init
+    objectives = [o["objective"] for o in em["optima"]]
+    assert objectives == sorted(objectives, reverse=True) and em["optima"][0]["weights"] == em["weights"]
+    check = read_table(out / "model_check.csv")
+    assert {"feature", "low", "high", "observed", "expected", "p2_5", "p97_5", "z", "outside"} <= set(
+        check.colnames)
+    assert read_provenance(out / "summary.csv")["model_check"]["n_replicates"] == spec.checks.n_replicates
     if spec.source:
         assert (out / "spec.toml").read_text() == spec_path.read_text()
     if figures == []:
@@ -81,7 +92,7 @@ def test_fit_runs_every_model_file_and_writes_checked_outputs(spec_path, require
 def test_fit_report_shows_dropped_rows(shared_data, tmp_path, capsys):
     out = tmp_path / "ngc288"
     assert main(["fit", str(REPO_ROOT / "models" / "ngc288.toml"), "--out", str(out), *SMALL,
-                 "--no-figures"]) == 0
+                 "--no-figures", "--exit-zero"]) == 0
     printed = capsys.readouterr().out
     assert "select: Cluster != 'NGC 288'" in printed
     dropped = read_table(out / "dropped_rows.csv")
@@ -94,7 +105,7 @@ def test_killed_run_resumes_to_the_draws_of_an_uninterrupted_one(tmp_path, capsy
     spec.write_text((REPO_ROOT / "models" / "demo.toml").read_text()
                     .replace("num_samples = 1000", "num_samples = 1000\ncheckpoint_every = 25"))
     settings = ["--num-warmup", "100", "--num-samples", "1500", "--num-chains", "2", "--no-figures",
-                "--no-cache"]
+                "--no-cache", "--exit-zero"]
     killed = tmp_path / "killed"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen([sys.executable, "-m", "bayesmix.cli", "fit", str(spec), "--out", str(killed),
@@ -125,12 +136,32 @@ def test_killed_run_resumes_to_the_draws_of_an_uninterrupted_one(tmp_path, capsy
     assert az.from_netcdf(whole / "posterior.nc").posterior.sizes["draw"] == 1600
 
 
+def test_exit_status_says_whether_the_checks_passed(tmp_path, capsys):
+    demo = str(REPO_ROOT / "models" / "demo.toml")
+    # Far too short to reach ESS 400: the outputs are written and the exit status says so.
+    short = ["--num-warmup", "30", "--num-samples", "20", "--num-chains", "2", "--no-figures", "--no-cache"]
+    assert main(["fit", demo, "--out", str(tmp_path / "short"), *short]) == EXIT_CHECKS_FAILED == 3
+    printed = capsys.readouterr().out
+    assert "NOT converged" in printed and "checks failed (" in printed and "exit status 3" in printed
+    assert (tmp_path / "short" / "posterior.nc").exists()
+    assert (tmp_path / "short" / "membership.fits").exists()
+    assert main(["fit", demo, "--out", str(tmp_path / "zero"), *short, "--exit-zero"]) == EXIT_OK
+    assert "--exit-zero gives 0" not in capsys.readouterr().out
+    # Long enough, on data drawn from the fitted model: every check passes.
+    good = ["--num-warmup", "300", "--num-samples", "300", "--num-chains", "4", "--no-figures"]
+    assert main(["fit", demo, "--out", str(tmp_path / "good"), *good]) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert "converged:" in printed and "model check passed" in printed and "checks failed" not in printed
+    assert main(["demo", "--out", str(tmp_path / "d"), "--n-stars", "200", "--num-samples", "20",
+                 "--num-warmup", "30", "--num-chains", "2", "--no-cache"]) == EXIT_CHECKS_FAILED
+
+
 def test_resume_refuses_another_spec_or_nothing_to_resume(tmp_path, capsys):
     demo = str(REPO_ROOT / "models" / "demo.toml")
     assert main(["fit", demo, "--out", str(tmp_path / "none"), *SMALL, "--resume"]) == 2
     assert "no saved run in" in capsys.readouterr().err
     out = str(tmp_path / "run")
-    assert main(["fit", demo, "--out", out, *SMALL, "--no-figures"]) == 0
+    assert main(["fit", demo, "--out", out, *SMALL, "--no-figures", "--exit-zero"]) == 0
     capsys.readouterr()
     changed = [*SMALL]
     changed[1] = "80"  # num_warmup differs

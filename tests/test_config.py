@@ -15,7 +15,7 @@ MINIMAL = {"data": {"path": "stars.fits", "values": ["feh", "mgfe"], "errors": [
 def test_models_folder_holds_the_science_cases():
     names = {p.stem for p in MODEL_FILES}
     assert {"demo", "ngc288", "disc_harps", "halo_apogee_almg", "halo_apogee_multi", "halo_galah_almg",
-            "halo_galah_multi"} <= names
+            "halo_galah_multi", "contaminated_field", "contaminated_field_rich"} <= names
 
 
 @pytest.mark.parametrize("path", MODEL_FILES, ids=lambda p: p.stem)
@@ -85,8 +85,31 @@ def _with(section, **values):
         ({**MINIMAL, "model": {}}, r"\[model\] n_components: is required for kind = \"mixture\""),
         ({**MINIMAL, "model": {"kind": "cluster-field"}}, r"\[model\] kind: \"cluster-field\" fits one value "
                                                            r"column"),
-        (_with("model", n_components=3, radius_fraction={"covariate": "R"}),
-         r"\[model\] radius_fraction: needs exactly 2 components"),
+        (_with("model", n_components=1, radius_fraction={"covariate": "R"}),
+         r"\[model\] radius_fraction: needs a field: at least 2 components"),
+        (_with("model", n_components=3, ordering="weight", radius_fraction={"covariate": "R"}),
+         r"\[model\] ordering: \"weight\" cannot be combined with a radius law"),
+        (_with("model", n_components=3, component_names=["a", "b"]),
+         r"\[model\] component_names: has 2 names for 3 components"),
+        (_with("model", priors={"c2": {"mean_loc": 1.0}}),
+         r"\[model.priors.c2\]: 'c2' is not a component of this model; its components are \['c0', 'c1'\]"),
+        (_with("model", priors={"c1": {"mean_lox": 1.0}}),
+         r"\[model.priors.c1\] mean_lox: unknown key \(did you mean 'mean_loc'\?\)"),
+        (_with("model", priors={"c1": {"scale_scale": 0.0}}),
+         r"\[model.priors.c1\] scale_scale: must be > 0.0"),
+        (_with("em", init="given"), r"\[em\] init: \"given\" needs init_means"),
+        (_with("em", init="peaks"), r"\[em\] init: 'peaks' is not allowed; use one of \['auto'"),
+        (_with("em", init_means=[[0.0, 0.1], [0.2, 0.3], [0.1, 0.1]]),
+         r"\[em\] init_means: has 3 rows; the model has 2 components"),
+        (_with("em", init_means=[[0.0], [0.2]]),
+         r"\[em\] init_means: rows have 1 value\(s\); the data have 2"),
+        (_with("em", init_scales=[[0.1, 0.1], [0.1, 0.1]]),
+         r"\[em\] init_means: init_scales and init_weights"),
+        (_with("em", init_means=[[0.0, 0.1], [0.2, 0.3]], init_weights=[1.0]),
+         r"\[em\] init_weights: has 1 entries; init_means has 2"),
+        (_with("em", n_peaks=-1), r"\[em\] n_peaks: must be at least 0"),
+        (_with("checks", misfit_alpha=1.5), r"\[checks\] misfit_alpha: must be < 1.0"),
+        (_with("checks", n_replicates=10), r"\[checks\] n_replicates: must be at least 100"),
         (_with("model", radius_fraction={"covariate": "R"}), r"\[model.radius_fraction\] covariate: 'R' must "
                                                               r"also be listed in \[data\] covariates"),
         (_with("model", radius_fraction={"kind": "king"}),
@@ -101,6 +124,24 @@ def _with(section, **values):
 def test_bad_specs_name_the_key_and_the_fix(table, match):
     with pytest.raises(SpecError, match=match):
         RunSpec.from_dict(table)
+
+
+def test_component_priors_starts_and_checks_round_trip_as_toml_holds_them():
+    table = _with("model", n_components=3, component_names=["cluster", "stream", "halo"],
+                  radius_fraction={"covariate": "R"},
+                  priors={"cluster": {"mean_loc": -45.0, "scale_scale": 10.0}})
+    table["data"]["covariates"] = ["R"]
+    table["em"] = {"init_means": [[0.0, 0.1], [0.2, 0.3], [0.1, 0.1]], "init_scales": [[0.1, 0.1]] * 3}
+    table["checks"] = {"misfit_alpha": 0.001}
+    spec = RunSpec.from_dict(table)
+    assert spec.model.priors.components["cluster"].mean_loc == -45.0
+    assert spec.em.init_means[1] == (0.2, 0.3) and spec.checks.misfit_alpha == 0.001
+    plain = spec.to_dict()
+    # As TOML holds it: [model.priors.cluster]
+    assert plain["model"]["priors"]["cluster"] == {"mean_loc": -45.0, "scale_scale": 10.0}
+    assert "components" not in plain["model"]["priors"]
+    assert RunSpec.from_dict(plain) == spec
+    assert RunSpec.from_dict(MINIMAL).em.init == "auto" and RunSpec.from_dict(MINIMAL).checks.model_fit
 
 
 def test_file_errors_name_the_file(tmp_path):

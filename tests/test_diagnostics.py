@@ -10,9 +10,12 @@ import pytest
 from bayesmix.diagnostics import (
     ConvergenceWarning,
     LabelSwitchingWarning,
+    ModeDisagreementWarning,
     _best_assignment,
+    _exceedance_p,
     check_convergence,
     check_label_switching,
+    check_modes,
     compare_models,
     summary,
 )
@@ -48,9 +51,11 @@ def _posterior_draws(rng, n_chains, n_draws):
     }
 
 
-def _idata(posterior, diverging=None):
+def _idata(posterior, diverging=None, lp=None):
     n_chains, n_draws = posterior["means"].shape[:2]
     stats = {"diverging": np.zeros((n_chains, n_draws), bool) if diverging is None else diverging}
+    if lp is not None:
+        stats["lp"] = lp
     return az.from_dict(
         posterior=posterior,
         sample_stats=stats,
@@ -155,6 +160,60 @@ def test_shifted_chain_fails_r_hat_and_the_warning_carries_the_table(good_poster
     assert list(report.offending.index) == ["means[halo, FeH]"]
     assert not report.ok and report.max_r_hat > 1.05
     assert report.max_r_hat == pytest.approx(report.table.loc["means[halo, FeH]", "r_hat"])
+
+
+def test_chains_in_one_mode_agree(good_posterior):
+    report = check_modes(_idata(good_posterior))
+    assert report.ok and len(report.modes) == 1 and report.chain_modes == (0, 0, 0, 0)
+    assert report.modes[0].chains == (0, 1, 2, 3)
+    assert float(report.separation.to_numpy().max()) < 0.5  # chain means a fraction of an sd apart
+    assert "one mode" in str(report)
+
+
+def test_chains_in_two_modes_are_grouped_and_named_with_their_densities(good_posterior):
+    """Chains 1 and 3 put the thick disc 25 posterior sd away (another group of stars taken as the
+    component), with a lower log density: two modes, the better first, both in the warning."""
+    posterior = {k: v.copy() for k, v in good_posterior.items()}
+    rng = np.random.default_rng(5)
+    lp = rng.normal(-1000.0, 2.0, size=(4, 500))
+    for c in (1, 3):
+        posterior["means"][c, :, 1, :] += 25 * MEAN_SD[1]
+        lp[c] -= 12.0
+    idata = _idata(posterior, lp=lp)
+    with pytest.warns(ModeDisagreementWarning) as record:
+        report = check_modes(idata)
+    assert not report.ok and record[0].message.modes is report
+    assert [m.chains for m in report.modes] == [(0, 2), (1, 3)] and report.chain_modes == (0, 1, 0, 1)
+    assert report.modes[0].mean_log_density == pytest.approx(-1000.0, abs=0.3)
+    assert report.modes[1].mean_log_density == pytest.approx(-1012.0, abs=0.3)
+    name = "means[thick, FeH]"
+    shifted = report.modes[1].parameters[name] - report.modes[0].parameters[name]
+    assert shifted == pytest.approx(25 * MEAN_SD[1, 0], rel=0.05)
+    text = str(report)
+    assert "mode 0: chains [0, 2]" in text and "mode 1: chains [1, 3]" in text and "(-12." in text
+    # The convergence check reports it as NOT converged, with the mode warning (a ConvergenceWarning).
+    with pytest.warns(ModeDisagreementWarning) as record:
+        conv = check_convergence(idata)
+    assert not conv.ok and any("different modes" in r for r in conv.reasons)
+    assert issubclass(ModeDisagreementWarning, ConvergenceWarning) and record[0].message.report is conv
+    assert conv.modes.modes[1].chains == (1, 3)
+    assert check_convergence(idata, modes=False, warn=False).modes is None
+
+
+def test_mode_check_tolerance_and_input_errors(good_posterior):
+    posterior = {k: v.copy() for k, v in good_posterior.items()}
+    posterior["means"][2, :, 0, 0] += 5 * MEAN_SD[0, 0]  # 5 sd: a mode at tolerance 3, not at 10
+    assert not check_modes(_idata(posterior), warn=False).ok
+    assert check_modes(_idata(posterior), tolerance=10.0, warn=False).ok
+    with pytest.raises(ValueError, match="tolerance must be > 0"):
+        check_modes(_idata(good_posterior), tolerance=0.0)
+
+
+def test_exceedance_p_values_of_data_and_of_each_mock():
+    replicated = np.arange(1.0, 101.0)[:, None]  # 100 mocks: 1, 2, ..., 100
+    p_obs, p_rep = _exceedance_p(replicated, np.array([95.5]))
+    assert p_obs[0] == pytest.approx((1 + 5) / 101)  # mocks 96..100 are at least as large
+    assert p_rep[99, 0] == pytest.approx(1 / 100) and p_rep[0, 0] == pytest.approx(1.0)
 
 
 def test_autocorrelated_draws_fail_ess():

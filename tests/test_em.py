@@ -16,6 +16,7 @@ from bayesmix.em import (
     GaussianBackground,
     MAPPrior,
     UniformBackground,
+    complete_start,
     em_step,
     fit_em,
     n_free_parameters,
@@ -397,6 +398,7 @@ def test_identical_components_are_never_silent():
     (([[0.0], [1.0]], 1), {"frozen_means": [0]}, "frozen components need init_params"),
     (([[0.0], [1.0]], 1), {"w": -1.0}, "w must be a finite number"),
     (([[0.0], [1.0]], 1), {"max_iter": -1}, "max_iter must be"),
+    (([[0.0], [1.0]], 1), {"n_peaks": -2}, "n_peaks must be a non-negative integer"),
     (([[0.0], [1.0]], 1), {"prior": MAPPrior(0.5)}, "weight_concentration must be >= 1"),
     (([[0.0], [1.0]], 1), {"init_params": ([1.0], [[0.0, 0.0]], [np.eye(2)])},
      "init_params has 1 components in 2 dimensions"),
@@ -414,6 +416,96 @@ def test_unknown_option_and_options_object():
     with pytest.warns(EMConvergenceWarning, match="no iteration"):
         res = fit_em(0, x, 1, options=EMOptions(max_iter=0), w=0.0)
     assert res.n_iter == 0 and len(res.log_likelihood_history) == 1
+
+
+# --------------------------------------------------------------------------- starts and distinct optima
+
+
+def _cluster_found(result, truth):
+    sd = np.sqrt(np.asarray(result.covariances)[:, 0, 0])
+    narrow = int(np.argmin(sd))
+    return abs(float(np.asarray(result.means)[narrow, 0]) - truth.cluster_mean) < 3.0 and sd[narrow] < 10.0
+
+
+def test_peak_starts_find_the_faint_cluster_that_kmeans_misses():
+    """A faint cluster in a broad field: k-means++ cannot put a narrow component on it; a start on a
+    density peak can, and reaches a higher likelihood (the global optimum, not a local one)."""
+    from bayesmix.simulate import simulate_contaminated_field
+
+    kmeans_wrong = 0
+    for seed in range(6):
+        sim = simulate_contaminated_field(seed)
+        kmeans = fit_em(seed, sim.catalogue, 2, n_init=16, init="kmeans++")
+        auto = fit_em(seed, sim.catalogue, 2, n_init=4)
+        assert _cluster_found(auto, sim.truth), seed
+        assert auto.log_likelihood >= kmeans.log_likelihood - 1e-6
+        if not _cluster_found(kmeans, sim.truth):
+            kmeans_wrong += 1
+            assert auto.log_likelihood > kmeans.log_likelihood + 10.0  # far higher: the real maximum
+        assert "peak" in auto.start_kinds and set(kmeans.start_kinds) == {"kmeans++"}
+    assert kmeans_wrong >= 3  # the case is really hard for k-means++ alone
+
+
+def test_distinct_optima_are_ranked_deduplicated_and_cover_every_start():
+    from bayesmix.simulate import simulate_contaminated_field
+
+    sim = simulate_contaminated_field(0)
+    res = fit_em(0, sim.catalogue, 2, n_init=4, n_peaks=4)
+    assert res.start_kinds == ("kmeans++",) * 4 + ("peak",) * 4
+    assert res.restart_objectives.shape == (8,)
+    objectives = [o.objective for o in res.optima]
+    assert objectives == sorted(objectives, reverse=True) and len(res.optima) >= 2
+    starts = sorted(i for o in res.optima for i in o.starts)
+    assert starts == [i for i in range(8) if np.isfinite(res.restart_objectives[i])]
+    for optimum in res.optima:  # every start of an optimum ended at (about) the same objective
+        np.testing.assert_allclose(res.restart_objectives[list(optimum.starts)], optimum.objective, atol=0.5)
+        assert optimum.start_kinds == tuple(res.start_kinds[i] for i in optimum.starts)
+    best = res.optima[0]
+    np.testing.assert_array_equal(np.asarray(best.params.means), res.means)
+    assert best.objective == pytest.approx(res.objective) and res.best_restart == best.starts[0]
+    record = best.to_dict()
+    assert record["n_starts"] == len(best.starts) and len(record["means"]) == 2
+
+
+def test_same_optimum_ignores_the_order_of_components_but_not_a_shift():
+    from bayesmix.em import _same_optimum
+
+    a = check_params([0.3, 0.7], [[0.0], [10.0]], [[[1.0]], [[4.0]]])
+    permuted = MixtureParams(a.weights[::-1], a.means[::-1], a.covariances[::-1])
+    assert _same_optimum(a, permuted, 2)
+    shifted = MixtureParams(a.weights, a.means + np.array([[1.0], [0.0]]), a.covariances)
+    assert not _same_optimum(a, shifted, 2)
+    reweighted = MixtureParams(np.array([0.4, 0.6]), a.means, a.covariances)
+    assert not _same_optimum(a, reweighted, 2)
+
+
+def test_a_given_start_joins_the_automatic_ones_or_stands_alone():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(-5.0, 1.0, 200), rng.normal(5.0, 1.0, 200)])
+    start = complete_start(x, [[-4.0], [4.0]])
+    auto = fit_em(0, x, 2, n_init=2, init="auto", init_params=start)
+    assert auto.start_kinds == ("kmeans++", "kmeans++", "peak", "peak", "peak", "peak", "given")
+    alone = fit_em(0, x, 2, init_params=start)  # init=None with init_params: the given start only
+    assert alone.start_kinds == ("given",)
+    assert auto.objective >= alone.objective - 1e-6
+    only_kmeans = fit_em(0, x, 1, n_init=3)  # K = 1: no peak starts (a narrow component needs a broad one)
+    assert only_kmeans.start_kinds == ("kmeans++",) * 3
+
+
+def test_complete_start_fills_in_from_the_data():
+    rng = np.random.default_rng(4)
+    x = rng.normal(0.0, 2.0, size=(500, 2))
+    start = complete_start(x, [[-1.0, 0.0], [1.0, 0.0]])
+    np.testing.assert_allclose(np.asarray(start.weights), [0.5, 0.5])
+    # The data's covariance shared out as the k-means++ starts do: divided by K^(2/D) = 2.
+    np.testing.assert_allclose(np.asarray(start.covariances)[0], np.cov(x, rowvar=False) / 2.0, rtol=1e-12)
+    given = complete_start(x, [[-1.0, 0.0], [1.0, 0.0]], weights=[1.0, 3.0],
+                           covariances=np.tile(np.eye(2), (2, 1, 1)))
+    np.testing.assert_allclose(np.asarray(given.weights), [0.25, 0.75])
+    with pytest.raises(ValueError, match="means must have shape"):
+        complete_start(x, [0.0, 1.0])
+    with pytest.raises(ValueError, match="weights must be 2 positive numbers"):
+        complete_start(x, [[0.0, 0.0], [1.0, 1.0]], weights=[1.0, -1.0])
 
 
 # --------------------------------------------------------------------------- real data and size

@@ -313,6 +313,18 @@ def test_errors_as_second_positional_argument_raise_type_error(fitted):
     np.testing.assert_array_equal(with_labels.means_, fitted[0].means_)
 
 
+def test_given_start_is_one_more_start_with_auto_or_the_only_one_otherwise():
+    x, sigma = _two_blobs(6, err=0.2)
+    means = np.array([[1.0, 0.5], [5.0, 2.5]])
+    auto = DeconvolvedGaussianMixture(2, random_state=0, means_init=means).fit(x, X_err=sigma)
+    assert auto.em_.start_kinds[-1] == "given" and "peak" in auto.em_.start_kinds
+    alone = DeconvolvedGaussianMixture(2, random_state=0, init_params="kmeans++", means_init=means,
+                                       weights_init=[0.5, 0.5],
+                                       precisions_init=np.tile(np.eye(2), (2, 1, 1))).fit(x, X_err=sigma)
+    assert alone.em_.start_kinds == ("given",)  # GaussianMixture's behaviour: it replaces k-means++
+    np.testing.assert_allclose(np.sort(alone.means_[:, 0]), np.sort(auto.means_[:, 0]), atol=1e-3)
+
+
 @pytest.mark.parametrize(("change", "kwargs", "match"), [
     ("nan_x", {}, "X.*NaN"),
     ("inf_err", {}, "X_err.*infinite"),
@@ -325,6 +337,10 @@ def test_errors_as_second_positional_argument_raise_type_error(fitted):
     ("none", {"max_iter": -1}, "max_iter"),
     ("none", {"tol": float("nan")}, "tol"),
     ("none", {"n_init": 0}, "n_init"),
+    ("none", {"weights_init": [0.5, 0.5]}, "pass means_init too"),
+    ("none", {"means_init": np.zeros((3, 2))}, r"means_init must be finite with shape \(2, 2\)"),
+    ("none", {"means_init": np.zeros((2, 2)), "precisions_init": -np.ones((2, 2, 2))},
+     "precisions_init must hold symmetric positive-definite"),
     ("sample_weight_nuts", {"method": "nuts"}, "sample_weight is supported with method='em' only"),
 ])
 def test_bad_input_raises_value_error_naming_the_parameter(change, kwargs, match):

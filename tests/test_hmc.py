@@ -29,7 +29,12 @@ def gaussian_args(cut=NO_CUT):
 
 @jax.jit
 def _start(key, position, args):
-    return hmc.start(gaussian_potential, key, position, args, NUM_CHAINS)
+    """The sampler's path: the Laplace approximation at ``position``, every chain drawn from it inflated."""
+    lap = hmc.laplace(gaussian_potential, position, args)
+    modes = jnp.broadcast_to(lap.mode, (NUM_CHAINS, *lap.mode.shape))
+    inverse = jnp.broadcast_to(lap.inverse_hessian, (NUM_CHAINS, *lap.inverse_hessian.shape))
+    states, adapts = hmc.start(gaussian_potential, key, modes, inverse, args)
+    return states, adapts, lap
 
 
 @jax.jit
@@ -59,6 +64,45 @@ def _started(seed, cut=NO_CUT):
     args = gaussian_args(cut)
     states, adapts, _ = _start(jax.random.PRNGKey(seed), jnp.asarray(MEAN + 3.0), args)
     return states, adapts, args
+
+
+# --------------------------------------------------------------------------- starts
+
+
+def test_starts_are_overdispersed_draws_around_each_chains_own_mode():
+    """Chains start at draws from N(mode_c, dispersion^2 H_c^-1), each with H_c^-1 as its inverse mass:
+    breaks if the inflation, the per-chain mode or the per-chain mass matrix is lost."""
+    args = gaussian_args()
+    n = 400
+    key = jax.random.PRNGKey(0)
+    modes = jnp.asarray(np.where(np.arange(n)[:, None] % 2 == 0, MEAN, MEAN + 10.0))
+    inverse = jnp.broadcast_to(jnp.asarray(COV), (n, 3, 3))
+    states, _ = jax.jit(lambda k, m, h, a: hmc.start(gaussian_potential, k, m, h, a, dispersion=2.0))(
+        key, modes, inverse, args)
+    z = np.asarray(states.hmc.position)
+    even, odd = z[0::2], z[1::2]
+    tolerance = 4 * 2.0 * np.sqrt(np.diag(COV).max() / (n / 2))  # 4 standard errors of the mean
+    np.testing.assert_allclose(even.mean(axis=0), MEAN, atol=tolerance)
+    np.testing.assert_allclose(odd.mean(axis=0), MEAN + 10.0, atol=tolerance)
+    # Standard deviations twice the Laplace ones (sampling error of a 200-draw sd is about 5%).
+    np.testing.assert_allclose(even.std(axis=0), 2.0 * np.sqrt(np.diag(COV)), rtol=0.2)
+    np.testing.assert_allclose(np.asarray(states.tuning.inverse_mass[0]), COV, rtol=1e-12)
+    narrow, _ = jax.jit(lambda k, m, h, a: hmc.start(gaussian_potential, k, m, h, a, dispersion=1.0))(
+        key, modes, inverse, args)
+    np.testing.assert_allclose(np.asarray(narrow.hmc.position)[0::2].std(axis=0), np.sqrt(np.diag(COV)),
+                               rtol=0.2)
+
+
+def test_laplace_log_mass_compares_the_mass_of_two_modes():
+    """Two Gaussian bumps of equal height but widths 1 and 3 (per dimension, 3-D): their Laplace
+    masses differ by 3 log 3."""
+    def potential(z, width):
+        return 0.5 * jnp.sum((z / width) ** 2)
+
+    lap1 = hmc.laplace(potential, jnp.ones(3), 1.0)
+    lap3 = hmc.laplace(potential, jnp.ones(3), 3.0)
+    gap = float(hmc.laplace_log_mass(lap3) - hmc.laplace_log_mass(lap1))
+    assert gap == pytest.approx(3 * np.log(3.0), rel=1e-6)
 
 
 # --------------------------------------------------------------------------- laplace

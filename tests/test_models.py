@@ -10,6 +10,7 @@ from scipy import stats
 from bayesmix.em import GaussianBackground, UniformBackground
 from bayesmix.likelihood import as_observations, check_params, log_likelihood
 from bayesmix.models import (
+    ComponentPrior,
     Ordering,
     Priors,
     RadiusFraction,
@@ -61,8 +62,11 @@ def test_two_dimensional_log_density_with_lkj(velocity_data):
     np.testing.assert_allclose(np.asarray(trace["means"]["value"]), means)
     np.testing.assert_allclose(np.asarray(trace["covariances"]["value"]), covs, rtol=1e-12)
     hyper = model.hyperparameters()
+    # Per-component priors are (n_components, n_features); with none given every row is the shared one.
     loc, scale = np.asarray(hyper["mean_loc"]), np.asarray(hyper["mean_scale"])
     sscale = np.asarray(hyper["scale_scale"])
+    assert loc.shape == scale.shape == sscale.shape == (2, 2) and np.all(loc[0] == loc[1])
+    loc, scale, sscale = loc[0], scale[0], sscale[0]
     # LKJ(1) in Cholesky form on 2x2: density of rho is uniform on (-1, 1) -> log 1/2, and the
     # Cholesky parameterisation contributes the Jacobian of rho -> L[1,0] (= 1 on 2x2).
     want = (float(log_likelihood(check_params([0.7, 0.3], means, covs), obs))
@@ -99,6 +103,71 @@ def test_background_and_radius_models_have_their_sites(velocity_data):
     assert lw.shape == (obs.n_stars, 2)
 
 
+def test_radius_law_with_a_lumpy_field_log_density_equals_hand_computation(velocity_data):
+    """Cluster (component 0, its own scale site) + two field Gaussians ordered by scale + a background:
+    the law gives f(R) to the cluster, (1 - f(R)) x share to each field column."""
+    sim, obs = velocity_data
+    bg = UniformBackground(low=[-400.0], high=[400.0])
+    m = mixture_model(sim.catalogue, 3, radius_fraction=RadiusFraction("R_proj"), background=bg,
+                      component_names=("cluster", "stream", "halo", "background"))
+    assert m.member_apart
+    values = {"frac_intercept": np.asarray(-0.5), "frac_slope": np.asarray(-1.5),
+              "field_weights": np.array([0.1, 0.7, 0.2]), "means_free": np.array([[-44.0], [120.0], [0.0]]),
+              "scale_member": np.asarray(3.0), "scales_ordered": np.array([5.0, 60.0])}
+    _, trace = log_density(m.model, (obs, sim.catalogue.covariates, m.hyperparameters()), {}, values)
+    radius = sim.catalogue.covariates["R_proj"]
+    f = 1.0 / (1.0 + np.exp(-(-0.5 - 1.5 * np.log(radius / np.median(radius)))))
+    v = np.asarray(obs.values)[:, 0]
+    e2 = np.asarray(obs.error_covs)[:, 0, 0]
+    gauss = [stats.norm(mu, np.sqrt(s**2 + e2)).pdf(v) for mu, s in ((-44.0, 3.0), (120.0, 5.0), (0.0, 60.0))]
+    dens = np.column_stack([*gauss, np.full(v.size, 1 / 800)])
+    w = np.column_stack([f, (1 - f) * 0.1, (1 - f) * 0.7, (1 - f) * 0.2])
+    want = np.sum(np.log(np.sum(w * dens, axis=1)))
+    assert float(trace["log_likelihood"]["fn"].log_factor) == pytest.approx(want, rel=1e-10)
+    np.testing.assert_allclose(np.asarray(trace["weights"]["value"]), w[:, :3].mean(axis=0), rtol=1e-10)
+    assert float(trace["background_weight"]["value"]) == pytest.approx(w[:, 3].mean())
+    np.testing.assert_allclose(np.asarray(trace["scales"]["value"])[:, 0], [3.0, 5.0, 60.0])
+    # log_weights (memberships, predictive draws) agrees with the program.
+    lw = np.asarray(m.log_weights(values, sim.catalogue.covariates))
+    np.testing.assert_allclose(np.exp(lw), w, rtol=1e-10)
+
+
+def test_the_cluster_is_the_most_central_component_and_init_values_round_trip(velocity_data):
+    sim, obs = velocity_data
+    m = mixture_model(sim.catalogue, 3, radius_fraction=RadiusFraction("R_proj"))
+    # EM's order is arbitrary; the truth's cluster (-44.7, 2.3 km/s) is the component at index 2 here.
+    params = check_params([0.35, 0.3, 0.35], [[20.0], [-20.0], [-44.73]],
+                          [[[40.0**2]], [[50.0**2]], [[2.3**2]]])
+    assert m.member_component(params, obs, sim.catalogue.covariates) == 2
+    values = m.init_values(params, data=obs, covariates=sim.catalogue.covariates)
+    assert float(values["scale_member"]) == pytest.approx(2.3)
+    assert values["scales_ordered"].tolist() == [40.0, 50.0]
+    np.testing.assert_allclose(values["field_weights"], [0.35 / 0.65, 0.3 / 0.65])  # field ordered by scale
+    assert float(values["frac_intercept"]) == pytest.approx(np.log(0.35 / 0.65))
+    unconstrained = unconstrain_fn(m.model, (obs, sim.catalogue.covariates, m.hyperparameters()), {}, values)
+    assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree_util.tree_leaves(unconstrained))
+
+
+def test_component_priors_replace_the_shared_ones_for_their_component(velocity_data):
+    sim, obs = velocity_data
+    priors = Priors(mean_loc=0.0, mean_scale=100.0, scale_scale=50.0,
+                    components={"cluster": ComponentPrior(mean_loc=-44.8, mean_scale=2.0, scale_scale=10.0)})
+    model = cluster_field_model(sim.catalogue, priors=priors)
+    hyper = model.hyperparameters()
+    np.testing.assert_allclose(np.asarray(hyper["mean_loc"])[:, 0], [-44.8, 0.0])
+    np.testing.assert_allclose(np.asarray(hyper["scale_scale"])[:, 0], [10.0, 50.0])
+    values = {"weights": np.array([0.3, 0.7]), "means_free": np.array([[-44.0], [5.0]]),
+              "scales_ordered": np.array([2.5, 45.0])}
+    got, _ = log_density(model.model, (obs, {}, hyper), {}, values)
+    params = check_params([0.3, 0.7], [[-44.0], [5.0]], [[[2.5**2]], [[45.0**2]]])
+    want = (float(log_likelihood(params, obs)) + stats.dirichlet([1.0, 1.0]).logpdf([0.3, 0.7])
+            + stats.norm(-44.8, 2.0).logpdf(-44.0) + stats.norm(0.0, 100.0).logpdf(5.0)
+            + stats.halfnorm(scale=10.0).logpdf(2.5) + stats.halfnorm(scale=50.0).logpdf(45.0))
+    np.testing.assert_allclose(float(got), want, rtol=1e-12)
+    by_index = cluster_field_model(sim.catalogue, priors=Priors(components={1: ComponentPrior(mean_loc=7.0)}))
+    assert np.asarray(by_index.hyperparameters()["mean_loc"])[1, 0] == 7.0
+
+
 def test_init_values_respect_the_ordering_and_round_trip():
     sim = simulate_mixture(2, thin_thick_disc_params(), 300, error_scale=[0.05, 0.04])
     params = check_params([0.3, 0.7], [[-0.5, 0.28], [-0.05, 0.05]],
@@ -117,18 +186,6 @@ def test_init_values_respect_the_ordering_and_round_trip():
         np.testing.assert_allclose(got, np.asarray(params.covariances)[perm], rtol=2e-3, atol=1e-8)
 
 
-def test_jittered_inits_differ_by_about_a_posterior_sd():
-    sim = simulate_cluster_field(3, 2000)
-    m = cluster_field_model(sim.catalogue)
-    params = sim.truth.mixture_params()
-    starts = np.array([m.init_values(params, n_stars=2000, key=jax.random.PRNGKey(i))["means_free"][0, 0]
-                       for i in range(50)])
-    n_cluster = 0.365 * 2000
-    expected_sd = 2.3 / np.sqrt(n_cluster)
-    assert 0.5 * expected_sd < starts.std() < 2.0 * expected_sd
-    assert abs(starts.mean() - params.means[0, 0]) < 4 * expected_sd / np.sqrt(50) + 1e-12
-
-
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -137,7 +194,11 @@ def test_jittered_inits_differ_by_about_a_posterior_sd():
         ({"n_components": 2, "ordering": Ordering("mean", 3)}, "ordering.feature=3"),
         ({"n_components": 2, "ordering": "weight", "background": UniformBackground([-1.0], [1.0])},
          "ordering by weight cannot"),
-        ({"n_components": 3, "radius_fraction": RadiusFraction("R_proj")}, "exactly 2 components"),
+        ({"n_components": 1, "radius_fraction": RadiusFraction("R_proj")}, "needs a field"),
+        ({"n_components": 3, "radius_fraction": RadiusFraction("R_proj"), "ordering": "weight"},
+         "order by scale or mean"),
+        ({"n_components": 2, "priors": Priors(components={"cluster": None})}, "'cluster' is not a component"),
+        ({"n_components": 2, "priors": Priors(components={5: None})}, "index 5 is not a component"),
         ({"n_components": 2, "radius_fraction": RadiusFraction("DCEN")}, "needs the covariate 'DCEN'"),
         ({"n_components": 2, "priors": Priors(mean_scale=-1.0)}, "must be > 0"),
         ({"n_components": 2, "priors": Priors(mean_loc=np.nan)}, "must be finite"),

@@ -343,10 +343,10 @@ def test_em_history_plot_shows_the_history_and_restarts(disc, tmp_path):
     np.testing.assert_allclose(by_label["log-likelihood"].get_ydata(), em.log_likelihood_history)
     # The default Bovy w adds a log prior, so the objective is a separate curve.
     np.testing.assert_allclose(by_label["objective (log L + log prior)"].get_ydata(), em.objective_history)
-    np.testing.assert_allclose(np.sort(by_label["final objective of each restart"].get_ydata()),
+    np.testing.assert_allclose(np.sort(by_label["final objective of each start"].get_ydata()),
                                np.sort(em.restart_objectives))
     text = ax.texts[0].get_text()
-    assert f"{em.n_iter} iterations, converged" in text and "2 restarts" in text
+    assert f"{em.n_iter} iterations, converged" in text and "6 starts (2 kmeans++, 4 peak)" in text
     _nonblank_png(fig, tmp_path / "em_history.png")
 
 
@@ -431,7 +431,7 @@ def test_em_animation_one_feature(small_fit, tmp_path):
 def test_em_animation_replays_the_path_of_fit_em(disc):
     sim, _ = disc
     obs = as_observations(sim.catalogue)
-    full = fit_em(5, obs, 2)
+    full = fit_em(5, obs, 2, init="kmeans++")  # the animation follows one start: k-means++ by default
     path = plotting._em_path(5, obs, 2, {})
     assert len(path) == full.n_iter + 1
     np.testing.assert_allclose([ll for _, ll in path], full.log_likelihood_history, rtol=1e-10)
@@ -444,6 +444,8 @@ def test_em_animation_refuses_bad_input_before_fitting(disc, tmp_path):
         em_animation(0, sim.catalogue, 2, tmp_path / "em.png")
     with pytest.raises(ValueError, match="n_init=3"):
         em_animation(0, sim.catalogue, 2, tmp_path / "em.gif", n_init=3)
+    with pytest.raises(ValueError, match="init='auto' runs several starts"):
+        em_animation(0, sim.catalogue, 2, tmp_path / "em.gif", init="auto")
     with pytest.raises(ValueError, match="n_frames"):
         em_animation(0, sim.catalogue, 2, tmp_path / "em.gif", n_frames=1)
     with pytest.raises(ValueError, match="out of range"):

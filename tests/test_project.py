@@ -69,6 +69,7 @@ def test_cli_version(capsys):
 
 
 @pytest.mark.parametrize(("kind", "suffix", "n"), [("cluster-field", ".fits", 386),
+                                                   ("contaminated-field", ".ecsv", 400),
                                                    ("disc", ".csv", 2000)])
 def test_cli_simulate_writes_catalogue_with_provenance(tmp_path, capsys, kind, suffix, n):
     out = tmp_path / f"sim{suffix}"
@@ -130,7 +131,7 @@ def test_cli_demo_fits_and_writes_outputs_with_provenance(tmp_path, capsys):
 
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--seed", "3", "--n-stars", "200", "--num-warmup", "100",
-            "--num-samples", "100", "--num-chains", "2", "--no-cache"]
+            "--num-samples", "100", "--num-chains", "2", "--no-cache", "--exit-zero"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     for name in ("mean1", "sigma1", "mean2", "sigma2", "frac1"):

@@ -149,7 +149,8 @@ def test_two_dimensional_disc_posterior():
                            ("scales", np.sqrt(np.diag(np.asarray(truth.covariances)[k_true])))):
             draws = post[name].values[:, :, k_model, :].reshape(-1, 2)
             assert np.all(np.abs(np.median(draws, axis=0) - true) < 4 * draws.std(axis=0)), (name, k_model)
-    assert "correlations" in post and float(az.rhat(fit.idata, var_names=["means"]).to_array().max()) < 1.02
+    # Two chains of 300 draws from over-dispersed starts: R-hat within its sampling noise of 1.
+    assert "correlations" in post and float(az.rhat(fit.idata, var_names=["means"]).to_array().max()) < 1.03
 
 
 def test_interrupted_checkpointed_run_resumes_to_the_same_draws(tmp_path, monkeypatch):
@@ -255,7 +256,7 @@ def test_stored_programs_replay_the_run_exactly(tmp_path, caplog):
         first = sample_posterior(4, model, sim.catalogue, **kwargs)
         stored = sorted((tmp_path / "bayesmix-programs").glob("*.jaxexport"))
         names = {p.name.split("-")[0] for p in stored}
-        assert names == {"em_fit", "start", "run", "constrain", "unconstrain"}
+        assert names == {"em_fit", "laplace", "start", "run", "constrain", "unconstrain"}
         em_again = fit_em(0, as_observations(sim.catalogue), 2)  # replayed from its stored program
         np.testing.assert_array_equal(np.asarray(em.params.means), np.asarray(em_again.params.means))
         again = sample_posterior(4, model, sim.catalogue, **kwargs)
@@ -269,6 +270,13 @@ def test_stored_programs_replay_the_run_exactly(tmp_path, caplog):
         np.testing.assert_array_equal(first.idata.posterior["mean1"].values,
                                       rebuilt.idata.posterior["mean1"].values)
         assert run_file.read_bytes() != b"not a program"
+        # Another catalogue of the same size and model structure, other priors: the sampler's programs
+        # take the data and the prior values as arguments, so nothing new is stored.
+        other = simulate_cluster_field(12, 200)
+        other_model = cluster_field_model(other.catalogue, priors=Priors(mean_loc=-40.0))
+        sample_posterior(4, other_model, other.catalogue,
+                         **{**kwargs, "init": fit_em(0, as_observations(other.catalogue), 2)})
+        assert sorted((tmp_path / "bayesmix-programs").glob("*.jaxexport")) == stored
     finally:
         if previous is not None:
             sampling.enable_compilation_cache(previous.parent)

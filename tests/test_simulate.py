@@ -138,3 +138,42 @@ def test_cluster_field_rejects_bad_settings(kwargs, match):
 def test_mixture_rejects_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         simulate_mixture(0, thin_thick_disc_params(), **kwargs)
+
+
+def test_contaminated_field_has_a_concentrated_cluster_a_broad_halo_and_a_spread_stream():
+    from bayesmix.simulate import simulate_contaminated_field
+
+    sims = [simulate_contaminated_field(seed) for seed in range(10)]
+    for sim in sims:
+        t, labels, table = sim.truth, sim.labels, sim.table
+        assert sim.catalogue.n_stars == 400 and set(np.unique(labels)) <= {0, 1, 2, 3}
+        assert -120 <= t.cluster_mean <= 120 and 80 <= abs(t.stream_mean - t.cluster_mean) <= 120
+        assert np.isclose(t.member_fraction + sum(t.halo_fractions) + t.stream_fraction, 1.0)
+        radius = np.asarray(table["R_proj"])
+        assert np.median(radius[labels == 0]) < 0.5 * np.median(radius[labels != 0])  # members are central
+        stream = np.asarray(table["RV_true"])[labels == 3]
+        assert abs(np.mean(stream) - t.stream_mean) < 5.0
+    counts = np.array([[np.sum(s.labels == k) for k in range(4)] for s in sims])
+    # 70, 186, 124 and 20 expected of 400 (binomial sd about 8, 10, 9 and 4.4 for one field).
+    assert np.all(np.abs(counts.mean(axis=0) - [70, 186, 124, 20]) <= [8, 10, 9, 4.4]), counts.mean(axis=0)
+    members = np.concatenate([np.asarray(s.table["RV_true"])[s.labels == 0] - s.truth.cluster_mean
+                              for s in sims])
+    assert np.std(members) == pytest.approx(4.0, rel=0.1)
+    again = simulate_contaminated_field(3)
+    np.testing.assert_array_equal(np.asarray(again.table["RV"]), np.asarray(sims[3].table["RV"]))
+    fixed = simulate_contaminated_field(0, 200, cluster_mean=10.0, stream_offset=-90.0, halo_means=(0.0, 5.0))
+    assert fixed.truth.cluster_mean == 10.0 and fixed.truth.stream_mean == -80.0
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"n_stars": 0}, "n_stars must be at least 1"),
+    ({"member_fraction": 0.9, "stream_fraction": 0.2}, "their sum below 1"),
+    ({"halo_dispersions": (50.0,), "halo_weights": (0.5, 0.5)}, "one entry per halo Gaussian"),
+    ({"halo_means": (0.0,)}, "halo_means has 1 entries for 2"),
+    ({"cluster_dispersion": -1.0}, "cluster_dispersion must be a positive number"),
+])
+def test_contaminated_field_rejects_bad_settings(kwargs, match):
+    from bayesmix.simulate import simulate_contaminated_field
+
+    with pytest.raises(ValueError, match=match):
+        simulate_contaminated_field(0, **kwargs)

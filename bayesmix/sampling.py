@@ -223,8 +223,8 @@ class _Sampler:
         self._laplace = _programs.Program("laplace", jax.jit(lambda z, args: hmc.laplace(potential, z, args)),
                                           fingerprint, classes)
         self._start = _programs.Program("start", jax.jit(
-            lambda key, modes, inverse_hessians, args: hmc.start(
-                potential, key, modes, inverse_hessians, args, dispersion=START_DISPERSION)),
+            lambda key, modes, inverse_hessians, dispersion, args: hmc.start(
+                potential, key, modes, inverse_hessians, args, dispersion=dispersion)),
             fingerprint, classes)
         self._run = self._over_chains(lambda st, args, extra: hmc.run(
             potential, st[0], st[1], args, extra[0], extra[1], self.block, target_accept=target_accept,
@@ -302,10 +302,11 @@ class _Sampler:
                 "mode_log_mass": [round(m - best_mass, 6) for m, _ in kept]}
         return [lap for _, lap in kept], info
 
-    def start(self, key, starts: list[np.ndarray], schedule: hmc.WarmupSchedule):
+    def start(self, key, starts: list[np.ndarray], schedule: hmc.WarmupSchedule,
+              dispersion: float = START_DISPERSION):
         """Laplace modes from the candidate ``starts`` (unconstrained vectors, best first),
         chains spread over them (chain ``c`` on mode ``c mod n_modes``), each started at a
-        draw from its mode's inflated Laplace approximation.
+        draw from its mode's Laplace approximation with standard deviations times ``dispersion``.
 
         Returns (states, start info); the warmup runs inside the first :meth:`draws`.
         """
@@ -313,7 +314,7 @@ class _Sampler:
         assignment = np.arange(self.num_chains) % len(laps)
         modes = jnp.asarray(np.stack([laps[m].mode for m in assignment]))
         inverse_hessians = jnp.asarray(np.stack([laps[m].inverse_hessian for m in assignment]))
-        states, adapt = self._start(key, modes, inverse_hessians, self.args)
+        states, adapt = self._start(key, modes, inverse_hessians, jnp.asarray(float(dispersion)), self.args)
         info["mode_of_chain"] = assignment.tolist()
         if len(laps) > 1:
             logger.warning("EM found %d distinct optima with non-negligible posterior mass (log mass "
@@ -514,6 +515,7 @@ def sample_posterior(
     checkpoint: str | os.PathLike | None = None,
     chunk_size: int | None = None,
     em_kwargs: dict | None = None,
+    start_dispersion: float = START_DISPERSION,
 ) -> PosteriorFit:
     """Sample the posterior of ``model`` with NUTS, started from an EM/MAP fit.
 
@@ -523,7 +525,7 @@ def sample_posterior(
     approximation; modes holding less than 0.1% of the best one's Laplace mass are
     dropped -> chain ``c`` starts in mode ``c mod n_modes``, at its own draw from that
     mode's Laplace approximation with standard deviations inflated two-fold
-    (``START_DISPERSION``), with the mode's inverse Hessian as its dense mass matrix
+    (``start_dispersion``), with the mode's inverse Hessian as its dense mass matrix
     -> ``num_warmup`` iterations of step-size adaptation (with a window that
     re-estimates the mass matrix from the chain's draws, shrunk towards the Laplace
     one, when ``adapt_mass``) -> ``num_samples`` draws. Each stage is one compiled
@@ -565,6 +567,10 @@ def sample_posterior(
         Draws per chunk with ``checkpoint`` (default ``max(num_samples // 10, 1)``).
     em_kwargs : dict, optional
         Passed to :func:`bayesmix.em.fit_em` when ``init`` is None.
+    start_dispersion : float
+        Starting draws come from each mode's Laplace approximation with its standard
+        deviations times this (default 2: over-dispersed, so that R-hat can reveal chains
+        that have not forgotten their starts; 1: draws from the approximation itself).
 
     Returns
     -------
@@ -583,6 +589,8 @@ def sample_posterior(
         raise ValueError(f"max_tree_depth must be >= 1; got {max_tree_depth}.")
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1; got {chunk_size}.")
+    if not (math.isfinite(start_dispersion) and start_dispersion > 0):
+        raise ValueError(f"start_dispersion must be a positive number; got {start_dispersion}.")
     if isinstance(key, (int, np.integer)):
         seed, key = int(key), jax.random.PRNGKey(int(key))
     else:
@@ -598,7 +606,7 @@ def sample_posterior(
     settings = {"seed": seed, "num_chains": int(num_chains), "num_warmup": int(num_warmup),
                 "num_samples": int(num_samples), "target_accept": float(target_accept),
                 "adapt_mass": bool(adapt_mass), "max_tree_depth": int(max_tree_depth),
-                "bayesmix_version": __version__}
+                "start_dispersion": float(start_dispersion), "bayesmix_version": __version__}
     k_em, k_start = jax.random.split(key)
 
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -643,7 +651,8 @@ def sample_posterior(
         starts = [np.asarray(ravel_pytree(values)[0]) for values in [template, *(
             _unconstrained(model, obs, covariates, model.init_values(p, bw, data=obs, covariates=covariates))
             for p, bw in others)]]
-        states, start_info = sampler.start(k_start, starts, hmc.warmup_schedule(num_warmup, adapt_mass))
+        states, start_info = sampler.start(k_start, starts, hmc.warmup_schedule(num_warmup, adapt_mass),
+                                           start_dispersion)
         parts, done = [], 0
         if not start_info["laplace_hessian_ok"]:
             logger.warning("the posterior Hessian at the EM start was not positive definite (a "

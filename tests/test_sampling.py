@@ -202,6 +202,7 @@ def test_interrupted_checkpointed_run_resumes_to_the_same_draws(tmp_path, monkey
         ({"num_warmup": -1}, "num_warmup must be >= 0"),
         ({"target_accept": 1.5}, "target_accept must lie in"),
         ({"init": "em"}, "init must be None, an EMResult or MixtureParams"),
+        ({"start_dispersion": 0.0}, "start_dispersion must be a positive number"),
     ],
 )
 def test_bad_sampler_settings(kwargs, match):

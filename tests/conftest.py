@@ -29,7 +29,19 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
-    """One on-disk JAX cache per test session: samplers of the same structure compile once."""
+    """One on-disk JAX cache per test session: samplers of the same structure compile once.
+
+    ``BAYESMIX_CACHE`` points there too, so a CLI run inside a test (which enables the cache
+    unless ``--no-cache``) never reads or writes the user's ``~/.cache/bayesmix``.
+    """
     from bayesmix.sampling import enable_compilation_cache
 
-    enable_compilation_cache(tmp_path_factory.mktemp("jax-cache"))
+    path = tmp_path_factory.mktemp("jax-cache")
+    previous = os.environ.get("BAYESMIX_CACHE")
+    os.environ["BAYESMIX_CACHE"] = str(path)
+    enable_compilation_cache(path)
+    yield path
+    if previous is None:
+        os.environ.pop("BAYESMIX_CACHE", None)
+    else:
+        os.environ["BAYESMIX_CACHE"] = previous

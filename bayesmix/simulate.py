@@ -54,6 +54,25 @@ def _positive(name, value):
         raise ValueError(f"{name} must be a positive number; got {value!r}.")
 
 
+def _observed(key_error, key_noise, true_values, error_median, error_log_sd, error_range):
+    """Measured values and their standard errors, shape (n_stars,) each: log-normal errors
+    (median ``error_median``, log-sd ``error_log_sd``, clipped to ``error_range``) added to
+    the true values."""
+    n_stars = true_values.shape[0]
+    log_err = np.log(error_median) + error_log_sd * np.asarray(jax.random.normal(key_error, (n_stars,)))
+    err = np.clip(np.exp(log_err), *error_range)
+    return true_values + err * np.asarray(jax.random.normal(key_noise, (n_stars,))), err
+
+
+def _member_or_field_radii(key, is_member, plummer_radius, max_radius):
+    """Projected radii by inverse CDF: members from a Plummer profile truncated at ``max_radius``
+    (F(R) = 1 - 1/(1 + R^2/a^2)), the rest from a uniform surface density (F(R) = R^2/R_max^2)."""
+    u = np.asarray(jax.random.uniform(key, is_member.shape))
+    a = plummer_radius
+    u_member = u * (1.0 - 1.0 / (1.0 + (max_radius / a) ** 2))
+    return np.where(is_member, a * np.sqrt(u_member / (1.0 - u_member)), max_radius * np.sqrt(u))
+
+
 # --------------------------------------------------------------------------- cluster + field
 
 
@@ -171,14 +190,8 @@ def simulate_cluster_field(
     z = np.asarray(jax.random.normal(k_vel, (n_stars,)))
     true_rv = np.where(is_member, cluster_mean + cluster_dispersion * z,
                        field_mean + field_dispersion * z)
-    log_err = np.log(error_median) + error_log_sd * np.asarray(jax.random.normal(k_err, (n_stars,)))
-    err = np.clip(np.exp(log_err), *error_range)
-    rv = true_rv + err * np.asarray(jax.random.normal(k_noise, (n_stars,)))
-    # Inverse-CDF radii: Plummer F(R) = 1 - 1/(1 + R^2/a^2), uniform disc F(R) = R^2/R_max^2.
-    u = np.asarray(jax.random.uniform(k_rad, (n_stars,)))
-    a = plummer_radius
-    u_member = u * (1.0 - 1.0 / (1.0 + (max_radius / a) ** 2))
-    radius = np.where(is_member, a * np.sqrt(u_member / (1.0 - u_member)), max_radius * np.sqrt(u))
+    rv, err = _observed(k_err, k_noise, true_rv, error_median, error_log_sd, error_range)
+    radius = _member_or_field_radii(k_rad, is_member, plummer_radius, max_radius)
 
     labels = np.where(is_member, 0, 1)
     table = Table(
@@ -366,14 +379,8 @@ def simulate_contaminated_field(
     sd = np.sqrt(np.asarray(params.covariances)[:, 0, 0])
     z = np.asarray(jax.random.normal(keys[2], (n_stars,)))
     true_rv = np.asarray(params.means)[labels, 0] + sd[labels] * z
-    log_err = np.log(error_median) + error_log_sd * np.asarray(jax.random.normal(keys[3], (n_stars,)))
-    err = np.clip(np.exp(log_err), *error_range)
-    rv = true_rv + err * np.asarray(jax.random.normal(keys[4], (n_stars,)))
-    # Inverse-CDF radii: truncated Plummer for members, uniform surface density for the rest.
-    v = np.asarray(jax.random.uniform(keys[5], (n_stars,)))
-    a = plummer_radius
-    v_member = v * (1.0 - 1.0 / (1.0 + (max_radius / a) ** 2))
-    radius = np.where(labels == 0, a * np.sqrt(v_member / (1.0 - v_member)), max_radius * np.sqrt(v))
+    rv, err = _observed(keys[3], keys[4], true_rv, error_median, error_log_sd, error_range)
+    radius = _member_or_field_radii(keys[5], labels == 0, plummer_radius, max_radius)
     table = Table({"star_id": np.arange(n_stars), "RV": rv, "E_RV": err, "R_proj": radius,
                    "RV_true": true_rv, "component": labels})
     table["RV"].unit = table["E_RV"].unit = table["RV_true"].unit = "km/s"

@@ -10,11 +10,13 @@ A stored program's key hashes the package's own source, the JAX and NumPyro vers
 and backend, a caller-given fingerprint (everything closed over: model ``repr``,
 settings) and the arguments' tree structure, shapes and dtypes; ``Exported.call``
 re-checks structure and shapes on every call. Files are written atomically; an
-unreadable one is rebuilt with a warning.
+unreadable one is rebuilt with a warning. Within one process, programs with the same key
+share one loaded (and compiled) copy, the most recent 64 of them.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import logging
@@ -29,6 +31,14 @@ logger = logging.getLogger(__name__)
 
 _STORE: Path | None = None
 _SERIALIZABLE: set = set()
+# Programs already loaded in this process, by stored key, most recently used last. Every
+# sampler of the same structure shares one compiled executable instead of loading its own:
+# XLA:CPU maps each executable's code into the process in many small memory mappings, and
+# a loop of fits that each loaded their own copy ran a long process past Linux's
+# vm.max_map_count (65530), where LLVM aborts. Bounded, so a scan over many shapes
+# releases the oldest.
+_LOADED: collections.OrderedDict = collections.OrderedDict()
+_MAX_LOADED = 64
 
 
 def set_store(path: Path | None) -> None:
@@ -95,13 +105,23 @@ class Program:
 
     def _load_or_export(self, args, signature):
         import numpyro
-        from jax import export
 
         register(*self.classes)
         key = hashlib.sha256("|".join([self.name, source_fingerprint(), jax.__version__, numpyro.__version__,
                                        jax.default_backend(), self.fingerprint, signature])
                              .encode()).hexdigest()[:32]
         path = _STORE / f"{self.name}-{key}.jaxexport"
+        if path in _LOADED:
+            _LOADED.move_to_end(path)
+            return _LOADED[path]
+        fn = _LOADED[path] = self._read_or_export(args, path)
+        while len(_LOADED) > _MAX_LOADED:
+            _LOADED.popitem(last=False)
+        return fn
+
+    def _read_or_export(self, args, path):
+        from jax import export
+
         if path.exists():
             try:
                 return jax.jit(export.deserialize(bytearray(path.read_bytes())).call)

@@ -18,7 +18,7 @@ Input that cannot be used as asked raises ``ValueError`` naming the column and t
 from __future__ import annotations
 
 import difflib
-import io
+import hashlib
 import json
 import logging
 import os
@@ -38,10 +38,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "LAYOUTS",
+    "TEXT_FLOAT_FLOOR",
     "Catalogue",
     "DropReport",
     "FixedWidthLayout",
     "make_provenance",
+    "provenance_sidecar",
     "read_catalogue",
     "read_provenance",
     "read_table",
@@ -50,6 +52,12 @@ __all__ = [
 
 PROVENANCE_KEY = "bayesmix_provenance"
 MALFORMED_KEY = "malformed_rows"
+SIDECAR_SUFFIX = ".json"  # a CSV's provenance: membership.csv -> membership.csv.json
+
+TEXT_FLOAT_FLOOR = float(np.finfo(np.float64).tiny)
+"""Smallest normal float64 (about 2.2e-308). :func:`write_table` writes smaller nonzero
+values of a CSV's float columns as 0: astropy's CSV reader warns of an overflow on such
+subnormal numbers and pandas reads them with fewer digits."""
 
 
 # --------------------------------------------------------------------------- reading tables
@@ -241,6 +249,11 @@ def _read_fixed_width(path: Path, layout: FixedWidthLayout) -> Table:
     return table
 
 
+def _starts_with_comment(path: Path) -> bool:
+    with open(path, errors="replace") as fh:
+        return fh.readline().lstrip().startswith("#")
+
+
 def read_table(path, format: str | None = None, layout: str | FixedWidthLayout | None = None,
                **kwargs) -> Table:
     """Read a table file (FITS, CSV, ECSV, VOTable or fixed-width ASCII) as an astropy Table.
@@ -256,7 +269,9 @@ def read_table(path, format: str | None = None, layout: str | FixedWidthLayout |
         layout. Files whose first line matches a known layout's header are
         recognised without it (Baumgardt's tables).
     **kwargs
-        Passed on to :meth:`astropy.table.Table.read`.
+        Passed on to :meth:`astropy.table.Table.read`. For a CSV whose first line starts
+        with ``#`` (as those written by versions before the provenance sidecar do:
+        ``# bayesmix_provenance: {...}``), ``comment="#"`` is the default.
 
     Returns
     -------
@@ -294,8 +309,10 @@ def read_table(path, format: str | None = None, layout: str | FixedWidthLayout |
     else:
         from astropy.io.ascii import InconsistentTableError
 
-        if fmt == "ascii.csv":
-            kwargs.setdefault("comment", "#")  # provenance lines written by write_table
+        if fmt == "ascii.csv" and _starts_with_comment(path):
+            # Versions before the sidecar wrote provenance as a first "# ..." line. Only then:
+            # in a plain CSV, comment="#" would drop rows whose first value starts with "#".
+            kwargs.setdefault("comment", "#")
         try:
             table = Table.read(path, format=fmt, **kwargs)
         except InconsistentTableError as exc:
@@ -966,13 +983,78 @@ def atomic_write(path: Path, write) -> Path:
         raise
 
 
+def provenance_sidecar(path) -> Path:
+    """Where :func:`write_table` keeps a CSV's provenance: ``<path>.json`` beside it.
+
+    ``membership.csv`` -> ``membership.csv.json``. The sidecar holds
+    ``{"bayesmix_provenance": {...}, "table": "<csv file name>", "sha256": "<hex digest
+    of the CSV's bytes>"}``; the digest tells whether it describes the CSV beside it.
+    """
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _flush_subnormals(table: Table, path: Path) -> None:
+    """Replace the table's float columns holding subnormal values by copies with those set to 0.
+
+    Subnormals (``0 < |x| < TEXT_FLOAT_FLOOR``) make astropy's CSV reader warn of an
+    overflow and lose digits in pandas; masked entries are left alone.
+    """
+    flushed = {}
+    for name in table.colnames:
+        col = table[name]
+        if col.dtype.kind != "f":
+            continue
+        data = np.asarray(col)
+        tiny = (data != 0) & (np.abs(data) < TEXT_FLOAT_FLOOR) & ~np.ma.getmaskarray(col)
+        if tiny.any():
+            fixed = col.copy()  # ``table`` shares its data with the caller's table
+            fixed[tiny] = 0.0
+            table[name] = fixed
+            flushed[name] = int(tiny.sum())
+    if flushed:
+        logger.info("%s: wrote %s subnormal value(s) (|x| < %.4g) as 0, by column, so that text "
+                    "readers parse them", path.name, flushed, TEXT_FLOAT_FLOOR)
+
+
+def _csv_writer(out: Table, path: Path, prov_json: str | None):
+    """The ``write(tmp)`` of a CSV for :func:`atomic_write`: plain CSV, provenance in the sidecar."""
+    sidecar = provenance_sidecar(path)
+
+    def write(tmp):
+        out.write(tmp, format="ascii.csv", overwrite=True)
+        # The sidecar is settled before the CSV is renamed into place, so a new CSV never
+        # appears without the sidecar that describes it. A kill between the two renames
+        # leaves the old CSV beside the new sidecar; the digest in it no longer matches, and
+        # read_provenance says so instead of attributing the new provenance to the old data.
+        if prov_json is None:
+            sidecar.unlink(missing_ok=True)  # a stale sidecar would describe other data
+            return
+        text = json.dumps({PROVENANCE_KEY: json.loads(prov_json), "table": path.name,
+                           "sha256": _sha256(Path(tmp))}, indent=1)
+        atomic_write(sidecar, lambda side_tmp: Path(side_tmp).write_text(text + "\n"))
+
+    return write
+
+
 def write_table(table: Table, path, format: str | None = None,
                 provenance: Mapping[str, Any] | None = None) -> Path:
     """Write a table atomically (temporary file, then rename), provenance included.
 
-    Provenance lands in the FITS header (``BMXPROV``, JSON), the ECSV/VOTable
-    metadata, or ``# bayesmix_provenance: {...}`` lines at the top of a CSV; read
-    it back with :func:`read_provenance`.
+    Provenance goes where each format keeps metadata: the FITS header (``BMXPROV``,
+    JSON), the ECSV or VOTable metadata. A CSV stays plain CSV (one header line, then
+    the rows) that ``pandas.read_csv(path)`` and ``astropy.table.Table.read(path)`` read
+    with no options; its provenance goes to the sidecar ``<path>.json`` (see
+    :func:`provenance_sidecar`), with the SHA-256 of the CSV so a reader can tell that
+    it belongs to this CSV. Writing a CSV without provenance removes a sidecar left by
+    an earlier write of the same path. In a CSV, float values too small for a normal
+    float64 (``0 < |x| <`` :data:`TEXT_FLOAT_FLOOR`) are written as 0, because text
+    readers overflow on them. Read the provenance back with :func:`read_provenance`.
 
     Parameters
     ----------
@@ -986,6 +1068,7 @@ def write_table(table: Table, path, format: str | None = None,
     Returns
     -------
     Path
+        The table written (for a CSV, the sidecar is ``provenance_sidecar(path)``).
     """
     path = Path(path)
     fmt = _FORMAT_ALIASES.get(format, format) if format else _infer_format(path)
@@ -1007,15 +1090,9 @@ def write_table(table: Table, path, format: str | None = None,
         if multidim:
             raise ValueError(f"CSV cannot hold the multidimensional column(s) {multidim}; write "
                              ".fits or .ecsv instead, or split them into scalar columns.")
-
-        def write(tmp):
-            buf = io.StringIO()
-            out.meta = {}
-            out.write(buf, format="ascii.csv")
-            with open(tmp, "w") as fh:
-                if prov_json is not None:
-                    fh.write(f"# {PROVENANCE_KEY}: {prov_json}\n")
-                fh.write(buf.getvalue())
+        out.meta = {}  # astropy would write it as comment lines, which plain readers misread
+        _flush_subnormals(out, path)
+        write = _csv_writer(out, path, prov_json)
     elif fmt in ("ascii.ecsv", "votable"):
         if provenance is not None and fmt == "ascii.ecsv":
             out.meta[PROVENANCE_KEY] = json.loads(prov_json)
@@ -1031,19 +1108,58 @@ def write_table(table: Table, path, format: str | None = None,
     return path
 
 
+def _read_sidecar(path: Path, sidecar: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(sidecar.read_text())
+        provenance, digest = record[PROVENANCE_KEY], record["sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{sidecar}: not a bayesmix provenance sidecar ({exc!r}); it should hold "
+                         f"the keys {PROVENANCE_KEY!r}, 'table' and 'sha256'. Delete it, or rewrite "
+                         f"{path.name} with write_table.") from exc
+    actual = _sha256(path)
+    if digest != actual:
+        raise ValueError(
+            f"the provenance sidecar {sidecar} does not match {path}: the sidecar belongs to other "
+            f"data (it was written for a CSV with SHA-256 {str(digest)[:16]}..., this one has "
+            f"{actual[:16]}...), so {path.name} was changed or replaced after it was written. "
+            f"Rewrite {path.name} with write_table, or delete {sidecar.name} if its provenance "
+            "is not needed."
+        )
+    return provenance
+
+
+def _read_comment_provenance(path: Path) -> dict[str, Any] | None:
+    """The ``# bayesmix_provenance: {...}`` line that earlier versions wrote at the top of a CSV."""
+    prefix = f"# {PROVENANCE_KEY}: "
+    with open(path) as fh:
+        for line in fh:
+            if not line.startswith("#"):
+                break
+            if line.startswith(prefix):
+                return json.loads(line[len(prefix):])
+    return None
+
+
 def read_provenance(path) -> dict[str, Any] | None:
-    """The provenance written by :func:`write_table`, or None if the file has none."""
+    """The provenance written by :func:`write_table`, or None if the file has none.
+
+    For a CSV it comes from the sidecar ``<path>.json`` (:func:`provenance_sidecar`), or,
+    without one, from the ``# bayesmix_provenance:`` first line that versions before the
+    sidecar wrote.
+
+    Raises
+    ------
+    ValueError
+        When a CSV's sidecar belongs to other data (its SHA-256 differs from the CSV's),
+        or is not a provenance sidecar.
+    """
     path = Path(path)
     fmt = _infer_format(path)
     if fmt == "ascii.csv":
-        with open(path) as fh:
-            for line in fh:
-                if not line.startswith("#"):
-                    break
-                prefix = f"# {PROVENANCE_KEY}: "
-                if line.startswith(prefix):
-                    return json.loads(line[len(prefix):])
-        return None
+        sidecar = provenance_sidecar(path)
+        if sidecar.is_file():
+            return _read_sidecar(path, sidecar)
+        return _read_comment_provenance(path)
     meta = read_table(path, format=fmt.replace("ascii.", "")).meta
     if "BMXPROV" in meta:
         return json.loads(meta["BMXPROV"])

@@ -16,13 +16,23 @@ seconds to compile. Stars are therefore padded to a few bucket sizes (powers of 
 256 to 65536, then multiples of 16384): EM pads with zero-weight copies of star 0 (which
 :func:`~bayesmix.em.fit_em` excludes exactly, as it does for its own blocks), and the
 per-star evaluations run in padded chunks. A new sample size then rarely recompiles.
+
+Units and scaling. astropy Tables and Quantities are turned into plain numbers at the
+boundary (:func:`_as_plain_features`, :func:`_as_plain_errors`), with each feature's unit
+kept in ``feature_units_``; nothing astropy reaches the compiled programs. A scaling step
+in a ``Pipeline`` changes X but not ``X_err`` (metadata is routed unchanged), so ``fit``
+refuses standardized X with errors unless told the errors were scaled too, and
+``standardize=True`` does the scaling inside, consistently for X, ``X_err`` and
+``reg_covar``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import numbers
+import sys
 
 import jax
 import numpy as np
@@ -31,7 +41,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from bayesmix import _x64  # noqa: F401  (float64 before any array is made)
-from bayesmix.em import fit_em, n_free_parameters
+from bayesmix.em import EMResult, MAPPrior, fit_em, n_free_parameters
 from bayesmix.likelihood import (
     MixtureParams,
     Observations,
@@ -45,7 +55,15 @@ __all__ = ["DeconvolvedGaussianMixture"]
 logger = logging.getLogger(__name__)
 
 _METHODS = ("em", "nuts")
-_INIT_PARAMS = ("auto", "kmeans++", "random")
+# Accepted init_params spellings -> bayesmix.em's start. scikit-learn's "k-means++" (seeding
+# only) and "kmeans" (Lloyd to convergence) both map to the k-means++ seeding + Lloyd start;
+# its "random_from_data" (random stars as means) is what bayesmix calls "random".
+_INIT_PARAMS = {"auto": "auto", "kmeans++": "kmeans++", "k-means++": "kmeans++", "kmeans": "kmeans++",
+                "random": "random", "random_from_data": "random"}
+# X counts as StandardScaler output when every column mean is within this (times
+# max(1, mean |x|)) of 0 and every standard deviation within this of 1: rounding leaves
+# ~1e-15, while real data essentially never lie this close by chance.
+_STANDARDIZED_TOL = 1e-8
 # Most stars per compiled evaluation chunk; also the largest power-of-two bucket.
 _CHUNK = 2**16
 # Float64 numbers in the largest temporary of one evaluation chunk (64 MiB).
@@ -105,6 +123,10 @@ def _check_y(y, shape, method):
     """Refuse a ``y`` that looks like measurement errors (astroML's ``fit(X, Xerr)``)."""
     if y is None:
         return
+    _, table = _astropy_classes()
+    if _isinstance(y, table) and y.colnames and all(y[c].dtype.kind == "f" and y[c].ndim == 1
+                                                    for c in y.colnames):
+        y = np.column_stack([np.asarray(y[c]) for c in y.colnames])  # a Table of errors, one column each
     try:
         arr = np.asarray(y)
     except (TypeError, ValueError):
@@ -116,6 +138,213 @@ def _check_y(y, shape, method):
             f"the second positional argument of {method} is y (ignored, scikit-learn's convention); "
             f"pass the errors as {method}(X, X_err=...)."
         )
+
+
+# ----------------------------------------------------------------------- astropy inputs
+
+
+def _astropy_classes():
+    """``(Quantity, Table)`` when astropy is loaded, else ``(None, None)``.
+
+    An astropy object can only exist once astropy has been imported, so looking in
+    ``sys.modules`` never imports it: fits on plain arrays do not pay astropy's import.
+    """
+    units, table = sys.modules.get("astropy.units"), sys.modules.get("astropy.table")
+    return getattr(units, "Quantity", None), getattr(table, "Table", None)
+
+
+def _isinstance(obj, cls) -> bool:
+    return cls is not None and isinstance(obj, cls)
+
+
+def _feature_name(j: int, names) -> str:
+    return str(names[j]) if names is not None else f"x{j}"
+
+
+def _table_columns(table, what: str):
+    """``(names, 1-D float arrays, units)`` of every column of an astropy Table, in order."""
+    quantity, _ = _astropy_classes()
+    names, columns, units = [], [], []
+    for name in table.colnames:
+        col = table[name]
+        if col.dtype.kind not in "iuf":
+            raise ValueError(
+                f"{what} column {name!r} is not numeric (dtype {col.dtype}); every column of the Table "
+                f"is a feature. Select the numeric ones, e.g. {what}[['a', 'b']], or drop {name!r}.")
+        if col.ndim != 1:
+            raise ValueError(f"{what} column {name!r} has shape {col.shape}: one value per row is needed; "
+                             "split it into one column per feature.")
+        n_masked = int(np.count_nonzero(getattr(col, "mask", False)))
+        if n_masked:
+            raise ValueError(f"{what} column {name!r} has {n_masked} masked entries; drop those rows or "
+                             "fill them before fitting.")
+        values = col.value if _isinstance(col, quantity) else col
+        names.append(name)
+        columns.append(np.asarray(values, dtype=np.float64))
+        units.append(getattr(col, "unit", None))
+    return names, columns, units
+
+
+def _as_plain_features(X):
+    """``(X, units)``: an astropy Table as a DataFrame of its columns (so scikit-learn records
+    the column names as ``feature_names_in_``) and a Quantity as its values, each with one
+    unit (or None) per feature; anything else unchanged, with ``units`` None."""
+    quantity, table = _astropy_classes()
+    if _isinstance(X, table):
+        import pandas as pd
+
+        names, columns, units = _table_columns(X, "X")
+        return pd.DataFrame(dict(zip(names, columns, strict=True))), tuple(units)
+    if _isinstance(X, quantity):
+        values = np.asarray(X.value)
+        return values, (X.unit,) * (values.shape[-1] if values.ndim == 2 else 1)
+    return X, None
+
+
+def _unit_factor(unit, target, what: str) -> float:
+    """Factor taking numbers in ``unit`` to ``target`` (None: no unit, i.e. dimensionless).
+
+    Plain numbers (``unit`` None) are taken to be in ``target`` already.
+    """
+    if unit is None:
+        return 1.0
+    units = sys.modules["astropy.units"]
+    try:
+        return float(unit.to(units.dimensionless_unscaled if target is None else target))
+    except ValueError as exc:  # astropy's UnitConversionError (a ValueError), or an unrecognised unit
+        if target is None:
+            raise ValueError(
+                f"{what} is in {unit}, but the feature has no unit (X was fitted or given as plain numbers); "
+                "give X units too (a Quantity, or Table columns with units), or pass plain numbers for "
+                "both.") from exc
+        raise ValueError(f"{what} is in {unit}, which cannot be converted to {target}; pass it in units "
+                         f"convertible to {target}, e.g. value.to({str(target)!r}).") from exc
+
+
+def _product_unit(a, b):
+    if a is None or b is None:
+        return b if a is None else a
+    return a * b
+
+
+def _as_plain_errors(X_err, units, names):
+    """``X_err`` as plain numbers in ``units`` (one per feature, None for none).
+
+    A Quantity holds standard errors (n, D) or (n,) or covariances (n, D, D), entry
+    ``(a, b)`` of a covariance in ``units[a] * units[b]``; a Table holds one
+    standard-error column per feature, in X's order. Plain arrays pass unchanged (taken
+    to be in ``units``); wrong shapes are left to :func:`~bayesmix.likelihood.as_observations`.
+    """
+    quantity, table = _astropy_classes()
+    d = len(units)
+    if _isinstance(X_err, table):
+        _, columns, err_units = _table_columns(X_err, "X_err")
+        if len(columns) != d:
+            raise ValueError(f"X_err is a Table with {len(columns)} columns but X has {d} features; give "
+                             "one standard-error column per feature, in the order of X's.")
+        factors = [_unit_factor(u, t, f"X_err for feature {_feature_name(j, names)!r}")
+                   for j, (u, t) in enumerate(zip(err_units, units, strict=True))]
+        return np.column_stack(columns) * np.asarray(factors)
+    if not _isinstance(X_err, quantity):
+        return X_err
+    values = np.asarray(X_err.value, dtype=np.float64)
+    if values.ndim == 3 and values.shape[1:] == (d, d):
+        factors = np.array([[_unit_factor(X_err.unit, _product_unit(units[a], units[b]),
+                                          f"X_err (covariance of features {_feature_name(a, names)!r}, "
+                                          f"{_feature_name(b, names)!r})")
+                             for b in range(d)] for a in range(d)])
+        return values * factors
+    if values.shape[-1:] == (d,) and values.ndim in (1, 2):
+        factors = np.array([_unit_factor(X_err.unit, unit, f"X_err for feature {_feature_name(j, names)!r}")
+                            for j, unit in enumerate(units)])
+        return values * factors
+    return values
+
+
+def _conversion_factors(x_units, fitted_units, names) -> np.ndarray:
+    """Per-feature factors taking X in ``x_units`` to the fitted ``feature_units_``."""
+    return np.array([_unit_factor(u, t, f"X feature {_feature_name(j, names)!r} (fitted in "
+                                        f"{'no unit' if t is None else t}: feature_units_)")
+                     for j, (u, t) in enumerate(zip(x_units, fitted_units, strict=True))])
+
+
+# ------------------------------------------------------------------ scaling and errors
+
+
+def _standardized_under(values, weights) -> bool:
+    mean = np.average(values, axis=0, weights=weights)
+    sd = np.sqrt(np.average((values - mean) ** 2, axis=0, weights=weights))
+    typical = np.maximum(1.0, np.average(np.abs(values), axis=0, weights=weights))
+    centred = np.abs(mean) < _STANDARDIZED_TOL * typical
+    unit_sd = np.abs(sd - 1.0) < _STANDARDIZED_TOL
+    # StandardScaler leaves a constant column at 0 (its scale is set to 1).
+    return bool(np.all(centred & (unit_sd | (sd == 0.0))) and np.any(unit_sd))
+
+
+def _looks_standardized(values, sample_weight) -> bool:
+    """Whether X looks like StandardScaler output (plain, or weighted by ``sample_weight``,
+    which a routed ``sample_weight`` would have used)."""
+    if _standardized_under(values, None):
+        return True
+    weighted = not np.all(sample_weight == sample_weight[0])
+    return weighted and _standardized_under(values, sample_weight)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Standardizer:
+    """The per-feature map ``x' = (x - centre) / scale`` of ``standardize=True``.
+
+    Extreme-deconvolution EM is equivariant under this map (its k-means++ and density-peak
+    starts already work on standardised values, and Bovy's regularisation is mapped as
+    ``reg_covar * D^-2``, ``D = diag(scale)``), so a fit in these units maps back exactly:
+    means ``centre + scale * mu'``, covariances ``D Sigma' D``, and every log-density
+    gains the Jacobian ``-sum(log scale)`` per star.
+    """
+
+    centre: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def of(cls, values):
+        sd = values.std(axis=0)
+        # A constant feature is left in its units: its spread, if any, is all error.
+        return cls(values.mean(axis=0), np.where(sd > 0, sd, 1.0))
+
+    @property
+    def log_scale(self) -> float:
+        return float(np.sum(np.log(self.scale)))
+
+    def _outer(self):
+        return np.multiply.outer(self.scale, self.scale)
+
+    def observations(self, obs: Observations) -> Observations:
+        return Observations((np.asarray(obs.values) - self.centre) / self.scale,
+                            np.asarray(obs.error_covs) / self._outer())
+
+    def means_in(self, means):
+        return (means - self.centre) / self.scale
+
+    def covariances_in(self, covariances):
+        return covariances / self._outer()
+
+    def params_out(self, params: MixtureParams) -> MixtureParams:
+        return MixtureParams(np.asarray(params.weights), self.centre + self.scale * np.asarray(params.means),
+                             np.asarray(params.covariances) * self._outer())
+
+    def em_out(self, em: EMResult, w: float, prior_count: float) -> EMResult:
+        """``em`` in the original units: parameters, and log-likelihoods shifted by the Jacobian
+        (``-log_scale`` per unit of sample weight); log priors by ``-prior_count * log_scale``
+        per component (``log det Sigma = log det Sigma' + 2 log_scale``)."""
+        d_ll = -em.n_effective * self.log_scale
+        d_lp = -prior_count * em.n_components * self.log_scale
+        optima = tuple(dataclasses.replace(o, params=self.params_out(o.params), log_prior=o.log_prior + d_lp,
+                                           log_likelihood=o.log_likelihood + d_ll)
+                       for o in em.optima)
+        return dataclasses.replace(
+            em, params=self.params_out(em.params), log_likelihood=em.log_likelihood + d_ll,
+            log_prior=em.log_prior + d_lp, log_likelihood_history=em.log_likelihood_history + d_ll,
+            objective_history=em.objective_history + d_ll + d_lp,
+            restart_objectives=em.restart_objectives + d_ll + d_lp, optima=optima, w=w)
 
 
 class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
@@ -150,17 +379,30 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
         data is added to each numerator, with no extra star in the denominator (so no
         ``N_k / (N_k + 1)`` shrinkage). 0.0: the unregularised maximum-likelihood XD,
         which is what ``GaussianMixture(reg_covar=0)`` computes when there are no errors.
+        With ``standardize=True`` a given ``reg_covar`` keeps this meaning (it is passed
+        to EM as the equivalent ``reg_covar * D^-2`` in standardized units, so the fit is
+        the same); None then adds ``1e-6`` of the mean standardized variance, i.e. about
+        ``1e-6`` of each feature's own variance (``em_.w`` is then in standardized
+        units), which stays negligible for features of very different scales, where the
+        isotropic ridge in original units may not.
     max_iter : int, default=1000
         EM iterations per initialisation.
     n_init : int, default=1
         k-means++ (or random) EM initialisations, run in parallel with the others; the
         best optimum is kept.
-    init_params : {"auto", "kmeans++", "random"}, default="auto"
+    init_params : {"auto", "kmeans++", "k-means++", "kmeans", "random", "random_from_data"}, \
+default="auto"
         "auto": ``n_init`` k-means++ starts plus four density-peak starts (a narrow
         component on each of the most significant over-densities, which k-means++
         cannot place on a small cluster inside a broad population) plus the given
         start, if any (:class:`bayesmix.em.EMOptions`). "kmeans++": k-means++ seeding
-        plus Lloyd iterations only; "random": random distinct stars as means.
+        followed by 10 Lloyd iterations on standardised values, and nothing else; it
+        lies between scikit-learn's "k-means++" (seeding only) and "kmeans" (Lloyd
+        iterations to convergence), and both of those spellings select it. "random"
+        (scikit-learn's "random_from_data", also accepted): random distinct stars as
+        means, each with the global covariance. scikit-learn's own "random" (random
+        responsibilities) has no counterpart. ``get_params()`` returns the spelling
+        given; it is resolved at ``fit``.
     weights_init, means_init, precisions_init : array_like, optional
         A given start, as ``GaussianMixture`` spells it: weights (n_components,),
         means (n_components, n_features), precisions (inverse covariances,
@@ -181,6 +423,24 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
     ordering : {"scale", "mean", "weight"}, bayesmix.models.Ordering or None, default=None
         Which quantity increases with the component index in the posterior (breaks label
         switching; ``method="nuts"`` only). None: the dispersion of feature 0.
+    standardize : bool, default=False
+        Fit EM on standardized features, ``x' = (x - mean) / sd`` per feature of the
+        training X, with ``X_err`` scaled by the same factors (standard errors by
+        ``1 / sd``, covariances by ``1 / (sd_a sd_b)``) and ``reg_covar`` mapped too.
+        Every fitted attribute (``means_``, ``covariances_``, ``precisions_``, ``em_``,
+        ``lower_bound_``) and every output (:meth:`score_samples`, which includes the
+        Jacobian ``-sum(log sd)``, :meth:`predict_proba`, :meth:`sample`, :meth:`bic`)
+        is in the original units. EM is affine-equivariant, so with a given
+        ``reg_covar`` (0 included) the fit equals the unstandardized one to rounding
+        (same starts, same iterations); with ``reg_covar=None`` only the automatic ridge
+        differs (see ``reg_covar``). Use this instead of a ``StandardScaler`` step in a
+        ``Pipeline``, which scales X but not ``X_err``. ``method="nuts"`` samples in the
+        original units, started from the mapped EM fit.
+    errors_standardized : bool, default=False
+        Declare that ``X_err`` is in the same (scaled) units as X. ``fit`` refuses X that
+        looks like ``StandardScaler`` output (every column mean 0 and standard deviation
+        1 to ``1e-8``) together with non-zero ``X_err``, because a ``Pipeline`` passes
+        ``X_err`` to this step unscaled; set this when you scaled the errors yourself.
 
     Attributes
     ----------
@@ -202,9 +462,16 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
         training ``score`` of the EM fit.
     n_features_in_ : int
     feature_names_in_ : ndarray of str, shape (n_features_in_,)
-        Only when X had string column names (a DataFrame).
+        Only when X had string column names (a DataFrame or an astropy Table).
+    feature_units_ : tuple of astropy.units.Unit or None, length n_features_in_
+        Unit of each feature (from the Table columns or the Quantity; None for plain
+        numbers). The fitted arrays are plain ndarrays in these units: ``means_`` in
+        ``feature_units_[j]``, ``covariances_[:, a, b]`` in
+        ``feature_units_[a] * feature_units_[b]``; :meth:`feature_labels` gives
+        "name [unit]" axis labels.
     em_ : bayesmix.em.EMResult
-        The EM fit (``bic``, ``aic``, ``log_likelihood_history``, ...).
+        The EM fit (``bic``, ``aic``, ``log_likelihood_history``, ...), in the original
+        units also with ``standardize=True``.
     posterior_ : bayesmix.sampling.PosteriorFit
         ``method="nuts"`` only: the draws (``posterior_.idata``, an ArviZ InferenceData).
     convergence_ : bayesmix.diagnostics.ConvergenceReport
@@ -219,6 +486,22 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
 
     Errors may be standard errors (n_samples, n_features) or full covariances
     (n_samples, n_features, n_features); a standard error of zero means an exact value.
+
+    Units. X may be an astropy ``Table`` (every column a numeric feature, in order; the
+    column names become ``feature_names_in_``) or a ``Quantity``; ``X_err`` may be a
+    ``Quantity`` (standard errors, or covariances whose unit converts to the product of
+    the two features' units) or a ``Table`` of one standard-error column per feature.
+    Errors are converted to X's units per feature (``m/s`` errors of ``km/s`` values
+    are divided by 1000); inconvertible units raise a ValueError. After ``fit``, X with
+    units is converted to ``feature_units_``; plain numbers (X or ``X_err``) are taken
+    to be in ``feature_units_`` already.
+
+    Scaling in a Pipeline. Metadata routing passes ``X_err`` to this step unchanged, so a
+    ``StandardScaler`` before it leaves X and ``X_err`` in different units and the
+    intrinsic covariances come out wrong. ``fit`` therefore refuses standardized X with
+    non-zero errors (unless ``errors_standardized=True``); pass ``standardize=True``
+    instead of using a scaler. Other transformers (``MinMaxScaler``, PCA, ...) cannot be
+    detected: any step that changes X before this one must be applied to ``X_err`` too.
 
     scikit-learn's ``check_estimator`` (run in ``tests/test_estimator.py`` with
     ``n_components=2``) passes except for one documented deviation:
@@ -235,12 +518,27 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
     >>> xd.means_, xd.bic(X, X_err=sigma)  # doctest: +SKIP
     >>> post = DeconvolvedGaussianMixture(2, method="nuts").fit(X, X_err=sigma)  # doctest: +SKIP
     >>> mean, low, high = post.predict_proba_interval()  # doctest: +SKIP
+
+    Features on very different scales, scaled consistently with their errors (instead of
+    a ``StandardScaler`` step), with results in the original units:
+
+    >>> xd = DeconvolvedGaussianMixture(2, standardize=True).fit(X, X_err=sigma)  # doctest: +SKIP
+
+    An astropy Table with units, errors in other (convertible) units:
+
+    >>> from astropy.table import QTable  # doctest: +SKIP
+    >>> import astropy.units as u  # doctest: +SKIP
+    >>> X = QTable({"vr": vr * u.km / u.s, "pm": pm * u.mas / u.yr})  # doctest: +SKIP
+    >>> E = QTable({"vr_err": vr_err * u.m / u.s, "pm_err": pm_err * u.mas / u.yr})  # doctest: +SKIP
+    >>> xd = DeconvolvedGaussianMixture(2, init_params="k-means++").fit(X, X_err=E)  # doctest: +SKIP
+    >>> xd.feature_units_, xd.feature_labels()  # doctest: +SKIP
+    ((Unit("km / s"), Unit("mas / yr")), ['vr [km / s]', 'pm [mas / yr]'])
     """
 
     def __init__(self, n_components=1, *, method="em", tol=1e-3, reg_covar=None, max_iter=1000,
                  n_init=1, init_params="auto", weights_init=None, means_init=None, precisions_init=None,
                  random_state=None, num_chains=4, num_warmup=300, num_samples=1000, chain_method="auto",
-                 progress_bar=False, ordering=None):
+                 progress_bar=False, ordering=None, standardize=False, errors_standardized=False):
         self.n_components = n_components
         self.method = method
         self.tol = tol
@@ -258,6 +556,8 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
         self.chain_method = chain_method
         self.progress_bar = progress_bar
         self.ordering = ordering
+        self.standardize = standardize
+        self.errors_standardized = errors_standardized
 
     def __getattr__(self, name):
         # Only reached when normal lookup fails: say why a posterior attribute is missing.
@@ -283,8 +583,13 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
     def _validate_params(self):
         if self.method not in _METHODS:
             raise ValueError(f"method={self.method!r}; use one of {_METHODS}.")
-        if self.init_params not in _INIT_PARAMS:
-            raise ValueError(f"init_params={self.init_params!r}; use one of {_INIT_PARAMS}.")
+        if not isinstance(self.init_params, str) or self.init_params not in _INIT_PARAMS:
+            raise ValueError(f"init_params={self.init_params!r}; use one of {tuple(_INIT_PARAMS)} "
+                             "('k-means++' and 'kmeans' select 'kmeans++', 'random_from_data' selects "
+                             "'random').")
+        for name in ("standardize", "errors_standardized"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False; got {getattr(self, name)!r}.")
         if self.reg_covar is not None and not (
             isinstance(self.reg_covar, numbers.Real) and math.isfinite(self.reg_covar) and self.reg_covar >= 0
         ):
@@ -294,8 +599,16 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
             )
 
     def _observations(self, X, X_err, *, reset):
-        """Validated :class:`Observations` (errors zero when ``X_err`` is None)."""
+        """Validated :class:`Observations` (errors zero when ``X_err`` is None), in plain numbers
+        in ``feature_units_`` (recorded when ``reset``)."""
+        X, x_units = _as_plain_features(X)
         X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_min_samples=2 if reset else 1)
+        names = getattr(self, "feature_names_in_", None)
+        if reset:
+            self.feature_units_ = x_units if x_units is not None else (None,) * X.shape[1]
+        elif x_units is not None:
+            X = X * _conversion_factors(x_units, self.feature_units_, names)
+        X_err = _as_plain_errors(X_err, self.feature_units_, names)
         if X_err is None:
             return as_observations(X)
         try:
@@ -324,18 +637,26 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array_like, shape (n_samples, n_features)
-            Measured values.
+        X : array_like, astropy Table or Quantity, shape (n_samples, n_features)
+            Measured values. A Table's columns (all numeric) are the features, in order.
         y : None
             Ignored (scikit-learn's convention). Errors passed here raise TypeError.
-        X_err : array_like, shape (n_samples, n_features) or (n_samples, n_features, n_features), optional
+        X_err : array_like, Quantity or Table, shape (n_samples, n_features) or \
+(n_samples, n_features, n_features), optional
             Standard errors or error covariances of each row; None for error-free data.
+            With units, converted to X's units per feature (see the class Notes).
         sample_weight : array_like, shape (n_samples,), optional
             Non-negative weights multiplying each row's log-likelihood (``method="em"`` only).
 
         Returns
         -------
         self
+
+        Raises
+        ------
+        ValueError
+            For invalid input, inconvertible units, or X that looks standardized while
+            ``X_err`` is given (see ``errors_standardized``).
         """
         self._validate_params()
         obs = self._observations(X, X_err, reset=True)
@@ -344,19 +665,10 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
             raise ValueError("sample_weight is supported with method='em' only (the NUTS model has "
                              "no per-star weights); drop it or use method='em'.")
         sw = self._sample_weight(sample_weight, obs.n_stars)
+        self._check_errors_match_scaling(obs, sw)
         rng = check_random_state(self.random_state)
         em_seed, nuts_seed = (int(s) for s in rng.randint(np.iinfo(np.int32).max, size=2))
-
-        n_rows = _bucket(obs.n_stars)
-        padded = Observations(_pad_rows(np.asarray(obs.values), n_rows),
-                              _pad_rows(np.asarray(obs.error_covs), n_rows))
-        start = self._given_start(obs)
-        init, n_init = self.init_params, self.n_init
-        if start is not None and init != "auto":
-            init, n_init = "given", 1  # GaussianMixture's behaviour: the given start replaces the others
-        em = fit_em(em_seed, padded, self.n_components, max_iter=self.max_iter, tol=self.tol,
-                    w=self.reg_covar, init=init, n_init=n_init, init_params=start,
-                    sample_weight=np.concatenate([sw, np.zeros(n_rows - obs.n_stars)]))
+        em = self._fit_em(em_seed, obs, sw)
         self.em_ = em
         self.converged_ = bool(em.converged)
         self.n_iter_ = int(em.n_iter)
@@ -367,8 +679,52 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
         self._set_point(params)
         return self
 
-    def _given_start(self, obs):
-        """The start of ``weights_init`` / ``means_init`` / ``precisions_init``, or None."""
+    def _check_errors_match_scaling(self, obs: Observations, sample_weight):
+        """Refuse standardized X with errors in other units (a StandardScaler in a Pipeline)."""
+        if self.errors_standardized or not np.any(np.asarray(obs.error_covs)):
+            return  # zero errors are the same in any units
+        if _looks_standardized(np.asarray(obs.values), sample_weight):
+            raise ValueError(
+                "X appears standardized (every column has mean 0 and standard deviation 1, as "
+                "StandardScaler leaves it) while X_err is given: a Pipeline scales X but passes X_err to "
+                "this step unchanged, so the errors would be in the original units and the intrinsic "
+                "covariances wrong. Drop the scaler and pass DeconvolvedGaussianMixture(standardize=True), "
+                "which scales X and X_err together and reports results in the original units; or, if "
+                "X_err was scaled by the same factors, pass errors_standardized=True.")
+
+    def _fit_em(self, seed, obs: Observations, sw) -> EMResult:
+        """EM on ``obs`` (standardized first when ``standardize``), in the original units."""
+        scaler = _Standardizer.of(np.asarray(obs.values)) if self.standardize else None
+        fit_obs = obs if scaler is None else scaler.observations(obs)
+        w, prior = self._regularisation(scaler)
+        n_rows = _bucket(obs.n_stars)
+        padded = Observations(_pad_rows(np.asarray(fit_obs.values), n_rows),
+                              _pad_rows(np.asarray(fit_obs.error_covs), n_rows))
+        start = self._given_start(fit_obs, scaler)
+        init, n_init = _INIT_PARAMS[self.init_params], self.n_init
+        if start is not None and init != "auto":
+            init, n_init = "given", 1  # GaussianMixture's behaviour: the given start replaces the others
+        em = fit_em(seed, padded, self.n_components, max_iter=self.max_iter, tol=self.tol,
+                    w=w, prior=prior, init=init, n_init=n_init, init_params=start,
+                    sample_weight=np.concatenate([sw, np.zeros(n_rows - obs.n_stars)]))
+        if scaler is None:
+            return em
+        return scaler.em_out(em, w=em.w if self.reg_covar is None else float(self.reg_covar),
+                             prior_count=1.0 if prior is not None else 0.0)
+
+    def _regularisation(self, scaler):
+        """``(w, prior)`` for :func:`~bayesmix.em.fit_em`: ``reg_covar`` in the units EM works in."""
+        if scaler is None or not self.reg_covar:  # None (automatic ridge) or 0 (none): no units
+            return self.reg_covar, None
+        # Bovy's w I in original units is w D^-2 in standardized ones, not isotropic, so it goes in
+        # as the MAP prior with the same M-step and log prior: Psi = w D^-2, one pseudo-star in the
+        # covariance denominator, and a flat Dirichlet (concentration 1) on the weights.
+        mode = float(self.reg_covar) / scaler.scale**2
+        return 0.0, MAPPrior(weight_concentration=1.0, covariance_strength=1.0, covariance_mode=mode)
+
+    def _given_start(self, obs, scaler=None):
+        """The start of ``weights_init`` / ``means_init`` / ``precisions_init`` (given in the
+        original units; mapped by ``scaler`` to those of ``obs``), or None."""
         from bayesmix.em import complete_start
 
         given = {"weights_init": self.weights_init, "means_init": self.means_init,
@@ -397,8 +753,12 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
             except np.linalg.LinAlgError:
                 raise ValueError("precisions_init must hold symmetric positive-definite matrices (inverse "
                                  "covariances).") from None
+        means = arrays["means_init"]
+        if scaler is not None:
+            means = scaler.means_in(means)
+            covariances = None if covariances is None else scaler.covariances_in(covariances)
         try:
-            return complete_start(obs, arrays["means_init"], covariances=covariances,
+            return complete_start(obs, means, covariances=covariances,
                                   weights=arrays.get("weights_init"))
         except ValueError as exc:
             raise ValueError(f"the given start (weights_init, means_init, precisions_init) is invalid: "
@@ -459,13 +819,16 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array_like, shape (n_samples, n_features)
-        X_err : array_like, shape (n_samples, n_features) or (n_samples, n_features, n_features), optional
+        X : array_like, astropy Table or Quantity, shape (n_samples, n_features)
+            Quantities are converted to ``feature_units_``; plain numbers are taken to be in them.
+        X_err : array_like, Quantity or Table, shape (n_samples, n_features) or \
+(n_samples, n_features, n_features), optional
             None: the rows are exact (the intrinsic density).
 
         Returns
         -------
         ndarray, shape (n_samples,)
+            Natural log of the density per unit of ``prod(feature_units_)``.
         """
         return self._evaluate(X, X_err)[0]
 
@@ -520,6 +883,29 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
                        for mean, cov, c in zip(self.means_, self.covariances_, counts, strict=True)])
         y = np.concatenate([np.full(c, k, dtype=int) for k, c in enumerate(counts)])
         return X, y
+
+    def feature_labels(self, unit_format=None):
+        """Axis labels ``"name [unit]"`` of the features, e.g. for
+        :func:`bayesmix.plotting.ellipse_plot`'s ``feature_names``.
+
+        Parameters
+        ----------
+        unit_format : str, optional
+            astropy unit format (``"latex_inline"`` for matplotlib); None: astropy's generic one.
+
+        Returns
+        -------
+        list of str, length n_features_in_
+            The column name (``x0``, ``x1``, ... without names), followed by the unit in
+            brackets when the feature has one (none for plain numbers or dimensionless).
+        """
+        check_is_fitted(self)
+        names = getattr(self, "feature_names_in_", None)
+        labels = []
+        for j, unit in enumerate(self.feature_units_):
+            text = "" if unit is None else unit.to_string(unit_format) if unit_format else unit.to_string()
+            labels.append(f"{_feature_name(j, names)} [{text}]" if text else _feature_name(j, names))
+        return labels
 
     # ------------------------------------------------------------------ posterior only
 

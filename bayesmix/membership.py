@@ -9,6 +9,7 @@ with per-star weights ``w_ik`` when the member fraction depends on a covariate
 (projected radius), and a fixed background density as one more column. The reported
 membership is the posterior mean of ``r_ik`` over draws with its 16th and 84th
 percentiles. Densities come from :mod:`bayesmix.likelihood` (never re-implemented).
+:func:`membership_table` writes probabilities below :data:`PROBABILITY_FLOOR` as 0.
 
 Memory: the responsibilities of all draws for all stars would take
 ``8 * n_draws * n_stars * n_components`` bytes (64 GB for 1e6 stars, 4000 draws and
@@ -44,6 +45,7 @@ from bayesmix.likelihood import (
 )
 
 __all__ = [
+    "PROBABILITY_FLOOR",
     "MembershipResult",
     "membership_probabilities",
     "membership_table",
@@ -60,6 +62,14 @@ logger = logging.getLogger(__name__)
 # at once (the next chunk is computed while the percentiles of this one are taken) and the
 # percentiles need a sorted copy, so the peak is about four times this.
 _BLOCK_BYTES = 64 * 2**20
+
+PROBABILITY_FLOOR = 1e-300
+"""Membership probabilities (means and percentiles) below this are written as exactly 0.
+
+Far-out stars get responsibilities like ``7e-309``: subnormal float64 numbers, on which
+text readers such as astropy's CSV reader warn of an overflow (and lose digits). No
+decision depends on a probability below 1e-300, so :func:`membership_table` flushes them.
+"""
 
 
 # --------------------------------------------------------------------------- results
@@ -345,6 +355,8 @@ def membership_table(fit, result: MembershipResult, prefix: str = "p_", *, label
     Returns
     -------
     astropy.table.Table
+        Probabilities below :data:`PROBABILITY_FLOOR` (1e-300) are exactly 0, so no
+        subnormal number reaches a written table (text readers overflow on them).
     """
     from astropy.table import Table
 
@@ -358,9 +370,8 @@ def membership_table(fit, result: MembershipResult, prefix: str = "p_", *, label
                          "MembershipResult computed from this fit.")
     columns: dict[str, np.ndarray] = {}
     for k, name in enumerate(result.component_names):
-        columns[f"{prefix}{name}"] = result.mean[:, k]
-        columns[f"{prefix}{name}_16"] = result.p16[:, k]
-        columns[f"{prefix}{name}_84"] = result.p84[:, k]
+        for suffix, probabilities in (("", result.mean), ("_16", result.p16), ("_84", result.p84)):
+            columns[f"{prefix}{name}{suffix}"] = _flush_tiny(probabilities[:, k])
     columns[label_column] = result.label_names
     info = make_provenance(
         product="membership_probabilities",
@@ -386,6 +397,12 @@ def membership_table(fit, result: MembershipResult, prefix: str = "p_", *, label
         table[name] = col
     table.meta[PROVENANCE_KEY] = info
     return table
+
+
+def _flush_tiny(probabilities: np.ndarray) -> np.ndarray:
+    """``probabilities`` with magnitudes below :data:`PROBABILITY_FLOOR` set to exactly 0."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    return np.where(np.abs(probabilities) < PROBABILITY_FLOOR, 0.0, probabilities)
 
 
 def responsibilities_at(params_or_em_result, data, log_weights=None, *, background=None):

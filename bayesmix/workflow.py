@@ -10,11 +10,19 @@ each written atomically and carrying provenance (bayesmix version, the spec, the
 dropped-row counts):
 
 ``summary.csv``, ``membership.<fits|csv|...>`` (input columns + per-component probabilities,
-their 16/84 percentiles, the hard label), ``posterior.nc`` (the InferenceData),
-``em.json`` (the EM start: every start's objective and the distinct optima they reached),
-``model_check.csv`` (the posterior predictive check, bin by bin), ``dropped_rows.csv`` (when
-cuts removed rows), ``spec.toml`` (the spec as given), ``checkpoint.pkl`` (sampler state:
-``resume=True`` continues from it) and the figures (``*.png``).
+their 16/84 percentiles, the hard label; probabilities below 1e-300 are written as 0),
+``posterior.nc`` (the InferenceData), ``em.json`` (the EM start: every start's objective and
+the distinct optima they reached), ``model_check.csv`` (the posterior predictive check, bin by
+bin), ``dropped_rows.csv`` (when cuts removed rows), ``spec.toml`` (the spec as given),
+``checkpoint.pkl`` (sampler state: ``resume=True`` continues from it), the figures (``*.png``)
+and, beside each CSV, its provenance sidecar ``<name>.csv.json``.
+
+Provenance sits where each format keeps metadata: the FITS header, ECSV/VOTable metadata,
+the netCDF attributes of ``posterior.nc``, the ``provenance`` key of ``em.json``. The CSVs
+are plain CSV (``pandas.read_csv(path)`` and ``astropy.table.Table.read(path)`` read them
+with no options); each one's provenance is in the sidecar ``<name>.csv.json`` beside it
+(e.g. ``membership.csv.json``), with the CSV's SHA-256 so that
+:func:`bayesmix.catalogue.read_provenance` can tell it belongs to that CSV.
 
 Checks (``[checks]``): convergence (R-hat, ESS, divergences and chains in one mode) and the
 posterior predictive model check. Their verdicts are in every output's provenance and in

@@ -1,5 +1,6 @@
 """Shared fixtures: where the real catalogues live, and whether their absence is allowed."""
 
+import gc
 import os
 from pathlib import Path
 
@@ -45,3 +46,21 @@ def _compilation_cache(tmp_path_factory):
         os.environ.pop("BAYESMIX_CACHE", None)
     else:
         os.environ["BAYESMIX_CACHE"] = previous
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Free every compiled executable after each test module.
+
+    XLA:CPU maps each executable's machine code into the process in many small memory
+    mappings. A whole test session in one process compiles thousands of programs (every
+    shape a test uses), and with JAX's caches holding them all the process passed Linux's
+    ``vm.max_map_count`` (65530) about 30 minutes in: LLVM could not map the next program
+    and the interpreter aborted. Tests that share programs live in one module, so clearing
+    between modules costs little (the on-disk cache still serves repeats).
+    """
+    yield
+    import jax
+
+    jax.clear_caches()
+    gc.collect()

@@ -3,18 +3,21 @@
 import copy
 import inspect
 import pickle
+import re
 import warnings
 
+import astropy.units as u
 import numpy as np
 import pandas as pd
 import pytest
 import sklearn
+from astropy.table import MaskedColumn, QTable, Table
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import GridSearchCV, KFold
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from bayesmix import estimator as estimator_module
@@ -332,7 +335,11 @@ def test_given_start_is_one_more_start_with_auto_or_the_only_one_otherwise():
     ("err_shape", {}, r"X_err.*shape"),
     ("none", {"n_components": 300}, "n_components=300 exceeds the number of stars"),
     ("none", {"method": "mcmc"}, "method='mcmc'"),
-    ("none", {"init_params": "kmeans"}, "init_params='kmeans'"),
+    ("none", {"init_params": "gmm"},
+     re.escape("init_params='gmm'; use one of ('auto', 'kmeans++', 'k-means++', 'kmeans', 'random', "
+               "'random_from_data')")),
+    ("none", {"standardize": "yes"}, "standardize must be True or False"),
+    ("none", {"errors_standardized": None}, "errors_standardized must be True or False"),
     ("none", {"reg_covar": -1.0}, "reg_covar must be"),
     ("none", {"max_iter": -1}, "max_iter"),
     ("none", {"tol": float("nan")}, "tol"),
@@ -378,6 +385,201 @@ def test_posterior_only_methods_need_nuts(fitted):
     with pytest.raises(AttributeError, match="posterior_ exists only for method='nuts'"):
         _ = est.posterior_
     assert not hasattr(est, "convergence_")
+
+
+# --------------------------------------------------------------------------- init_params spellings
+
+
+def test_init_params_accepts_scikit_learn_spellings(fitted):
+    _, x, sigma = fitted
+    ref = DeconvolvedGaussianMixture(2, init_params="kmeans++", random_state=0).fit(x, X_err=sigma)
+    assert ref.em_.start_kinds == ("kmeans++",)
+    for spelling in ("k-means++", "kmeans"):
+        est = DeconvolvedGaussianMixture(2, init_params=spelling, random_state=0)
+        est.fit(x, X_err=sigma)
+        assert est.get_params()["init_params"] == spelling  # the user's value, not the resolved one
+        np.testing.assert_array_equal(est.means_, ref.means_)
+    random = DeconvolvedGaussianMixture(2, init_params="random", random_state=5).fit(x, X_err=sigma)
+    from_data = DeconvolvedGaussianMixture(2, init_params="random_from_data", random_state=5)
+    from_data.fit(x, X_err=sigma)
+    assert from_data.em_.start_kinds == ("random",)
+    np.testing.assert_array_equal(from_data.means_, random.means_)
+
+
+# --------------------------------------------------------------------------- astropy Tables and Quantities
+
+
+def test_astropy_table_with_units_is_converted_and_named(fitted):
+    est, x, sigma = fitted
+    table = QTable({"vr": x[:, 0] * u.km / u.s, "pm": x[:, 1] * u.mas / u.yr})
+    # Errors as a plain Table with column units, vr's in m/s: converted to km/s.
+    errors = Table({"vr_err": sigma[:, 0] * 1000.0, "pm_err": sigma[:, 1]}, units={"vr_err": u.m / u.s,
+                                                                                   "pm_err": u.mas / u.yr})
+    ours = clone(est).fit(table, X_err=errors)
+    assert list(ours.feature_names_in_) == ["vr", "pm"]
+    assert ours.feature_units_ == (u.km / u.s, u.mas / u.yr)
+    assert ours.feature_labels() == ["vr [km / s]", "pm [mas / yr]"]
+    assert isinstance(ours.means_, np.ndarray) and not isinstance(ours.means_, u.Quantity)
+    np.testing.assert_allclose(ours.means_, est.means_, rtol=1e-10)
+    np.testing.assert_allclose(ours.covariances_, est.covariances_, rtol=1e-9)
+    # New data in other units (vr in m/s, errors in km/s) give the same answers.
+    other = QTable({"vr": table["vr"].to(u.m / u.s), "pm": table["pm"]})
+    np.testing.assert_allclose(ours.predict_proba(other, errors), est.predict_proba(x, sigma), atol=1e-12)
+    np.testing.assert_allclose(ours.score_samples(other, errors), est.score_samples(x, sigma), rtol=1e-12)
+    with pytest.raises(ValueError, match="feature names"):
+        ours.predict(QTable({"v": table["vr"], "pm": table["pm"]}))
+    with pytest.raises(TypeError, match=r"fit\(X, X_err=\.\.\.\)"):
+        clone(est).fit(table, errors)  # astroML's positional errors, as Tables
+
+
+def test_quantity_x_and_errors_in_convertible_units(fitted):
+    est, x, sigma = fitted
+    ours = clone(est).fit(x * u.km / u.s, X_err=sigma * 1000.0 * u.m / u.s)
+    assert ours.feature_units_ == (u.km / u.s,) * 2 and not hasattr(ours, "feature_names_in_")
+    assert ours.feature_labels() == ["x0 [km / s]", "x1 [km / s]"]
+    np.testing.assert_allclose(ours.means_, est.means_, rtol=1e-10)
+    in_m_per_s = (x * u.km / u.s).to(u.m / u.s)
+    covs = np.einsum("ni,ij->nij", sigma**2, np.eye(2)) * (u.km / u.s) ** 2
+    np.testing.assert_allclose(ours.predict_proba(in_m_per_s, covs.to(u.m**2 / u.s**2)),
+                               est.predict_proba(x, sigma), atol=1e-12)
+    np.testing.assert_allclose(ours.score_samples(in_m_per_s), est.score_samples(x), rtol=1e-12)
+    # Plain numbers after a fit with units are taken to be in feature_units_.
+    np.testing.assert_array_equal(ours.score_samples(x, sigma), ours.score_samples(x * u.km / u.s, sigma))
+
+
+@pytest.mark.parametrize(("case", "match"), [
+    ("errors_in_other_dimension", r"X_err for feature 'x0' is in mas / yr, which cannot be converted to km"),
+    ("covariances_not_squared", r"X_err \(covariance of features 'x0', 'x0'\) is in km / s, which cannot"),
+    ("errors_with_units_x_without", r"X_err for feature 'x0' is in km / s, but the feature has no unit"),
+    ("predict_in_other_dimension", r"X feature 'x0'.* is in mag, which cannot be converted to km / s"),
+    ("predict_units_after_plain_fit", r"X feature 'x0'.* is in km / s, but the feature has no unit"),
+])
+def test_incompatible_units_raise_naming_feature_and_units(fitted, case, match):
+    est, x, sigma = fitted
+    fresh = DeconvolvedGaussianMixture(2)
+    kms = u.km / u.s
+    with pytest.raises(ValueError, match=match):
+        if case == "errors_in_other_dimension":
+            fresh.fit(x * kms, X_err=sigma * u.mas / u.yr)
+        elif case == "covariances_not_squared":
+            fresh.fit(x * kms, X_err=np.einsum("ni,ij->nij", sigma**2, np.eye(2)) * kms)
+        elif case == "errors_with_units_x_without":
+            fresh.fit(x, X_err=sigma * kms)
+        elif case == "predict_in_other_dimension":
+            clone(est).fit(x * kms, X_err=sigma * kms).predict(x * u.mag)
+        else:
+            est.predict(x * kms)
+
+
+@pytest.mark.parametrize(("column", "match"), [
+    (np.array(["a", "b"] * 120), "X column 'name' is not numeric"),
+    (MaskedColumn(np.ones(240), mask=np.arange(240) < 3), "X column 'name' has 3 masked entries"),
+    (np.ones((240, 2)), r"X column 'name' has shape \(240, 2\)"),
+])
+def test_bad_table_column_raises_naming_it(fitted, column, match):
+    _, x, sigma = fitted
+    table = Table({"a": x[:, 0], "name": column, "b": x[:, 1]})
+    with pytest.raises(ValueError, match=match):
+        DeconvolvedGaussianMixture(2).fit(table, X_err=sigma)
+
+
+# --------------------------------------------------------------------------- scaling and the Pipeline trap
+
+
+def _two_scales(seed, n=2000):
+    """Two equal components whose intrinsic sds are (1, 100) and (0.5, 50): the second feature is in
+    units 100 times smaller. Standard errors U(0.25, 0.75) times the feature's unit."""
+    rng = np.random.default_rng(seed)
+    sd = np.repeat([[1.0, 100.0], [0.5, 50.0]], n // 2, axis=0)
+    mean = np.repeat([[0.0, 0.0], [5.0, 300.0]], n // 2, axis=0)
+    err = rng.uniform(0.25, 0.75, (n, 2)) * [1.0, 100.0]
+    return mean + sd * rng.normal(size=(n, 2)) + err * rng.normal(size=(n, 2)), err
+
+
+@pytest.fixture(scope="module")
+def two_scales():
+    return _two_scales(11)
+
+
+def _narrow_sd(est, unit=1.0):
+    """Intrinsic sd in feature 0 of the component with the larger mean (true value 0.5)."""
+    k = int(np.argmax(est.means_[:, 0]))
+    return float(np.sqrt(est.covariances_[k, 0, 0])) * unit
+
+
+def test_standard_scaler_pipeline_with_errors_is_refused(two_scales):
+    x, err = two_scales
+    with sklearn.config_context(enable_metadata_routing=True):
+        pipe = make_pipeline(StandardScaler(), DeconvolvedGaussianMixture(2).set_fit_request(X_err=True))
+        message = r"X appears standardized.*standardize=True.*errors_standardized=True"
+        with pytest.raises(ValueError, match=message):
+            pipe.fit(x, X_err=err)
+        # The same pipeline without errors is fine: there is nothing to scale consistently.
+        pipe.fit(x[:240])
+
+
+def test_standardize_recovers_the_intrinsic_sd_that_the_trap_misses(two_scales):
+    x, err = two_scales
+    ours = DeconvolvedGaussianMixture(2, standardize=True, random_state=0).fit(x, X_err=err)
+    # Tolerance from the sample size: N_k = 1000 stars, observed variance s2 = 0.5^2 + mean(err^2)
+    # (err ~ U(0.25, 0.75): mean(err^2) = 0.2708); var(sigma2_hat) ~ 2 s2^2 / N_k, and by the delta
+    # method sd(sigma_hat) = sd(sigma2_hat) / (2 sigma) = 0.023; four of those.
+    s2 = 0.5**2 + (0.75**3 - 0.25**3) / (3 * 0.5)
+    tol = 4 * np.sqrt(2.0 / 1000) * s2 / (2 * 0.5)
+    assert abs(_narrow_sd(ours) - 0.5) < tol
+    # The trap (X scaled, errors not), forced past the check, is far off; scaling both is the same
+    # fit as standardize=True.
+    scaler = StandardScaler().fit(x)
+    trap = DeconvolvedGaussianMixture(2, errors_standardized=True, random_state=0)
+    trap.fit(scaler.transform(x), X_err=err)
+    assert abs(_narrow_sd(trap, scaler.scale_[0]) - 0.5) > 3 * tol
+    both = DeconvolvedGaussianMixture(2, errors_standardized=True, random_state=0)
+    both.fit(scaler.transform(x), X_err=err / scaler.scale_)
+    np.testing.assert_allclose(_narrow_sd(both, scaler.scale_[0]), _narrow_sd(ours), rtol=1e-9)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"reg_covar": 0.0},
+    {"reg_covar": 0.5},
+    {"reg_covar": 0.5, "init_params": "kmeans++", "means_init": [[0.0, 1000.0], [6.0, 1300.0]],
+     "precisions_init": np.tile(np.diag([1.0, 1e-4]), (2, 1, 1))},
+])
+def test_standardize_equals_the_unstandardized_fit(fitted, kwargs):
+    # Features 100 times apart in scale, off-centre: a reg_covar in squared original units that were
+    # not mapped (0.5 in standardized units is 0.5 sd^2 here) would move the covariances by ~1e-3.
+    _, x, sigma = fitted
+    x, sigma = x * [1.0, 100.0] + [0.0, 1000.0], sigma * [1.0, 100.0]
+    plain = DeconvolvedGaussianMixture(2, random_state=0, **kwargs).fit(x, X_err=sigma)
+    scaled = DeconvolvedGaussianMixture(2, random_state=0, standardize=True, **kwargs).fit(x, X_err=sigma)
+    assert scaled.n_iter_ == plain.n_iter_ and scaled.em_.start_kinds == plain.em_.start_kinds
+    for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
+        ref = getattr(plain, name)
+        np.testing.assert_allclose(getattr(scaled, name), ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max(),
+                                   err_msg=name)
+    # Log-likelihoods include the Jacobian, so they are comparable with the plain fit's.
+    assert scaled.lower_bound_ == pytest.approx(plain.lower_bound_, rel=1e-12)
+    assert scaled.em_.bic == pytest.approx(plain.em_.bic, rel=1e-12)
+    assert scaled.em_.w == plain.em_.w == kwargs["reg_covar"]
+    np.testing.assert_allclose(scaled.em_.objective_history, plain.em_.objective_history, rtol=1e-12)
+    np.testing.assert_allclose(scaled.score_samples(x, sigma), plain.score_samples(x, sigma), rtol=1e-10)
+    np.testing.assert_allclose(scaled.predict_proba(x, sigma), plain.predict_proba(x, sigma), atol=1e-10)
+    np.testing.assert_allclose(scaled.sample(50)[0], plain.sample(50)[0], rtol=1e-8)
+
+
+def test_standardize_with_the_automatic_ridge_agrees_to_its_size(fitted):
+    # reg_covar=None adds 1e-6 of the mean variance as an isotropic ridge: in original units that is
+    # ~0.014 here (feature 1's variance dominates), spread over N_k stars, i.e. ~3e-4 of feature 0's
+    # variance; standardized, it is 1e-6 of each feature's own. The fits differ by about that, no more.
+    _, x, sigma = fitted
+    x, sigma = x * [1.0, 100.0], sigma * [1.0, 100.0]
+    plain = DeconvolvedGaussianMixture(2, random_state=0).fit(x, X_err=sigma)
+    scaled = DeconvolvedGaussianMixture(2, random_state=0, standardize=True).fit(x, X_err=sigma)
+    sd = np.sqrt(np.diagonal(plain.covariances_, axis1=1, axis2=2))
+    ridge = plain.em_.w / (len(x) * plain.weights_.min()) / sd[:, 0].min() ** 2
+    np.testing.assert_array_less(
+        np.abs(scaled.covariances_ - plain.covariances_) / (sd[:, :, None] * sd[:, None, :]), 3 * ridge)
+    np.testing.assert_array_less(np.abs(scaled.means_ - plain.means_) / sd, 1e-4)
+    assert scaled.lower_bound_ == pytest.approx(plain.lower_bound_, abs=1e-6)
 
 
 # --------------------------------------------------------------------------- NUTS

@@ -8,6 +8,7 @@ end on a small NUTS run.
 
 import dataclasses
 import math
+import warnings
 from typing import Any
 
 import arviz as az
@@ -15,13 +16,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from astropy.table import Table
 from scipy.special import expit, softmax
 from scipy.stats import norm
 
-from bayesmix.catalogue import PROVENANCE_KEY, Catalogue
+from bayesmix.catalogue import PROVENANCE_KEY, Catalogue, write_table
 from bayesmix.em import UniformBackground, fit_em
 from bayesmix.likelihood import MixtureParams, Observations, as_observations, check_params, responsibilities
 from bayesmix.membership import (
+    PROBABILITY_FLOOR,
     MembershipResult,
     membership_probabilities,
     membership_table,
@@ -289,6 +292,34 @@ def test_membership_table_with_and_without_catalogue(background_fit):
     short = dataclasses.replace(result, mean=result.mean[:5])
     with pytest.raises(ValueError, match="result has 5 stars but the fit has 60"):
         membership_table(with_cat, short)
+
+
+def test_membership_table_writes_tiny_probabilities_as_zero(background_fit, tmp_path):
+    # Stars far out in the cluster's tail (0.1 km/s errors): responsibilities down to 1e-300 and below.
+    x = np.linspace(20.0, 60.0, 80)
+    fit = dataclasses.replace(background_fit, data=as_observations(x, np.full(80, 0.1)),
+                              covariates={"R_proj": np.full(80, 100.0)})
+    result = membership_probabilities(fit, max_draws=10)
+    stats = ("mean", "p16", "p84")
+    raw = np.column_stack([getattr(result, s)[:, k] for k in range(3) for s in stats])
+    assert np.any((raw > 0) & (raw < PROBABILITY_FLOOR))  # the case under test occurs
+    # A subnormal probability (text readers overflow on it) is written as exactly 0 too.
+    mean = result.mean.copy()
+    mean[0, 0], mean[1, 0] = 7.4e-309, 2 * PROBABILITY_FLOOR
+    result = dataclasses.replace(result, mean=mean)
+    table = membership_table(fit, result)
+    columns = [f"p_{name}{suffix}" for name in result.component_names for suffix in ("", "_16", "_84")]
+    written = np.column_stack([np.asarray(table[c]) for c in columns])
+    assert not np.any((written > 0) & (written < PROBABILITY_FLOOR))
+    assert table["p_cluster"][0] == 0.0 and table["p_cluster"][1] == 2 * PROBABILITY_FLOOR
+    raw = np.column_stack([getattr(result, s)[:, k] for k in range(3) for s in stats])
+    np.testing.assert_array_equal(written, np.where(raw < PROBABILITY_FLOOR, 0.0, raw))  # the rest as is
+    # The CSV reads back exactly, without astropy's overflow warning.
+    path = write_table(table, tmp_path / "membership.csv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = Table.read(path)
+    np.testing.assert_array_equal(np.column_stack([np.asarray(back[c]) for c in columns]), written)
 
 
 def test_membership_input_errors(background_fit):

@@ -29,9 +29,28 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert "export BAYESMIX_REQUIRE_SHARED_DATA=1" in ci_lines
 
 
-def test_readme_install_command_installs_test_extra_and_runs_a_job():
+def test_readme_install_command_makes_an_environment_installs_the_runtime_and_runs_a_job():
     install = _fenced_blocks("bash")[0].strip()
-    assert install.startswith('pip install -e ".[test]" && bayesmix ')
+    steps = [step.strip() for step in install.split("&&")]
+    assert steps[0].startswith("python3 -m venv ") and steps[1].startswith(". ")
+    assert steps[2] == "pip install -e ." and steps[3].startswith("bayesmix demo")
+
+
+def test_readme_test_command_adds_the_test_extra():
+    assert _fenced_blocks("bash")[1].strip().startswith('pip install -e ".[test]" && python -m pytest')
+
+
+def test_runtime_dependencies_leave_out_the_test_tools():
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {re.split(r"[<>=!~ ;\[]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
+    test_tools = {re.split(r"[<>=!~ ;\[]", dep, maxsplit=1)[0].lower()
+                  for dep in project["optional-dependencies"]["test"]}
+    assert {"pytest", "hypothesis", "ruff", "emcee", "astroml"} <= test_tools
+    assert not runtime & {"pytest", "hypothesis", "ruff", "emcee", "astroml", "ipykernel"}
+    assert project["license"] == "BSD-3-Clause" and (REPO_ROOT / "LICENSE").is_file()
+    assert (REPO_ROOT / "CITATION.cff").is_file() and (REPO_ROOT / "CHANGELOG.md").is_file()
 
 
 def test_readme_python_example_runs(shared_data, tmp_path, monkeypatch):

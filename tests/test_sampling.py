@@ -260,11 +260,16 @@ def test_stored_programs_replay_the_run_exactly(tmp_path, caplog):
         assert names == {"em_fit", "laplace", "start", "run", "constrain", "unconstrain"}
         em_again = fit_em(0, as_observations(sim.catalogue), 2)  # replayed from its stored program
         np.testing.assert_array_equal(np.asarray(em.params.means), np.asarray(em_again.params.means))
+        loaded = dict(_programs._LOADED)
         again = sample_posterior(4, model, sim.catalogue, **kwargs)
         np.testing.assert_array_equal(first.idata.posterior["mean1"].values,
                                       again.idata.posterior["mean1"].values)
+        # The repeat shares the programs already loaded in this process (one compiled copy each).
+        assert all(_programs._LOADED[path] is fn for path, fn in loaded.items())
+        assert set(_programs._LOADED) == set(loaded)
         run_file = next(p for p in stored if p.name.startswith("run-"))
         run_file.write_bytes(b"not a program")
+        _programs._LOADED.clear()  # as a new process would: read the stored files again
         with caplog.at_level("WARNING", logger="bayesmix.sampling"):
             rebuilt = sample_posterior(4, model, sim.catalogue, **kwargs)
         assert any("unreadable" in r.getMessage() for r in caplog.records)

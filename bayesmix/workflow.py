@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from bayesmix.catalogue import atomic_write, make_provenance, read_catalogue, write_table
+from bayesmix.catalogue import atomic_write, make_provenance, provenance_sidecar, read_catalogue, write_table
 from bayesmix.config import RunSpec
 
 logger = logging.getLogger(__name__)
@@ -427,22 +427,28 @@ def _check_provenance(fit, report, model_check) -> dict[str, Any]:
     return info
 
 
+def _table_files(path: Path) -> list[Path]:
+    """A written table and, for a CSV, the provenance sidecar beside it."""
+    sidecar = provenance_sidecar(path)
+    return [path, sidecar] if path.suffix == ".csv" and sidecar.is_file() else [path]
+
+
 def _write_run_outputs(spec, out, fit, table, members, catalogue, provenance, stars,
                        model_check=None) -> list[Path]:
     from astropy.table import Table
 
     written = []
     summary_table = Table.from_pandas(table.reset_index())
-    written.append(write_table(summary_table, out / "summary.csv", provenance=provenance))
+    written += _table_files(write_table(summary_table, out / "summary.csv", provenance=provenance))
     for fmt in spec.output.formats:
         suffix = {"votable": "vot"}.get(fmt, fmt)
-        written.append(write_table(stars, out / f"membership.{suffix}", provenance=provenance))
+        written += _table_files(write_table(stars, out / f"membership.{suffix}", provenance=provenance))
     if catalogue.report.n_dropped:
-        written.append(write_table(catalogue.report.as_table(), out / "dropped_rows.csv",
-                                   provenance=provenance))
+        written += _table_files(write_table(catalogue.report.as_table(), out / "dropped_rows.csv",
+                                            provenance=provenance))
     if model_check is not None:
-        written.append(write_table(Table.from_pandas(model_check.bins), out / "model_check.csv",
-                                   provenance=provenance))
+        written += _table_files(write_table(Table.from_pandas(model_check.bins), out / "model_check.csv",
+                                            provenance=provenance))
     fit.idata.attrs["bayesmix_provenance"] = json.dumps(provenance, default=_plain)
     written.append(atomic_write(out / "posterior.nc", lambda tmp: fit.idata.to_netcdf(tmp)))
     em = fit.em
@@ -517,7 +523,7 @@ def scan_spec(spec: RunSpec, *, k_range: tuple[int, int] | None = None, loo: boo
     provenance = make_provenance(spec=spec.to_dict(), spec_file=spec.source, seed=spec.seed,
                                  command="scan", k_range=[k_min, k_max], loo=bool(loo), preferred=preferred,
                                  dropped_rows=catalogue.report.to_dict(), truth=truth)
-    written = [write_table(table, out / "scan.csv", provenance=provenance)]
+    written = _table_files(write_table(table, out / "scan.csv", provenance=provenance))
     if figures if figures is not None else spec.output.figures:
         written.append(_save(out / "information_criteria.png", _scan_plot(table)))
     return ScanResult(table=table, preferred=preferred, fits=fits, directory=out, written=written)

@@ -145,14 +145,19 @@ def test_csv_of_an_earlier_version_still_reads(tmp_path):
     assert read_provenance(plain) is None
 
 
-def test_fit_writes_only_plain_csvs(tmp_path):
-    """Every CSV of a short CLI run reads with pandas and astropy, no options, the same way."""
+def test_fit_writes_only_plain_csvs(tmp_path, capsys):
+    """Every CSV of a short CLI run reads with pandas and astropy, no options, the same way;
+    the run lists each CSV's provenance sidecar among the files it wrote."""
     from bayesmix.cli import main
 
     out = tmp_path / "run"
     argv = ["fit", str(REPO_ROOT / "models" / "demo.toml"), "--out", str(out), "--num-warmup", "60",
             "--num-samples", "60", "--num-chains", "2", "--no-cache", "--no-figures", "--exit-zero"]
     assert main(argv) == 0
+    wrote = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("wrote "))
+    for name in ("summary.csv", "summary.csv.json", "membership.csv.json", "model_check.csv.json"):
+        assert f" {name}," in wrote or f" {name} " in wrote, (name, wrote)
+    assert "membership.fits.json" not in wrote
     members = read_table(out / "membership.fits")
     summary_columns = ["parameter", "mean", "sd", "p16", "p50", "p84", "hdi_3%", "hdi_97%",
                        "ess_bulk", "ess_tail", "r_hat", "mcse_mean"]

@@ -62,6 +62,8 @@ _EXPORTS = {
     "posterior_predictive_counts": "membership",
     "posterior_predictive_idata": "membership",
     "responsibilities_at": "membership",
+    # your own NumPyro program's draws, for every tool above
+    "posterior_from_draws": "own_model",
     # the scikit-learn-style estimator (imports scikit-learn when first used)
     "DeconvolvedGaussianMixture": "estimator",
     # run specifications and whole runs (the layer under `bayesmix fit` / `scan`)

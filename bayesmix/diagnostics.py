@@ -222,6 +222,8 @@ def _diagnostics(stacked, hdi_prob):
     import arviz as az
     import xarray as xr
 
+    from bayesmix import _arviz
+
     n_chain, n_draw, _ = stacked.shape
     dims = ("chain", "draw", "row")
     ds = xr.Dataset({"x": (dims, stacked)})
@@ -240,7 +242,7 @@ def _diagnostics(stacked, hdi_prob):
             "r_hat": az.rhat(rhat_ds)["x"].values,
             "mcse_mean": az.mcse(ds, method="mean")["x"].values,
         }
-        hdi = az.hdi(ds, hdi_prob=hdi_prob)["x"].transpose("row", "hdi").values
+        hdi = _arviz.hdi(ds, hdi_prob)["x"].transpose("row", "hdi").values
     return out, hdi
 
 
@@ -884,18 +886,18 @@ def check_label_switching(fit_or_idata, tolerance: float = 2.0, *, reference_cha
 
 
 def _loo_row(idata, var_name):
-    import arviz as az
+    from bayesmix import _arviz
 
-    if "log_likelihood" not in idata.groups():
+    if not _arviz.has_group(idata, "log_likelihood"):
         return {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Pareto-k warnings: reported as numbers
-        loo = az.loo(idata, pointwise=True, var_name=var_name)
-    pareto_k = np.asarray(loo.pareto_k)
+        loo = _arviz.loo(idata, var_name=var_name)
+    pareto_k = loo.pareto_k
     return {
-        "elpd_loo": float(loo.elpd_loo),
-        "se_elpd_loo": float(loo.se),
-        "p_loo": float(loo.p_loo),
+        "elpd_loo": loo.elpd,
+        "se_elpd_loo": loo.se,
+        "p_loo": loo.p_loo,
         "max_pareto_k": float(np.max(pareto_k)),
         "n_pareto_k_above_0.7": int(np.sum(pareto_k > 0.7)),
     }
@@ -947,7 +949,7 @@ def compare_models(fits: Mapping[str, Any], *, loo_var_name: str | None = None) 
             if em is not None:
                 row.update(_em_row(em))
             row.update(_loo_row(idata, loo_var_name))
-            if "log_likelihood" not in idata.groups():
+            if "elpd_loo" not in row:
                 logger.info("fits[%r] has no log_likelihood group: no LOO (request it when sampling)", name)
             rows[name] = row
         else:

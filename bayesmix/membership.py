@@ -643,20 +643,15 @@ def posterior_predictive_idata(key, fit, n_draws: int = 100):
         ``posterior_predictive`` with ``values`` (chain=1, draw=n_draws, star, feature),
         and the fit's ``observed_data`` when it has one.
     """
-    import arviz as az
-    import xarray as xr
+    from bayesmix import _arviz
 
     draws = posterior_predictive(key, fit, n_draws)
     feature_names = list(getattr(fit.model, "feature_names", ()) or [])
     if len(feature_names) != draws.shape[-1]:
         feature_names = [f"x{j}" for j in range(draws.shape[-1])]
-    ppc = xr.Dataset(
-        {"values": (("chain", "draw", "star", "feature"), draws[None])},
-        coords={"chain": [0], "draw": np.arange(draws.shape[0]), "star": np.arange(draws.shape[1]),
-                "feature": feature_names},
-    )
-    groups = {"posterior_predictive": ppc}
-    observed = getattr(fit.idata, "observed_data", None)
-    if observed is not None:
-        groups["observed_data"] = observed
-    return az.InferenceData(**groups)
+    idata = _arviz.from_groups({"posterior_predictive": {"values": draws[None]}},
+                               coords={"star": np.arange(draws.shape[1]), "feature": feature_names},
+                               dims={"values": ["star", "feature"]})
+    if _arviz.has_group(fit.idata, "observed_data"):
+        idata = _arviz.with_group(idata, "observed_data", _arviz.group_dataset(fit.idata, "observed_data"))
+    return idata

@@ -35,8 +35,9 @@ from bayesmix import _programs, _x64, hmc  # noqa: F401
 from bayesmix.likelihood import MixtureParams, Observations, as_observations
 from bayesmix.models import MixtureModel
 
-__all__ = ["CHAIN_METHODS", "PosteriorFit", "add_log_likelihood", "enable_compilation_cache", "extend",
-           "sample_posterior", "set_host_device_count"]
+__all__ = ["CHAIN_METHODS", "LOG_LIKELIHOOD_DRAWS", "MAX_STORED_VALUES", "PREDICTIVE_DRAWS", "PosteriorFit",
+           "add_log_likelihood", "arviz_complete", "enable_compilation_cache", "extend", "sample_posterior",
+           "set_host_device_count"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,17 @@ class PosteriorFit:
     catalogue: Any = None
     settings: dict = dataclasses.field(default_factory=dict)
     _state: Any = dataclasses.field(default=None, repr=False)
+
+    @property
+    def posterior(self):
+        """The ``posterior`` group as an ``xarray.Dataset``, whichever ArviZ line made ``idata``.
+
+        Under ArviZ 1.x ``idata.posterior`` is a DataTree node, which lacks some Dataset
+        methods (``stack``, selecting a list of variables); this is always a Dataset.
+        """
+        from bayesmix import _arviz
+
+        return _arviz.group_dataset(self.idata, "posterior")
 
     @property
     def n_draws(self) -> int:
@@ -442,7 +454,7 @@ def _concat(parts: list[dict]) -> dict:
 
 
 def _to_idata(model: MixtureModel, obs: Observations, covariates, samples, extra, catalogue, attrs):
-    import arviz as az
+    from bayesmix import _arviz
 
     k, d = model.n_components, model.n_features
     coords = {"component": list(model.component_names[:k]), "feature": list(model.feature_names),
@@ -472,9 +484,9 @@ def _to_idata(model: MixtureModel, obs: Observations, covariates, samples, extra
     if "potential_energy" in extra:
         stats["lp"] = -extra["potential_energy"]
     constant = {"error_covs": np.asarray(obs.error_covs), **covariates}
-    return az.from_dict(posterior=posterior, sample_stats=stats,
-                        observed_data={"values": np.asarray(obs.values)}, constant_data=constant,
-                        coords=coords, dims=dims, posterior_attrs=attrs, attrs=attrs)
+    groups = {"posterior": posterior, "sample_stats": stats,
+              "observed_data": {"values": np.asarray(obs.values)}, "constant_data": constant}
+    return _arviz.from_groups(groups, coords=coords, dims=dims, attrs=attrs, group_attrs={"posterior": attrs})
 
 
 def _atomic_pickle(obj, path: Path) -> None:
@@ -768,12 +780,15 @@ def add_log_likelihood(fit: PosteriorFit, *, max_draws: int | None = None,
     Returns
     -------
     PosteriorFit
-        With ``idata.log_likelihood["stars"]`` of dims (chain, draw, star).
+        With ``idata.log_likelihood["values"]`` of dims (chain, draw, star): each star's log
+        likelihood (all its features jointly), named as ``observed_data["values"]``.
     """
     import math
 
-    import arviz as az
+    import xarray as xr
     from jax.scipy.special import logsumexp
+
+    from bayesmix import _arviz
 
     if star_chunk < 1 or (max_draws is not None and max_draws < fit.n_chains):
         raise ValueError("star_chunk must be >= 1 and max_draws >= the number of chains.")
@@ -802,10 +817,117 @@ def add_log_likelihood(fit: PosteriorFit, *, max_draws: int | None = None,
         out[:, start:start + n] = np.asarray(compiled(sites, values[rows], error_covs[rows],
                                                       cov_rows))[:, :n]
     stars = fit.idata.observed_data.coords["star"].values
-    group = az.from_dict(log_likelihood={"stars": out.reshape(n_chains, keep.size, n_stars)},
-                         coords={"star": stars, "draw": keep}, dims={"stars": ["star"]})
-    idata = fit.idata.copy()
-    if "log_likelihood" in idata.groups():
-        del idata.log_likelihood
-    idata.add_groups(log_likelihood=group.log_likelihood)
-    return dataclasses.replace(fit, idata=idata)
+    group = xr.Dataset({"values": (("chain", "draw", "star"), out.reshape(n_chains, keep.size, n_stars))},
+                       coords={"chain": np.arange(n_chains), "draw": keep, "star": stars})
+    return dataclasses.replace(fit, idata=_arviz.with_group(fit.idata, "log_likelihood", group))
+
+
+# --------------------------------------------------------------------------- the written InferenceData
+
+LOG_LIKELIHOOD_DRAWS = 1000
+"""Posterior draws (evenly thinned) in the ``log_likelihood`` group of ``posterior.nc``."""
+PREDICTIVE_DRAWS = 100
+"""Mock catalogues in the ``posterior_predictive`` group of ``posterior.nc``."""
+MAX_STORED_VALUES = 20_000_000
+"""Largest ``draws x stars (x features)`` array :func:`arviz_complete` stores per group (160 MB):
+a larger catalogue gets fewer draws, down to 100 (log likelihood) or 10 (mock catalogues), and
+beyond that no such group, with a logged warning (about 2e5 stars for the log likelihood)."""
+
+# The sampler's parametrisation and the derived views of the same quantities: left out of the
+# written posterior, so that each quantity has one name there (weights, means, scales,
+# correlations, background_weight, and the member-fraction law's own parameters).
+_NOT_PUBLISHED = frozenset({
+    "means_free", "scales_free", "corr_cholesky", "covariances", "means_ordered", "scales_ordered",
+    "means_rest", "scales_rest", "mean_member", "scale_member", "weights_free", "weights_all",
+    "mean1", "sigma1", "mean2", "sigma2", "frac1",
+})
+
+
+_MIN_STORED_DRAWS = {"log_likelihood": 100, "posterior_predictive": 10}
+
+
+def _draws_that_fit(group: str, wanted: int, values_per_draw: int, max_values: int) -> int:
+    """Draws of ``group`` to store: ``wanted``, or fewer so that at most ``max_values`` are stored."""
+    n = min(wanted, max_values // values_per_draw)
+    if n < wanted:
+        if n < min(wanted, _MIN_STORED_DRAWS[group]):
+            logger.warning("posterior.nc: no %s group: %d draws x %d values per draw exceed %d values "
+                           "(bayesmix.sampling.MAX_STORED_VALUES); make it in Python with "
+                           "bayesmix.sampling.arviz_complete(key, fit, max_values=...)",
+                           group, _MIN_STORED_DRAWS[group], values_per_draw, max_values)
+            return 0
+        logger.info("posterior.nc: %s at %d draws, not %d (at most %d values)", group, n, wanted, max_values)
+    return n
+
+
+def arviz_complete(key, fit: PosteriorFit, *, log_likelihood_draws: int = LOG_LIKELIHOOD_DRAWS,
+                   predictive_draws: int = PREDICTIVE_DRAWS, max_values: int = MAX_STORED_VALUES):
+    """The fit's InferenceData as ``bayesmix fit`` writes it: what ArviZ's functions expect.
+
+    * ``posterior``: one name per quantity (``weights``, ``means``, ``scales``, ``correlations``
+      when D > 1, ``background_weight``, the member-fraction law's ``frac_*`` and
+      ``field_weights``); the sampler's own sites (``means_free``, ``scales_ordered``, ...),
+      ``covariances`` (from ``scales`` and ``correlations``) and the tutorial's
+      ``mean1 ... frac1`` (``means[cluster, RV]`` ...) stay in ``fit.idata`` only;
+    * ``log_likelihood["values"]`` (chain, draw, star): each star's log likelihood at
+      ``log_likelihood_draws`` evenly thinned draws, for ``arviz.loo`` (the fit's own group
+      when it has one, from :func:`add_log_likelihood`);
+    * ``posterior_predictive["values"]`` (chain=1, draw, star, feature): mock catalogues, each
+      star drawn with its own measurement errors, for ``arviz.plot_ppc``;
+    * ``sample_stats``, ``observed_data`` and ``constant_data`` as in ``fit.idata``.
+
+    A group that would hold more than ``max_values`` numbers gets fewer draws (logged), or is
+    left out with a logged warning when under 100 draws of the log likelihood (10 mock
+    catalogues) would fit.
+
+    Parameters
+    ----------
+    key : int or jax.random key
+        Seeds the mock catalogues.
+    fit : PosteriorFit
+    log_likelihood_draws, predictive_draws : int
+        Draws in the two added groups (0 leaves a group out).
+    max_values : int
+        Largest array stored per added group.
+
+    Returns
+    -------
+    arviz.InferenceData or xarray.DataTree
+        A new object; ``fit.idata`` is unchanged.
+
+    Examples
+    --------
+    >>> idata = arviz_complete(0, fit)  # doctest: +SKIP
+    >>> arviz.loo(idata)  # doctest: +SKIP
+    """
+    import xarray as xr
+
+    from bayesmix import _arviz
+    from bayesmix.membership import posterior_predictive
+
+    for name, value in (("log_likelihood_draws", log_likelihood_draws),
+                        ("predictive_draws", predictive_draws), ("max_values", max_values)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer; got {value!r}.")
+    posterior = _arviz.group_dataset(fit.idata, "posterior")
+    idata = _arviz.with_group(fit.idata, "posterior",
+                              posterior.drop_vars([v for v in posterior.data_vars if v in _NOT_PUBLISHED]))
+    n_stars, n_features = fit.data.n_stars, fit.data.n_features
+    n_ll = _draws_that_fit("log_likelihood", min(log_likelihood_draws, fit.n_chains * fit.n_draws),
+                           n_stars, max_values)
+    if _arviz.has_group(fit.idata, "log_likelihood"):
+        pass  # computed already (for every draw, e.g. by ``[output] loo``): kept as it is
+    elif n_ll:
+        with_ll = add_log_likelihood(fit, max_draws=max(n_ll, fit.n_chains))
+        log_lik = _arviz.group_dataset(with_ll.idata, "log_likelihood")
+        idata = _arviz.with_group(idata, "log_likelihood", log_lik)
+    n_mocks = _draws_that_fit("posterior_predictive", predictive_draws, n_stars * n_features, max_values)
+    if n_mocks:
+        mocks = posterior_predictive(key, fit, n_mocks)
+        stars = fit.idata.observed_data.coords["star"].values
+        features = fit.idata.observed_data.coords["feature"].values
+        group = xr.Dataset({"values": (("chain", "draw", "star", "feature"), mocks[None])},
+                           coords={"chain": [0], "draw": np.arange(mocks.shape[0]), "star": stars,
+                                   "feature": features})
+        idata = _arviz.with_group(idata, "posterior_predictive", group)
+    return idata

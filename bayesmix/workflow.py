@@ -433,6 +433,16 @@ def _table_files(path: Path) -> list[Path]:
     return [path, sidecar] if path.suffix == ".csv" and sidecar.is_file() else [path]
 
 
+def _published_idata(spec, fit):
+    """``posterior.nc``: the fit's InferenceData made ArviZ-complete (log likelihood, mock catalogues)."""
+    import jax
+
+    from bayesmix.sampling import arviz_complete
+
+    # Its own random stream: the mock catalogues of the model check use the seed itself.
+    return arviz_complete(jax.random.fold_in(jax.random.key(spec.seed), 1), fit)
+
+
 def _write_run_outputs(spec, out, fit, table, members, catalogue, provenance, stars,
                        model_check=None) -> list[Path]:
     from astropy.table import Table
@@ -450,7 +460,8 @@ def _write_run_outputs(spec, out, fit, table, members, catalogue, provenance, st
         written += _table_files(write_table(Table.from_pandas(model_check.bins), out / "model_check.csv",
                                             provenance=provenance))
     fit.idata.attrs["bayesmix_provenance"] = json.dumps(provenance, default=_plain)
-    written.append(atomic_write(out / "posterior.nc", lambda tmp: fit.idata.to_netcdf(tmp)))
+    published = _published_idata(spec, fit)
+    written.append(atomic_write(out / "posterior.nc", lambda tmp: published.to_netcdf(tmp)))
     em = fit.em
     if em is not None:
         written.append(_write_json(out / "em.json", {
@@ -530,8 +541,7 @@ def scan_spec(spec: RunSpec, *, k_range: tuple[int, int] | None = None, loo: boo
 
 
 def _loo_columns(spec, model, catalogue, em, progress_bar) -> dict[str, float]:
-    import arviz as az
-
+    from bayesmix import _arviz
     from bayesmix.sampling import add_log_likelihood, sample_posterior
 
     s = spec.sampler
@@ -540,8 +550,8 @@ def _loo_columns(spec, model, catalogue, em, progress_bar) -> dict[str, float]:
                            target_accept=s.target_accept, chain_method=s.chain_method,
                            progress_bar=progress_bar)
     with_log_lik = add_log_likelihood(fit, max_draws=min(4000, fit.n_chains * fit.n_draws))
-    loo = az.loo(with_log_lik.idata, pointwise=True)
-    return {"elpd_loo": float(loo.elpd_loo), "se_elpd_loo": float(loo.se), "p_loo": float(loo.p_loo),
+    loo = _arviz.loo(with_log_lik.idata)
+    return {"elpd_loo": loo.elpd, "se_elpd_loo": loo.se, "p_loo": loo.p_loo,
             "max_pareto_k": float(np.max(loo.pareto_k))}
 
 

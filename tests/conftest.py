@@ -64,3 +64,29 @@ def _release_compiled_programs():
 
     jax.clear_caches()
     gc.collect()
+
+
+# --------------------------------------------------------------------------- parallel workers
+#
+# pyproject.toml runs the suite with ``-n auto --dist loadfile`` (pytest-xdist): each test
+# module runs whole on one worker, so its module-scoped fits are computed once.
+
+# The modules that take longest (minutes: notebooks, many short CLI runs, fits of real
+# catalogues) go to the workers first, so no long module starts last and runs alone.
+_LONG_MODULES = ("test_notebooks.py", "test_robustness.py", "test_cli.py", "test_real_posteriors.py",
+                 "test_coverage.py")
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown (and unused) without it
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core, at most 4 (each worker's XLA also uses every core).
+
+    ``PYTEST_XDIST_AUTO_NUM_WORKERS`` (pytest-xdist's own variable) overrides this; ``-n 0``
+    runs in one process.
+    """
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise

@@ -181,3 +181,44 @@ def test_fit_writes_only_plain_csvs(tmp_path, capsys):
     for col in members.colnames:
         if col.startswith("p_"):  # the FITS and CSV memberships agree, floor included
             np.testing.assert_array_equal(read_table(written["membership.csv"])[col], members[col])
+    _check_arviz_complete(out / "posterior.nc", n_chains=2, n_draws=60, n_stars=len(members))
+
+
+def _check_arviz_complete(path, *, n_chains, n_draws, n_stars):
+    """ArviZ's and corner's own functions on ``posterior.nc`` opened with default options.
+
+    The demo model: K = 2 components of one feature (RV), so one name per quantity gives
+    six scalar rows: means and scales of each component and the two weights.
+    """
+    import arviz as az
+    import corner
+    import matplotlib.pyplot as plt
+
+    from bayesmix import _arviz
+
+    idata = az.from_netcdf(path)
+    groups = {"posterior", "log_likelihood", "posterior_predictive", "sample_stats", "observed_data",
+              "constant_data"}
+    assert groups <= set(_arviz.group_names(idata)), _arviz.group_names(idata)
+    assert sorted(idata.posterior.data_vars) == ["means", "scales", "weights"]
+    table = az.summary(idata)
+    assert list(table.index) == ["means[cluster, RV]", "means[field, RV]", "scales[cluster, RV]",
+                                 "scales[field, RV]", "weights[cluster]", "weights[field]"]
+    assert idata.log_likelihood["values"].shape == (n_chains, n_draws, n_stars)
+    assert idata.posterior_predictive["values"].shape[2:] == (n_stars, 1)
+    loo = az.loo(idata)
+    elpd = loo.elpd if _arviz.ARVIZ_MAJOR >= 1 else loo.elpd_loo
+    assert np.isfinite(elpd) and len(np.asarray(loo.pareto_k)) == n_stars
+    assert len(corner.corner(idata).axes) == 6 * 6
+    plt.close("all")
+    if _arviz.ARVIZ_MAJOR >= 1:
+        az.plot_ppc_dist(idata)
+        assert len(plt.gcf().axes) == 1  # one observed variable
+        plt.close("all")
+        az.plot_trace_dist(idata)
+    else:
+        assert np.size(az.plot_ppc(idata)) == 1
+        plt.close("all")
+        az.plot_trace(idata)
+    assert len(plt.gcf().axes) == 3 * 2  # means, scales, weights: density and trace each
+    plt.close("all")

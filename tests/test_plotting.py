@@ -14,7 +14,7 @@ from astropy.table import Table
 from matplotlib.collections import LineCollection
 from matplotlib.patches import Ellipse, StepPatch
 
-from bayesmix import plotting
+from bayesmix import _arviz, plotting
 from bayesmix.em import EMConvergenceWarning, fit_em
 from bayesmix.likelihood import as_observations, check_params
 from bayesmix.models import cluster_field_model
@@ -65,11 +65,11 @@ def _nonblank_png(fig, path):
 
 
 def _with_divergences(fit, chain, draws):
-    idata = fit.idata.copy()
-    flags = np.zeros(idata.sample_stats["diverging"].shape, dtype=bool)
+    stats = _arviz.group_dataset(fit.idata, "sample_stats")
+    flags = np.zeros(stats["diverging"].shape, dtype=bool)
     flags[chain, draws] = True
-    idata.sample_stats["diverging"] = (idata.sample_stats["diverging"].dims, flags)
-    return dataclasses.replace(fit, idata=idata)
+    stats = stats.assign(diverging=(stats["diverging"].dims, flags))
+    return dataclasses.replace(fit, idata=_arviz.with_group(fit.idata, "sample_stats", stats))
 
 
 def _mahalanobis_of_patch(patch, mean, cov):
@@ -102,7 +102,7 @@ def test_corner_plot_refuses_unknown_or_constant_variables(small_fit):
     with pytest.raises(ValueError, match="labels has 1 entries for 2 plotted"):
         corner_plot(fit, ["means"], labels=["mu"])
     frozen = types.SimpleNamespace(idata=types.SimpleNamespace(
-        posterior=fit.idata.posterior[["mean1"]] * 0.0 + 1.0))
+        posterior=fit.posterior[["mean1"]] * 0.0 + 1.0))
     with pytest.raises(ValueError, match="constant over the draws"):
         corner_plot(frozen, ["mean1"])
 
@@ -181,7 +181,7 @@ def test_trace_plot_refuses_what_it_cannot_draw(small_fit):
         trace_plot(fit, ["mean1", "no_such"])
     with pytest.raises(ValueError, match="axes"):
         trace_plot(fit, NAMES, fig=plt.subplots(2, 2)[0])
-    vector_only = types.SimpleNamespace(idata=types.SimpleNamespace(posterior=fit.idata.posterior[["means"]]))
+    vector_only = types.SimpleNamespace(idata=types.SimpleNamespace(posterior=fit.posterior[["means"]]))
     with pytest.raises(ValueError, match="no scalar variables"):
         trace_plot(vector_only)
 

@@ -20,6 +20,13 @@ def _fenced_blocks(language):
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
 
 
+def _python_block(marker):
+    """The README's one Python example that contains ``marker``."""
+    blocks = [b for b in _fenced_blocks("python") if marker in b]
+    assert len(blocks) == 1, f"{len(blocks)} README Python blocks contain {marker!r}"
+    return blocks[0]
+
+
 def test_ci_runs_exactly_the_readme_test_command():
     tests_section = README.split("## Tests", 1)[1]
     command = _fenced_blocks("bash")[1].strip()
@@ -184,7 +191,7 @@ def test_cli_demo_bad_settings_are_a_message(tmp_path, capsys):
 
 
 def test_readme_whole_path_example_runs_on_harps(shared_data, tmp_path, monkeypatch):
-    code = _fenced_blocks("python")[3].replace("../shared/data", str(shared_data))
+    code = _python_block("# HARPS dwarfs").replace("../shared/data", str(shared_data))
     assert "read_catalogue" in code and "sample_posterior" in code and "membership_probabilities" in code
     monkeypatch.chdir(tmp_path)
     namespace = {}
@@ -213,9 +220,21 @@ def test_readme_model_file_example_is_a_valid_spec():
         assert path.name in documented, f"{path.name} is not described in the README"
 
 
+def test_readme_own_model_example_runs():
+    from bayesmix.simulate import simulate_cluster_field
+
+    code = _python_block("posterior_from_draws(mcmc.get_samples")
+    code = code.replace("num_warmup=500, num_samples=1000", "num_warmup=200, num_samples=200")
+    cat = simulate_cluster_field(0, 200).catalogue
+    namespace = {"rv": np.asarray(cat.values[:, 0]), "rv_err": np.sqrt(np.asarray(cat.error_covs[:, 0, 0]))}
+    exec(compile(code, "README.md", "exec"), namespace)
+    members = namespace["members"]
+    assert members.mean.shape == (200, 2) and np.all(members.p16 <= members.p84)
+    assert list(namespace["fit"].model.component_names) == ["cluster", "field"]
+
+
 def test_readme_estimator_example_runs_and_deconvolves():
-    code = _fenced_blocks("python")[4]
-    assert "DeconvolvedGaussianMixture" in code
+    code = _python_block("from bayesmix import DeconvolvedGaussianMixture")
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     plain, xd, bayes = namespace["plain"], namespace["xd"], namespace["bayes"]

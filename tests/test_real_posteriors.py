@@ -60,8 +60,9 @@ def test_ngc288_radius_dependent_fraction_falls_with_radius(ngc288):
     post = fit.idata.posterior
     assert float(post["frac_slope"].quantile(0.99)) < 0  # fewer members further out
     assert abs(float(post["mean1"].median()) - catalogue_rv) < 0.5
-    r_hat = az.rhat(fit.idata, var_names=["frac_slope", "frac_intercept", "mean1"])
-    assert float(r_hat.to_array().max()) <= 1.01
+    names = ["frac_slope", "frac_intercept", "mean1"]
+    r_hat = az.rhat(fit.idata, var_names=names)
+    assert max(float(r_hat[name].max()) for name in names) <= 1.01
 
 
 def test_apogee_halo_four_dimensional_fit_converges(shared_data):
@@ -72,6 +73,7 @@ def test_apogee_halo_four_dimensional_fit_converges(shared_data):
     # 1.004-1.014 from chain to chain sampling noise alone (ESS ~2000, chain sds within 6%).
     fit = sample_posterior(2, mixture_model(cat, 2, ordering=Ordering("mean", 2)), cat,
                            num_warmup=300, num_samples=1000)
-    r_hat = az.rhat(fit.idata, var_names=["weights", "means", "scales", "correlations"])
-    assert float(r_hat.to_array().max()) <= 1.01
+    names = ["weights", "means", "scales", "correlations"]
+    r_hat = az.rhat(fit.idata, var_names=names)
+    assert max(float(r_hat[name].max()) for name in names) <= 1.01
     assert int(fit.idata.sample_stats["diverging"].sum()) == 0

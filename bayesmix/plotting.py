@@ -27,9 +27,11 @@ import numpy as np
 
 __all__ = [
     "corner_plot",
+    "element_labels",
     "ellipse_plot",
     "em_animation",
     "em_history_plot",
+    "feature_labels",
     "information_criterion_plot",
     "membership_histogram",
     "membership_radius_plot",
@@ -87,6 +89,51 @@ def _scalar_variables(fit, var_names) -> dict[str, np.ndarray]:
             label = f"{name}[{', '.join(str(c[i]) for c, i in zip(coords, index, strict=True))}]"
             out[label] = values[(slice(None), slice(None), *index)]
     return out
+
+
+def _feature_units(fit) -> list[str | None]:
+    """Each feature's unit from the fit's catalogue (None where unknown or dimensionless)."""
+    names = list(getattr(fit.model, "feature_names", ()) or [])
+    units = list(getattr(getattr(fit, "catalogue", None), "units", ()) or [])
+    units += [None] * (len(names) - len(units))
+    return [u if u not in (None, "", "None") else None for u in units[: len(names)]]
+
+
+def feature_labels(fit) -> list[str]:
+    """Each feature's name with its unit, e.g. ``["RV [km/s]"]`` (units from the fit's catalogue).
+
+    Examples
+    --------
+    >>> feature_labels(fit)  # doctest: +SKIP
+    ['feh [dex]', 'MgFe [dex]']
+    """
+    names = list(getattr(fit.model, "feature_names", ()) or [])
+    units = _feature_units(fit)
+    return [f"{name} [{unit}]" if unit else name for name, unit in zip(names, units, strict=True)]
+
+
+# The tutorial's scalar names, and the feature each is measured in.
+_TUTORIAL_FEATURE = {"mean1": 0, "sigma1": 0, "mean2": 0, "sigma2": 0}
+
+
+def element_labels(fit, var_names: Sequence[str]) -> list[str]:
+    """Labels of the elements :func:`corner_plot` draws, with units: ``means[cluster, RV] [km/s]``.
+
+    Means, scales and the tutorial's ``mean1 ... sigma2`` carry their feature's unit;
+    weights, correlations and the member-fraction law are dimensionless.
+    """
+    units = _feature_units(fit)
+    by_name = dict(zip(getattr(fit.model, "feature_names", ()) or (), units, strict=False))
+    labels = []
+    for label in _scalar_variables(fit, var_names):
+        name = label.split("[", 1)[0]
+        unit = None
+        if name in _TUTORIAL_FEATURE and units:
+            unit = units[_TUTORIAL_FEATURE[name]]
+        elif name in ("means", "scales"):
+            unit = by_name.get(label.rsplit(", ", 1)[-1].rstrip("]"))
+        labels.append(f"{label} [{unit}]" if unit else label)
+    return labels
 
 
 def _flat_truths(fit, var_names, truths) -> list:
@@ -561,7 +608,7 @@ def ppc_plot_fit(key, fit, *, n_draws: int = 200, feature: int = 0, ax=None, bin
     values = np.asarray(fit.data.values)
     j = _check_feature("feature", feature, values.shape[1])
     replicated = posterior_predictive(key, fit, int(n_draws))
-    names = tuple(getattr(fit.model, "feature_names", ()) or ())
+    names = feature_labels(fit)
     label = names[j] if len(names) == values.shape[1] else None
     return ppc_plot(values, replicated, feature=j, ax=ax, bins=bins, label=label)
 

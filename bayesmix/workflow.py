@@ -604,7 +604,8 @@ def run_figures(out: Path, fit, members, catalogue, *, truth=None, key=0) -> lis
     model = fit.model
     names = corner_variables(fit)
     reference = _reference_values(fit, names, truth)
-    written = [_save(out / "corner.png", plotting.corner_plot(fit, names, truths=reference)),
+    labels = plotting.element_labels(fit, names)
+    written = [_save(out / "corner.png", plotting.corner_plot(fit, names, truths=reference, labels=labels)),
                _save(out / "trace.png", plotting.trace_plot(fit, names))]
     n_total = members.mean.shape[1]
     fig, axes = plt.subplots(1, n_total, figsize=(4.2 * n_total, 3.6), squeeze=False)
@@ -619,13 +620,13 @@ def run_figures(out: Path, fit, members, catalogue, *, truth=None, key=0) -> lis
     if n_features >= 2:
         fig = plotting.ellipse_plot(np.asarray(fit.data.values), fit, probability=members.mean,
                                     component_names=model.component_names,
-                                    feature_names=model.feature_names, posterior=fit)
+                                    feature_names=plotting.feature_labels(fit), posterior=fit)
         written.append(_save(out / "ellipses.png", fig))
     radius = _radius_covariate(fit)
     if radius is not None:
         p_first = members.mean[:, 0]
         fig = plotting.membership_radius_plot(np.asarray(fit.data.values)[:, 0], fit.covariates[radius],
-                                              p_first, value_label=model.feature_names[0],
+                                              p_first, value_label=plotting.feature_labels(fit)[0],
                                               radius_label=f"projected radius ({radius})")
         fig.axes[0].set_title(f"probability of {model.component_names[0]!r}")
         written.append(_save(out / "membership_radius.png", fig))

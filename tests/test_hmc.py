@@ -301,3 +301,22 @@ def test_nan_region_of_the_potential_is_never_entered():
     draws = np.asarray(draws)[:, :50]
     assert np.all(np.isfinite(draws)) and np.all(np.isfinite(np.asarray(out_states.hmc.position)))
     assert all(np.unique(draws[c, :, 0]).size > 10 for c in range(draws.shape[0]))
+
+
+def test_numpyro_private_tree_builder_is_what_hmc_uses():
+    """bayesmix.hmc builds on NumPyro's undocumented NUTS pieces; pyproject.toml pins
+    ``numpyro<0.23`` for that. This test fails when they change, so that the pin is lifted only
+    after hmc.py is checked against the new release."""
+    import inspect
+
+    from numpyro.infer import hmc_util
+
+    params = list(inspect.signature(hmc_util.build_tree).parameters)
+    assert params == ["verlet_update", "kinetic_fn", "verlet_state", "inverse_mass_matrix", "step_size",
+                      "rng_key", "max_delta_energy", "max_tree_depth"]
+    read_by_hmc = {"z_proposal", "z_proposal_pe", "z_proposal_grad", "z_proposal_energy", "num_proposals",
+                   "sum_accept_probs", "diverging", "depth"}
+    assert read_by_hmc <= set(hmc_util.TreeInfo._fields)
+    assert callable(hmc_util.euclidean_kinetic_energy._kinetic_grad)
+    init, update = hmc_util.velocity_verlet(lambda z: 0.5 * jnp.sum(z**2), hmc_util.euclidean_kinetic_energy)
+    assert callable(init) and callable(update)

@@ -451,3 +451,20 @@ def test_em_animation_refuses_bad_input_before_fitting(disc, tmp_path):
     with pytest.raises(ValueError, match="out of range"):
         em_animation(0, sim.catalogue, 2, tmp_path / "em.gif", features=(0, 2))
     assert not list(tmp_path.iterdir())
+
+
+def test_feature_and_element_labels_carry_the_catalogue_units(small_fit):
+    _, fit = small_fit
+    assert plotting.feature_labels(fit) == ["RV [km / s]"]  # astropy's spelling of the simulated unit
+    no_units = dataclasses.replace(fit, catalogue=types.SimpleNamespace(units=(None,)))
+    assert plotting.feature_labels(no_units) == ["RV"]
+    assert plotting.element_labels(no_units, ["mean1", "means"]) == ["mean1", "means[cluster, RV]",
+                                                                    "means[field, RV]"]
+    with_units = dataclasses.replace(fit, catalogue=types.SimpleNamespace(units=("km/s",)))
+    assert plotting.feature_labels(with_units) == ["RV [km/s]"]
+    assert plotting.element_labels(with_units, ["mean1", "frac1", "weights", "means", "scales"]) == [
+        "mean1 [km/s]", "frac1", "weights[cluster]", "weights[field]", "means[cluster, RV] [km/s]",
+        "means[field, RV] [km/s]", "scales[cluster, RV] [km/s]", "scales[field, RV] [km/s]"]
+    fig = plotting.ppc_plot_fit(0, with_units, n_draws=5)
+    assert fig.axes[0].get_xlabel() == "RV [km/s]"
+    plt.close(fig)

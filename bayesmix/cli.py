@@ -14,7 +14,10 @@ Exit status (:data:`EXIT_OK`, :data:`EXIT_INPUT_ERROR`, :data:`EXIT_CHECKS_FAILE
 run finished and every check passed; 2 for bad input (a message names the file, column or key
 and the fix); 3 when ``fit`` or ``demo`` finished and wrote its outputs but a check failed: not
 converged (R-hat, ESS), divergent transitions, chains in different modes, or a model misfit.
-``--exit-zero`` gives 0 in that case too (the checks are still printed and stored).
+``--exit-zero`` gives 0 in that case too (the checks are still printed and stored); 4
+(:data:`EXIT_ENVIRONMENT_ERROR`) when the machine stopped the run: a file or folder that cannot
+be read or written (permissions, a full disk, a path that is a file), a missing or broken
+dependency, or too little memory. Never a raw traceback (``--verbose`` logs it).
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ from bayesmix.config import SIMULATIONS  # light (no JAX): argparse needs the na
 EXIT_OK = 0
 EXIT_INPUT_ERROR = 2
 EXIT_CHECKS_FAILED = 3
+EXIT_ENVIRONMENT_ERROR = 4
 
 _EPILOG = """exit status: 0 finished and every check passed; 2 bad input (the message says what and how to fix
 it); 3 (fit, demo) finished and wrote the outputs, but a check failed: not converged, divergences,
-chains in different modes, or model misfit (--exit-zero: 0 instead)."""
+chains in different modes, or model misfit (--exit-zero: 0 instead); 4 the machine stopped the run
+(a file or folder that cannot be read or written, a full disk, a missing dependency, no memory)."""
 
 
 def _k_range(text: str) -> tuple[int, int]:
@@ -308,6 +313,23 @@ def _simulate(args) -> int:
     return 0
 
 
+_ENVIRONMENT_HINTS = (
+    (ImportError, "a dependency is missing or broken; reinstall bayesmix into a fresh environment "
+                  "(python3 -m venv .venv && . .venv/bin/activate && pip install bayesmix)"),
+    (MemoryError, "not enough memory; use fewer stars, chains or draws (e.g. [sampler] membership_draws)"),
+    (OSError, "a file or folder could not be read or written; check the path, its permissions and the "
+              "free disk space (--no-cache if the compilation cache is the problem)"),
+)
+
+
+def _environment_error(command: str, exc: BaseException) -> int:
+    """The machine, not the input, stopped the run: say what and where, without a traceback."""
+    hint = next(text for kind, text in _ENVIRONMENT_HINTS if isinstance(exc, kind))
+    print(f"bayesmix {command}: error: {type(exc).__name__}: {exc}\n  {hint}", file=sys.stderr)
+    logging.getLogger(__name__).info("traceback of the error above", exc_info=exc)
+    return EXIT_ENVIRONMENT_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (errors in input give 2 and a message)."""
     parser = _parser()
@@ -333,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"bayesmix {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except (OSError, ImportError, MemoryError) as exc:
+        return _environment_error(args.command, exc)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects others
 
 

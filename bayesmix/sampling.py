@@ -489,6 +489,23 @@ def _to_idata(model: MixtureModel, obs: Observations, covariates, samples, extra
     return _arviz.from_groups(groups, coords=coords, dims=dims, attrs=attrs, group_attrs={"posterior": attrs})
 
 
+def _data_digest(obs: Observations, covariates: dict) -> str:
+    """SHA-256 of the values, error covariances and covariates a run samples from.
+
+    A checkpoint records it, so that a resume can never append draws of other data.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    arrays = [("values", obs.values), ("error_covs", obs.error_covs),
+              *sorted((f"covariate:{k}", v) for k, v in covariates.items())]
+    for name, array in arrays:
+        a = np.ascontiguousarray(np.asarray(array, dtype=np.float64))
+        digest.update(f"{name}{a.shape}".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
 def _atomic_pickle(obj, path: Path) -> None:
     from bayesmix.catalogue import atomic_write
 
@@ -618,7 +635,8 @@ def sample_posterior(
     settings = {"seed": seed, "num_chains": int(num_chains), "num_warmup": int(num_warmup),
                 "num_samples": int(num_samples), "target_accept": float(target_accept),
                 "adapt_mass": bool(adapt_mass), "max_tree_depth": int(max_tree_depth),
-                "start_dispersion": float(start_dispersion), "bayesmix_version": __version__}
+                "start_dispersion": float(start_dispersion), "bayesmix_version": __version__,
+                "data_sha256": _data_digest(obs, covariates)}
     k_em, k_start = jax.random.split(key)
 
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -626,6 +644,11 @@ def sample_posterior(
     if ckpt is not None and ckpt.exists():
         with open(ckpt, "rb") as fh:
             saved = pickle.load(fh)
+        saved_digest = saved.get("settings", {}).get("data_sha256")
+        if saved_digest is not None and saved_digest != settings["data_sha256"]:
+            raise ValueError(f"checkpoint {ckpt} was made from other data (sha256 {saved_digest[:12]}..., "
+                             f"now {settings['data_sha256'][:12]}...): the catalogue, its errors or "
+                             "covariates changed since; start afresh (without resume) or restore the data.")
         # num_samples may grow: resuming a finished run with more draws extends it.
         same = {k: v for k, v in settings.items() if k != "num_samples"}
         if saved.get("version") != _CHECKPOINT_VERSION or {

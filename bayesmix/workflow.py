@@ -318,6 +318,10 @@ def run_spec(spec: RunSpec, *, directory=None, resume: bool = False, progress_ba
     checkpoint = out / CHECKPOINT
     record_path = out / RUN_RECORD
     spec_dict = spec.to_dict()
+    # The catalogue and model first: a run that fails on its input (a column typo) must not
+    # touch the folder, least of all delete a previous run's checkpoint.
+    catalogue, truth = load_catalogue(spec)
+    model = build_model(spec, catalogue)
     resumed_from = 0
     if resume:
         if not checkpoint.exists() or not record_path.exists():
@@ -336,8 +340,6 @@ def run_spec(spec: RunSpec, *, directory=None, resume: bool = False, progress_ba
             logger.warning("%s holds an earlier run; starting afresh (pass resume=True / --resume to "
                            "continue it instead)", out)
             checkpoint.unlink()
-    catalogue, truth = load_catalogue(spec)
-    model = build_model(spec, catalogue)
     dropped = catalogue.report.to_dict()
     _write_json(record_path, {"spec": spec_dict, "draws_done": resumed_from,
                               "provenance": make_provenance(spec=spec_dict, seed=spec.seed)})

@@ -172,6 +172,23 @@ def test_resume_refuses_another_spec_or_nothing_to_resume(tmp_path, capsys):
     assert "already holds 60 draws per chain" in capsys.readouterr().err
 
 
+def test_fresh_run_failing_on_its_input_keeps_the_previous_run(tmp_path, capsys):
+    """A column typo is found before the folder is touched: the earlier run can still resume."""
+    catalogue = tmp_path / "stars.fits"
+    assert main(["simulate", "cluster-field", "--out", str(catalogue), "--n-stars", "150"]) == 0
+    spec = tmp_path / "run.toml"
+    spec.write_text(f'name = "typo"\n[data]\npath = "{catalogue}"\nvalues = ["RV"]\nerrors = ["E_RV"]\n'
+                    '[model]\nkind = "cluster-field"\n')
+    out = tmp_path / "out"
+    assert main(["fit", str(spec), "--out", str(out), *SMALL, "--no-figures", "--exit-zero"]) == 0
+    before = (out / "checkpoint.pkl").read_bytes()
+    spec.write_text(spec.read_text().replace('values = ["RV"]', 'values = ["RVV"]'))
+    capsys.readouterr()
+    assert main(["fit", str(spec), "--out", str(out), *SMALL, "--no-figures"]) == 2
+    assert "RVV" in capsys.readouterr().err
+    assert (out / "checkpoint.pkl").read_bytes() == before
+
+
 def test_scan_prefers_two_components_for_the_simulated_disc(tmp_path, capsys):
     spec = tmp_path / "disc.toml"
     spec.write_text('name = "disc"\n[data]\nsimulate = "disc"\nn_stars = 800\n'

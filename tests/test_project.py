@@ -114,6 +114,19 @@ def test_cli_bad_input_is_a_message_not_a_traceback(tmp_path, capsys):
     assert main(["simulate", "disc", "--out", str(tmp_path / "x.weird")]) == 2
 
 
+
+def test_cli_environment_fault_is_a_message_and_exit_4(tmp_path, capsys):
+    """The machine stopped the run (here: the output's folder is a file): a message, no traceback."""
+    from bayesmix.cli import EXIT_ENVIRONMENT_ERROR
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert main(["simulate", "disc", "--out", str(blocker / "x.fits")]) == EXIT_ENVIRONMENT_ERROR == 4
+    err = capsys.readouterr().err
+    assert "bayesmix simulate: error:" in err and "a_file" in err and "check the path" in err
+    assert "Traceback" not in err
+
+
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "bayesmix"  # installed beside the interpreter
     out = subprocess.run([str(script), "--version"], capture_output=True, text=True)

@@ -1,5 +1,7 @@
 """NUTS from the EM start: posteriors against truth and against emcee, extension, checkpoints."""
 
+import dataclasses
+
 import arviz as az
 import emcee
 import numpy as np
@@ -195,6 +197,14 @@ def test_interrupted_checkpointed_run_resumes_to_the_same_draws(tmp_path, monkey
     with pytest.raises(ValueError, match="other settings"):
         sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.pkl",
                          **{**kwargs, "num_warmup": 120})
+    # Changed data (one star's velocity) never resume: the draws would mix two catalogues.
+    values = np.asarray(sim.catalogue.values).copy()
+    values[0, 0] += 0.5
+    moved = dataclasses.replace(sim.catalogue, values=values)
+    with pytest.raises(ValueError, match=r"made from other data \(sha256"):
+        sample_posterior(3, model, moved, checkpoint=tmp_path / "b.pkl", **kwargs)
+    assert longer.idata.posterior.attrs["setting_data_sha256"] == sampling._data_digest(
+        longer.data, longer.covariates)
 
 
 @pytest.mark.parametrize(

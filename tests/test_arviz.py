@@ -109,6 +109,9 @@ def test_the_demo_posterior_opens_with_this_arviz():
         assert _arviz.has_group(idata, group), f"{Path(DEMO_POSTERIOR).name} lacks {group}"
     provenance = json.loads(idata.attrs["bayesmix_provenance"])
     assert provenance["spec"]["name"] == "demo" and provenance["seed"] == 0
-    table = az.summary(idata, var_names=["mean1", "sigma1", "frac1"])
-    assert list(table.index) == ["mean1", "sigma1", "frac1"]
+    for group in ("log_likelihood", "posterior_predictive"):
+        assert _arviz.has_group(idata, group), f"{Path(DEMO_POSTERIOR).name} lacks {group}"
+    table = az.summary(idata)  # one name per quantity: K = 2 components of one feature
+    assert list(table.index) == ["means[cluster, RV]", "means[field, RV]", "scales[cluster, RV]",
+                                 "scales[field, RV]", "weights[cluster]", "weights[field]"]
     assert table["r_hat"].max() < 1.05

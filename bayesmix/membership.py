@@ -143,7 +143,8 @@ def _check_fit(fit, parameter="fit"):
     if missing:
         raise ValueError(
             f"{parameter} must be a bayesmix.sampling.PosteriorFit (with idata, model, data); "
-            f"{type(fit).__name__} lacks {missing}."
+            f"{type(fit).__name__} lacks {missing}. Draws of your own NumPyro program become one with "
+            "bayesmix.posterior_from_draws(draws, values, errors, rename=...)."
         )
     return fit
 

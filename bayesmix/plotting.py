@@ -62,13 +62,22 @@ def _component_colour(k: int, n_gaussian: int) -> str:
     return _BACKGROUND_COLOUR if k >= n_gaussian else f"C{k % 10}"
 
 
+def _idata_of(fit):
+    """The InferenceData of a fit, or the argument itself when it is one (any ArviZ line)."""
+    idata = getattr(fit, "idata", fit)
+    if not hasattr(idata, "posterior"):
+        raise ValueError(f"expected a PosteriorFit or an ArviZ InferenceData with a posterior group; got "
+                         f"{type(fit).__name__} (draws of your own program: bayesmix.posterior_from_draws).")
+    return idata
+
+
 def _scalar_variables(fit, var_names) -> dict[str, np.ndarray]:
     """Each named posterior variable as (chain, draw) arrays, by label.
 
     A vector variable gives one entry per element, labelled with its coordinates
     (``means[thin, feh]``), so ``["weights", "means"]`` works as well as ``["mean1"]``.
     """
-    post = fit.idata.posterior
+    post = _idata_of(fit).posterior
     var_names = [var_names] if isinstance(var_names, str) else list(var_names)
     if not var_names:
         raise ValueError("var_names is empty; name at least one posterior variable (e.g. 'mean1').")
@@ -138,7 +147,7 @@ def element_labels(fit, var_names: Sequence[str]) -> list[str]:
 
 def _flat_truths(fit, var_names, truths) -> list:
     """Reference values in the order of :func:`_scalar_variables` (None where not given)."""
-    post = fit.idata.posterior
+    post = _idata_of(fit).posterior
     flat = []
     for name in ([var_names] if isinstance(var_names, str) else var_names):
         n = int(np.prod(post[name].shape[2:], dtype=int))
@@ -263,7 +272,7 @@ def corner_plot(fit, var_names: Sequence[str], *, truths: Mapping[str, float] | 
 
     Parameters
     ----------
-    fit : PosteriorFit
+    fit : PosteriorFit or arviz.InferenceData
     var_names : str or sequence of str
         Posterior variables, e.g. ``["mean1", "sigma1", "frac1"]``; a vector variable
         (``"weights"``, ``"means"``, ``"scales"``) contributes one panel per element,
@@ -319,8 +328,9 @@ def trace_plot(fit, var_names: Sequence[str] | None = None, *, fig=None):
 
     Parameters
     ----------
-    fit : PosteriorFit
-        With ``idata.posterior`` (chain, draw) variables and ``idata.sample_stats.diverging``.
+    fit : PosteriorFit or arviz.InferenceData
+        With ``idata.posterior`` (chain, draw) variables and ``idata.sample_stats.diverging``
+        (any InferenceData, e.g. from ``numpyro`` via ``arviz.from_numpyro``).
     var_names : sequence of str, optional
         Scalar posterior variables (e.g. ``["mean1", "sigma1", "frac1"]``); None plots
         every scalar variable of the posterior.
@@ -333,7 +343,7 @@ def trace_plot(fit, var_names: Sequence[str] | None = None, *, fig=None):
     """
     import matplotlib.pyplot as plt
 
-    post = fit.idata.posterior
+    post = _idata_of(fit).posterior
     if var_names is None:
         var_names = [name for name in post.data_vars if post[name].ndim == 2]
         if not var_names:
@@ -370,7 +380,7 @@ def trace_plot(fit, var_names: Sequence[str] | None = None, *, fig=None):
 
 def _divergences(fit):
     """(chain, draw) bool array of divergent transitions, or None when not recorded."""
-    stats = getattr(fit.idata, "sample_stats", None)
+    stats = getattr(_idata_of(fit), "sample_stats", None)
     if stats is None or "diverging" not in stats:
         return None
     return np.asarray(stats["diverging"].values).astype(bool)

@@ -100,3 +100,5 @@ def test_protocol_errors_name_the_site_and_the_fix(own_fit):
         posterior_from_draws(halved, rv, rv_err, rename=RENAME)
     with pytest.raises(ValueError, match=r"component_names has 3 names for 2 components"):
         posterior_from_draws(draws, rv, rv_err, rename=RENAME, component_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="posterior_from_draws"):  # a bare InferenceData says how
+        membership_probabilities(own_fit[-1].idata)

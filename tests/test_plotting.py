@@ -468,3 +468,16 @@ def test_feature_and_element_labels_carry_the_catalogue_units(small_fit):
     fig = plotting.ppc_plot_fit(0, with_units, n_draws=5)
     assert fig.axes[0].get_xlabel() == "RV [km/s]"
     plt.close(fig)
+
+
+def test_corner_and_trace_take_a_plain_inference_data(small_fit):
+    """Any InferenceData (e.g. of your own program) draws, and a wrong object is a clear error."""
+    _, fit = small_fit
+    fig = plotting.corner_plot(fit.idata, ["mean1", "sigma1"])
+    assert len(fig.axes) == 4
+    plt.close(fig)
+    fig = plotting.trace_plot(fit.idata, ["mean1", "sigma1"])
+    assert len(fig.axes) == 4
+    plt.close(fig)
+    with pytest.raises(ValueError, match="posterior_from_draws"):
+        plotting.corner_plot({"mean1": [1.0]}, ["mean1"])

@@ -254,7 +254,7 @@ def test_ppc_plot_fit_draws_mock_catalogues_of_the_fit(small_fit):
     sim, fit = small_fit
     fig, ax = plt.subplots()
     assert ppc_plot_fit(0, fit, n_draws=20, ax=ax) is fig
-    assert ax.get_xlabel() == "RV"
+    assert ax.get_xlabel() == "RV [km / s]"  # the feature with its catalogue unit
     assert _stairs(ax)["observed"].get_data().values.sum() == sim.catalogue.n_stars
     with pytest.raises(ValueError, match="n_draws"):
         ppc_plot_fit(0, fit, n_draws=1)

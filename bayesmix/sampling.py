@@ -936,14 +936,14 @@ def arviz_complete(key, fit: PosteriorFit, *, log_likelihood_draws: int = LOG_LI
     idata = _arviz.with_group(fit.idata, "posterior",
                               posterior.drop_vars([v for v in posterior.data_vars if v in _NOT_PUBLISHED]))
     n_stars, n_features = fit.data.n_stars, fit.data.n_features
-    n_ll = _draws_that_fit("log_likelihood", min(log_likelihood_draws, fit.n_chains * fit.n_draws),
-                           n_stars, max_values)
-    if _arviz.has_group(fit.idata, "log_likelihood"):
-        pass  # computed already (for every draw, e.g. by ``[output] loo``): kept as it is
-    elif n_ll:
-        with_ll = add_log_likelihood(fit, max_draws=max(n_ll, fit.n_chains))
-        log_lik = _arviz.group_dataset(with_ll.idata, "log_likelihood")
-        idata = _arviz.with_group(idata, "log_likelihood", log_lik)
+    # A log_likelihood group the fit already has (every draw, e.g. by ``[output] loo``) is kept.
+    if not _arviz.has_group(fit.idata, "log_likelihood"):
+        n_ll = _draws_that_fit("log_likelihood", min(log_likelihood_draws, fit.n_chains * fit.n_draws),
+                               n_stars, max_values)
+        if n_ll:
+            with_ll = add_log_likelihood(fit, max_draws=max(n_ll, fit.n_chains))
+            log_lik = _arviz.group_dataset(with_ll.idata, "log_likelihood")
+            idata = _arviz.with_group(idata, "log_likelihood", log_lik)
     n_mocks = _draws_that_fit("posterior_predictive", predictive_draws, n_stars * n_features, max_values)
     if n_mocks:
         mocks = posterior_predictive(key, fit, n_mocks)

@@ -10,8 +10,10 @@ A stored program's key hashes the package's own source, the JAX and NumPyro vers
 and backend, a caller-given fingerprint (everything closed over: model ``repr``,
 settings) and the arguments' tree structure, shapes and dtypes; ``Exported.call``
 re-checks structure and shapes on every call. Files are written atomically; an
-unreadable one is rebuilt with a warning. Within one process, programs with the same key
-share one loaded (and compiled) copy, the most recent 64 of them.
+unreadable one, or one that fails on its first call (bytes damaged inside), is deleted and
+rebuilt with a warning; a store that cannot be written is skipped with a warning. Within
+one process, programs with the same key share one loaded (and compiled) copy, the most
+recent 64 of them.
 """
 
 from __future__ import annotations
@@ -99,11 +101,26 @@ class Program:
         signature = f"{tree}|{[(np.shape(x), str(getattr(x, 'dtype', type(x).__name__))) for x in leaves]}"
         # Keyed by store too: a program first used under another store is exported to this one.
         fn = self._fns.get((_STORE, signature))
-        if fn is None:
-            fn = self._fns[(_STORE, signature)] = self._load_or_export(args, signature)
-        return fn(*args)
+        if fn is not None:
+            return fn(*args)
+        fn, path = self._load_or_export(args, signature)
+        try:
+            out = fn(*args)
+        except Exception as exc:  # a damaged stored program: rebuild it, and say so
+            if path is None:
+                raise
+            logger.warning("stored program %s failed on its first call (%s: %s); rebuilding it (the "
+                           "compilation cache may be damaged; --no-cache runs without it)", path,
+                           type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            _LOADED.pop(path, None)
+            path.unlink(missing_ok=True)
+            fn, _ = self._load_or_export(args, signature)
+            out = fn(*args)
+        self._fns[(_STORE, signature)] = fn
+        return out
 
     def _load_or_export(self, args, signature):
+        """(callable, path of the stored file it was read from, or None when freshly exported)."""
         import numpyro
 
         register(*self.classes)
@@ -114,27 +131,34 @@ class Program:
         if path in _LOADED:
             _LOADED.move_to_end(path)
             return _LOADED[path]
-        fn = _LOADED[path] = self._read_or_export(args, path)
+        loaded = _LOADED[path] = self._read_or_export(args, path)
         while len(_LOADED) > _MAX_LOADED:
             _LOADED.popitem(last=False)
-        return fn
+        return loaded
 
     def _read_or_export(self, args, path):
         from jax import export
 
         if path.exists():
             try:
-                return jax.jit(export.deserialize(bytearray(path.read_bytes())).call)
+                return jax.jit(export.deserialize(bytearray(path.read_bytes())).call), path
             except Exception as exc:  # a truncated or foreign file: rebuild it, and say so
                 logger.warning("stored program %s unreadable (%s); rebuilding it", path, exc)
         exported = export.export(self.jitted)(*args)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(exported.serialize())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return jax.jit(exported.call)
+            _write_atomically(path, exported.serialize())
+        except OSError as exc:  # the store is only an optimisation: run on without it
+            logger.warning("could not store program %s (%s); it runs without being stored", path, exc)
+        return jax.jit(exported.call), None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

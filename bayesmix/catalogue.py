@@ -23,8 +23,10 @@ import json
 import logging
 import os
 import platform
+import re
 import tempfile
 import warnings
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,10 +40,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "LAYOUTS",
+    "MAGNITUDE_LIMIT",
     "TEXT_FLOAT_FLOOR",
     "Catalogue",
     "DropReport",
     "FixedWidthLayout",
+    "check_output_names",
     "make_provenance",
     "provenance_sidecar",
     "read_catalogue",
@@ -58,6 +62,13 @@ TEXT_FLOAT_FLOOR = float(np.finfo(np.float64).tiny)
 """Smallest normal float64 (about 2.2e-308). :func:`write_table` writes smaller nonzero
 values of a CSV's float columns as 0: astropy's CSV reader warns of an overflow on such
 subnormal numbers and pandas reads them with fewer digits."""
+
+MAGNITUDE_LIMIT = 1e153
+"""Largest ``|value|`` or error :func:`read_catalogue` accepts (errors down to its inverse).
+Float64 squares overflow beyond about 1.3e154, and error covariances are squares; the
+fit itself works in standardised units, so values of order 1e152 (velocities of hundreds
+in units 1e150 times too small) are fitted like any others."""
+_LIMIT_TEXT = f"{MAGNITUDE_LIMIT:.0e}".replace("e+", "e")  # "1e153"
 
 
 # --------------------------------------------------------------------------- reading tables
@@ -201,7 +212,7 @@ def _infer_format(path: Path) -> str:
 
 
 def _detect_layout(path: Path) -> str | None:
-    with open(path, errors="replace") as fh:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:  # -sig: a BOM is not a name
         first = fh.readline().split()
     for name, layout in LAYOUTS.items():
         sig = layout.signature
@@ -250,13 +261,15 @@ def _read_fixed_width(path: Path, layout: FixedWidthLayout) -> Table:
 
 
 def _starts_with_comment(path: Path) -> bool:
-    with open(path, errors="replace") as fh:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
         return fh.readline().lstrip().startswith("#")
 
 
 def read_table(path, format: str | None = None, layout: str | FixedWidthLayout | None = None,
                **kwargs) -> Table:
     """Read a table file (FITS, CSV, ECSV, VOTable or fixed-width ASCII) as an astropy Table.
+
+    Text tables are read as UTF-8 (a leading byte-order mark is skipped).
 
     Parameters
     ----------
@@ -277,10 +290,46 @@ def read_table(path, format: str | None = None, layout: str | FixedWidthLayout |
     -------
     astropy.table.Table
         With ``meta["source_path"]`` set.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` is not a file (left to the caller: it is about the environment,
+        not the file's content; so are ``PermissionError`` and ``IsADirectoryError``).
+    ValueError
+        When the file cannot be read as the format: corrupt or truncated, not UTF-8
+        text, a header naming a column twice. The message names the file and the fix,
+        and the exception astropy raised is chained as its cause.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"catalogue file not found: {path}")
+    fmt, layout = _resolve_format(path, format, layout)
+    from astropy.io.ascii import InconsistentTableError
+
+    try:
+        table = _read_format(path, fmt, layout, dict(kwargs))
+    except _ENVIRONMENT_ERRORS:
+        raise
+    except UnicodeDecodeError as exc:  # before ValueError, of which it is a subclass
+        raise ValueError(_undecodable_message(path, fmt, exc)) from exc
+    except InconsistentTableError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(
+            f"{path.name}: astropy could not parse it as {fmt!r} ({first}). For a fixed-width "
+            f"file pass layout= (known: {sorted(LAYOUTS)}) or a FixedWidthLayout; otherwise "
+            "pass format= explicitly."
+        ) from exc
+    except _read_errors() as exc:  # evaluated only when an exception is on its way
+        raise ValueError(_unreadable_message(path, fmt, exc)) from exc
+    if layout is None:
+        _check_repeated_names(path, fmt, table)
+    table.meta["source_path"] = str(path)
+    return table
+
+
+def _resolve_format(path: Path, format, layout) -> tuple[str, FixedWidthLayout | None]:
+    """The astropy format name and the fixed-width layout (or None) to read ``path`` with."""
     if format is not None and format not in _FORMAT_ALIASES:
         raise ValueError(f"format={format!r} is not supported; use one of {sorted(_FORMAT_ALIASES)}.")
     fmt = _FORMAT_ALIASES[format] if format is not None else _infer_format(path)
@@ -291,39 +340,244 @@ def read_table(path, format: str | None = None, layout: str | FixedWidthLayout |
     if layout is None and fmt in ("ascii", "fixed_width"):
         detected = _detect_layout(path)
         layout = LAYOUTS[detected] if detected else None
-    if layout is not None:
-        table = _read_fixed_width(path, layout)
-    elif fmt == "fixed_width":
+    if layout is None and fmt == "fixed_width":
         raise ValueError(
             f"{path.name}: a fixed-width file needs layout= (one of {sorted(LAYOUTS)} or a "
             "FixedWidthLayout giving the column names and character spans)."
         )
-    elif fmt == "fits":
+    return fmt, layout
+
+
+def _read_format(path: Path, fmt: str, layout: FixedWidthLayout | None, kwargs: dict) -> Table:
+    """Call the reader of ``fmt``; every exception it raises goes to :func:`read_table`."""
+    if layout is not None:
+        return _read_fixed_width(path, layout)
+    if fmt == "fits":
         from astropy.io.fits.verify import VerifyWarning
 
         with warnings.catch_warnings():
             # Survey files often carry names like '[Fe/H]_T13' or units like 'dex';
             # astropy's complaints about them are not actionable for the user.
             warnings.simplefilter("ignore", VerifyWarning)
-            table = Table.read(path, format="fits", unit_parse_strict="silent", **kwargs)
-    else:
-        from astropy.io.ascii import InconsistentTableError
+            return Table.read(path, format="fits", unit_parse_strict="silent", **kwargs)
+    if fmt == "votable":  # XML names its own encoding
+        return Table.read(path, format=fmt, **kwargs)
+    if fmt == "ascii.csv" and _starts_with_comment(path):
+        # Versions before the sidecar wrote provenance as a first "# ..." line. Only then:
+        # in a plain CSV, comment="#" would drop rows whose first value starts with "#".
+        kwargs.setdefault("comment", "#")
+    if _starts_with_bom(path):
+        # Excel writes a byte-order mark, which would otherwise stick to the first column's
+        # name ('\ufeffid'). Only then: an encoding= turns astropy's fast C reader off.
+        kwargs.setdefault("encoding", "utf-8-sig")
+    return Table.read(path, format=fmt, **kwargs)
 
-        if fmt == "ascii.csv" and _starts_with_comment(path):
-            # Versions before the sidecar wrote provenance as a first "# ..." line. Only then:
-            # in a plain CSV, comment="#" would drop rows whose first value starts with "#".
-            kwargs.setdefault("comment", "#")
+
+def _starts_with_bom(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(_UTF8_BOM)) == _UTF8_BOM
+
+
+# What astropy's readers raise on a corrupt file (the fuzzing of the 2026-12 audit hit all
+# of OSError, KeyError, TypeError, IndexError and ValueError). Environment errors
+# (missing file, no permission, a folder) are left alone: the caller reports those.
+_ENVIRONMENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError)
+_READ_ERRORS = (OSError, EOFError, KeyError, IndexError, TypeError, ValueError, AttributeError,
+                OverflowError, zlib.error)
+_FITS_BLOCK = 2880  # every FITS file is a whole number of 2880-byte blocks
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """:data:`_READ_ERRORS` plus astropy's ``VerifyError`` (unparsable FITS cards), an Exception only."""
+    from astropy.io.fits.verify import VerifyError
+
+    return (*_READ_ERRORS, VerifyError)
+_FORMAT_LABELS = {"fits": "a FITS table", "votable": "a VOTable (XML)", "ascii.csv": "a CSV table",
+                  "ascii.ecsv": "an ECSV table", "ascii": "an ASCII table",
+                  "fixed_width": "a fixed-width table"}
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    # astropy's advice for a missing SIMPLE card misleads for what is usually not FITS at all.
+    text = text.split(" If this is really a FITS file")[0].rstrip(".")
+    return f"{type(exc).__name__}: {text[:limit]}"
+
+
+def _unreadable_message(path: Path, fmt: str, exc: BaseException) -> str:
+    """What went wrong reading ``path`` (astropy's words, plus what the file's bytes tell)."""
+    label = _FORMAT_LABELS.get(fmt, f"format {fmt!r}")
+    if fmt != "fits":
+        return (f"cannot read {path} as {label}: {_first_line(exc)}; check the file, or pass "
+                f"format= if its extension does not match its content.")
+    if "already used as a name" in str(exc):
+        detail = "; two columns share a name (TTYPEn cards): rename one of them"
+    else:
+        detail = _fits_diagnosis(path)
+    if not detail and isinstance(exc, KeyError):  # astropy looks up a card the header lacks
+        detail = f"; the header card {exc.args[0]!r} that a table needs is missing or damaged"
+    return (f"cannot read {path} as a FITS table (corrupt or truncated file?): {_first_line(exc)}"
+            f"{detail}; check the file or download it again.")
+
+
+def _fits_diagnosis(path: Path) -> str:
+    """Why a FITS file does not read, as far as its size and header tell ("" if they don't)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "; the file is empty (0 bytes)"
+    with open(path, "rb") as fh:
+        head = fh.read(80)
+    if path.name.lower().endswith(".gz"):
+        return ""  # compressed: the size on disk says nothing about the header's
+    if not head.startswith(b"SIMPLE"):
+        if _looks_like_text(head):
+            return (f"; it starts with text ({head[:40].decode('ascii')!r}), not a FITS header: is it "
+                    "a CSV or text table with the wrong extension? Rename it, or give its real format "
+                    "(format='csv' in Python, format = \"csv\" in [data])")
+        return "; it does not start with a FITS header (the card 'SIMPLE  =')"
+    problem = _fits_header_problem(path, size)
+    if problem:
+        return problem
+    if size % _FITS_BLOCK:
+        return (f"; its size ({size} bytes) is not a multiple of {_FITS_BLOCK} bytes, as every "
+                "FITS file's is: it is truncated")
+    return ""
+
+
+def _looks_like_text(head: bytes) -> bool:
+    return bool(head) and all(32 <= b < 127 or b in (9, 10, 13) for b in head)
+
+
+def _fits_header_problem(path: Path, size: int) -> str:
+    """A header card that does not parse, or an HDU whose header (NAXIS1 x NAXIS2) promises
+    more bytes than the file has; "" when the headers are too damaged to tell."""
+    from astropy.io import fits
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # astropy's own truncation warnings say less
+            for k, header in enumerate(_raw_headers(path)):
+                bad_card = _unparsable_card(header)
+                if bad_card:
+                    return f"; HDU {k}'s header card {bad_card} cannot be parsed (damaged)"
+            with fits.open(path, memmap=False) as hdul:
+                for k, hdu in enumerate(hdul):
+                    end = hdu.fileinfo()["datLoc"] + hdu.size
+                    if end > size:
+                        h = hdu.header
+                        return (f"; HDU {k}'s header (NAXIS1 = {h.get('NAXIS1')}, NAXIS2 = "
+                                f"{h.get('NAXIS2')}) describes data up to byte {end}, but the file has "
+                                f"only {size} bytes: it is truncated (or those cards are damaged)")
+    except Exception:  # a header too damaged to parse: nothing more to tell
+        return ""
+    return ""
+
+
+def _raw_headers(path: Path, limit: int = 8):
+    """The first headers of a FITS file, read one after the other without interpreting them
+    (``fits.open`` stops at the first HDU whose cards do not parse, and hides it)."""
+    from astropy.io import fits
+
+    with open(path, "rb") as fh:
+        for _ in range(limit):
+            try:
+                header = fits.Header.fromfile(fh)  # leaves fh at the block after the header
+            except Exception:  # the end of the file, or no header there
+                return
+            yield header
+            try:  # skip the data, as far as the header can tell its size
+                axes = [int(header[f"NAXIS{i}"]) for i in range(1, int(header["NAXIS"]) + 1)]
+                size = abs(int(header["BITPIX"])) // 8 * int(header.get("GCOUNT", 1)) * (
+                    int(header.get("PCOUNT", 0)) + (int(np.prod(axes)) if axes else 0))
+            except Exception:  # a card it needs is damaged: no later header can be found
+                return
+            fh.seek(-(-size // _FITS_BLOCK) * _FITS_BLOCK, os.SEEK_CUR)
+
+
+def _unparsable_card(header) -> str:
+    for card in header.cards:
         try:
-            table = Table.read(path, format=fmt, **kwargs)
-        except InconsistentTableError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ValueError(
-                f"{path.name}: astropy could not parse it as {fmt!r} ({first}). For a fixed-width "
-                f"file pass layout= (known: {sorted(LAYOUTS)}) or a FixedWidthLayout; otherwise "
-                "pass format= explicitly."
-            ) from exc
-    table.meta["source_path"] = str(path)
-    return table
+            card.value  # noqa: B018 - parsing the value is the check
+        except Exception:  # astropy raises VerifyError, ValueError... on a damaged card
+            return repr(card.image.strip()[:40])
+    return ""
+
+
+def _undecodable_message(path: Path, fmt: str, exc: UnicodeDecodeError) -> str:
+    """Name the file, the offending byte and its offset; astropy's text names neither the file nor a fix."""
+    if fmt == "fits":  # a header card that is not ASCII: a corrupt FITS file, not a text problem
+        return _unreadable_message(path, fmt, exc)
+    data = path.read_bytes()
+    bom = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
+    try:
+        data[bom:].decode("utf-8")
+        offset = exc.start  # decoded in another encoding (an encoding= argument): its own offset
+    except UnicodeDecodeError as mine:
+        offset = bom + mine.start
+    byte = data[offset] if offset < len(data) else exc.object[exc.start]
+    line = data.count(b"\n", 0, offset) + 1
+    fits_hint = (" It starts like a FITS file: rename it to .fits or pass format='fits'."
+                 if data.startswith(b"SIMPLE  =") else "")
+    return (f"cannot read {path} as {_FORMAT_LABELS.get(fmt, fmt)}: byte 0x{byte:02x} at byte offset "
+            f"{offset} (line {line}) is not UTF-8. Is it a binary (e.g. FITS) file with the wrong "
+            "extension? Text tables must be UTF-8 (or ASCII): re-save it as UTF-8 (a Latin-1 or "
+            f"Windows-1252 file fails like this).{fits_hint}")
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+_RENAMED = re.compile(r"(.+)_(\d+)$")  # how astropy renames a repeated column: RV, RV_1 (VOTable: RV_2)
+
+
+def _check_repeated_names(path: Path, fmt: str, table: Table) -> None:
+    """Refuse a header that names a column twice, which astropy renames silently (``RV``, ``RV_1``).
+
+    Only tables holding both ``X`` and ``X_<n>`` are looked at again, so the check costs
+    nothing on ordinary files. FITS needs no check: astropy refuses repeated TTYPEs.
+    """
+    colnames = set(table.colnames)
+    bases = {m.group(1) for c in table.colnames if (m := _RENAMED.match(c)) and m.group(1) in colnames}
+    if not bases or fmt == "fits":
+        return
+    counts = _votable_name_counts(path) if fmt == "votable" else _header_name_counts(path, bases)
+    repeated = sorted(b for b in bases if counts.get(b, 0) > 1)
+    if repeated:
+        raise ValueError(
+            f"{path}: the header names the column(s) {repeated} more than once; astropy would "
+            f"rename the repeats ({', '.join(repr(b + '_1') for b in repeated)} ...) and the "
+            "wrong column could be used without a word. Rename one of each repeated column in the "
+            "file's header."
+        )
+
+
+def _header_name_counts(path: Path, names) -> dict[str, int]:
+    """Most times each name occurs as a whole word in one line of a text table's header.
+
+    The header is the leading comment lines and the first other line (the column names
+    of a CSV, or of an ECSV after its YAML). Counting within one line, not over the
+    whole header, keeps an ECSV's YAML (one name a line) from counting a name twice.
+    """
+    patterns = {n: re.compile(rf"(?<!\w){re.escape(n)}(?!\w)") for n in names}
+    counts = dict.fromkeys(names, 0)
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        for _, line in zip(range(100_000), fh, strict=False):
+            for name, pattern in patterns.items():
+                counts[name] = max(counts[name], len(pattern.findall(line)))
+            if line.strip() and not line.lstrip().startswith("#"):
+                break
+    return counts
+
+
+def _votable_name_counts(path: Path) -> dict[str, int]:
+    """Times each FIELD's ID (its name when it has none) occurs: astropy names columns by ID."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        head = fh.read(4_000_000)
+    head = head.split("<DATA", 1)[0]
+    counts: dict[str, int] = {}
+    for tag in re.findall(r"<FIELD\b[^>]*>", head):
+        key = re.search(r'\bID="([^"]*)"', tag) or re.search(r'\bname="([^"]*)"', tag)
+        if key:
+            counts[key.group(1)] = counts.get(key.group(1), 0) + 1
+    return counts
 
 
 # --------------------------------------------------------------------------- drop bookkeeping
@@ -688,41 +942,16 @@ def read_catalogue(
         raise ValueError(f"the table {path or ''} has no rows.".replace("  ", " "))
 
     value_cols = _as_list("values", values)
-    if not value_cols:
-        raise ValueError("values must name at least one column to fit.")
-    if len(set(value_cols)) != len(value_cols):
-        raise ValueError(f"values lists a column twice: {value_cols}.")
+    error_cols, corr_spec = _check_request(table, value_cols, errors, correlations, error_cov_column)
     n_features = len(value_cols)
-    if errors is not None and error_cov_column is not None:
-        raise ValueError("give either errors (standard-error columns) or error_cov_column, not both.")
-    error_cols = _as_list("errors", errors) if errors is not None else [None] * n_features
-    if len(error_cols) != n_features:
-        raise ValueError(
-            f"errors names {len(error_cols)} column(s) for {n_features} value column(s) "
-            f"{value_cols}; give one error column per value column (None for an error-free one)."
-        )
-    corr_spec = dict(correlations or {})
-    for pair, col in corr_spec.items():
-        if len(pair) != 2 or not set(pair) <= set(value_cols) or pair[0] == pair[1]:
-            raise ValueError(f"correlations key {pair!r} must be a pair of distinct value columns "
-                             f"from {value_cols}.")
-        if error_cov_column is not None:
-            raise ValueError("correlations cannot be combined with error_cov_column (it is whole).")
-        if error_cols[value_cols.index(pair[0])] is None or error_cols[value_cols.index(pair[1])] is None:
-            raise ValueError(f"correlation column {col!r} pairs a feature that has no error column.")
     covariate_cols = _as_list("covariates", covariates)
     flag_cols = _as_list("zero_flags", zero_flags)
     used_error_cols = [c for c in error_cols if c is not None]
     numeric_cols = value_cols + used_error_cols + list(corr_spec.values()) + covariate_cols
-    _check_columns(table, value_cols, "value")
-    _check_columns(table, used_error_cols, "error")
-    _check_columns(table, list(corr_spec.values()), "correlation")
     _check_columns(table, covariate_cols, "covariate")
     _check_columns(table, flag_cols, "flag")
     _check_columns(table, list(select or {}), "select")
     _check_columns(table, list(ranges or {}), "range")
-    if error_cov_column is not None:
-        _check_columns(table, [error_cov_column], "error covariance")
     if id_column is not None:
         _check_columns(table, [id_column], "id")
     if duplicates not in ("error", "first", "best"):
@@ -734,88 +963,19 @@ def read_catalogue(
     numeric = {col: _numeric(table, col, "value" if col in value_cols else "input")
                for col in dict.fromkeys(numeric_cols)}
     sel = _Selection(len(table))
-
-    for col, wanted in (select or {}).items():
-        mask = _equal_mask(table[col], wanted)
-        if not mask.any():
-            sample = np.unique(np.char.strip(np.asarray(table[col]).astype(str)))[:8].tolist()
-            raise ValueError(
-                f"select {col} == {wanted!r} matches no row; values in {col!r} include "
-                f"{', '.join(repr(s) for s in sample)}."
-            )
-        sel.drop(~mask, f"select: {col} not in {wanted!r}" if isinstance(wanted, (list, tuple))
-                 else f"select: {col} != {wanted!r}")
-
+    _apply_select(table, select, sel)
     malformed = np.zeros(len(table), dtype=bool)
     malformed[np.asarray(table.meta.get(MALFORMED_KEY, []), dtype=int)] = True
     sel.drop(malformed, "malformed: row overflows its fixed-width fields")
-
     for col in flag_cols:
         data, masked = _numeric(table, col, "flag")
         sel.drop(masked | (data != 0), f"flag: {col} != 0")
-
-    for col, sentinels in missing_spec.items():
-        data, _ = numeric[col] if col in numeric else _numeric(table, col, "missing-value")
-        native = np.asarray(table[col]).dtype
-        # Compare in the column's own precision: 9.99 stored as float32 is not float64 9.99.
-        raw = np.asarray(table[col].data if isinstance(table[col], MaskedColumn) else table[col])
-        for s in sentinels:
-            hit = raw == np.asarray(s, dtype=native) if native.kind == "f" else data == s
-            sel.drop(np.asarray(hit), f"missing: {col} == {s:g}")
-
-    for col, (data, masked) in numeric.items():
-        bad = masked | ~np.isfinite(data)
-        if (bad & sel.keep).any():
-            if not drop_nonfinite:
-                rows = np.flatnonzero(bad & sel.keep)
-                raise ValueError(
-                    f"column {col!r} has {rows.size} NaN, infinite or blank value(s) among the "
-                    f"selected rows (source rows {', '.join(map(str, rows[:5]))}"
-                    f"{', ...' if rows.size > 5 else ''}); pass drop_nonfinite=True to drop and "
-                    "report them, or missing=<sentinel> if they encode a missing value."
-                )
-            sel.drop(bad, f"nonfinite: {col}")
-
-    for col, bounds in (ranges or {}).items():
-        if len(bounds) != 2:
-            raise ValueError(f"ranges[{col!r}] must be (low, high); got {bounds!r}.")
-        low, high = bounds
-        data, masked = numeric[col] if col in numeric else _numeric(table, col, "range")
-        with np.errstate(invalid="ignore"):
-            outside = masked | ~np.isfinite(data)
-            if low is not None:
-                outside |= data < low
-            if high is not None:
-                outside |= data > high
-        sel.drop(outside, f"range: {col} outside [{low}, {high}]")
-
-    # Errors: negative is a data error; zero is legal only with a floor.
-    for col in used_error_cols:
-        data, _ = numeric[col]
-        live = sel.keep
-        negative = live & (data < 0)
-        if negative.any():
-            rows = np.flatnonzero(negative)
-            raise ValueError(
-                f"error column {col!r} has {rows.size} negative value(s) (source rows "
-                f"{', '.join(map(str, rows[:5]))}); if they encode 'missing', pass missing=<value>."
-            )
-        floor = floor_spec.get(col)
-        if floor is None:
-            zero = live & (data**2 == 0)  # also catches errors whose variance underflows
-            if zero.any():
-                rows = np.flatnonzero(zero)
-                raise ValueError(
-                    f"error column {col!r} has {rows.size} zero (or underflowing) value(s) (source rows "
-                    f"{', '.join(map(str, rows[:5]))}{', ...' if rows.size > 5 else ''}); a star "
-                    "cannot be measured perfectly: pass error_floor=<smallest credible error>."
-                )
-        else:
-            # A float32 0.01 reads as 0.0099999998: within float32 precision it is at the floor.
-            low = live & (data < floor) & ~np.isclose(data, floor, rtol=1e-6, atol=0.0)
-            if low.any():
-                sel.report.floored[col] = int(low.sum())
-
+    _drop_missing(table, numeric, missing_spec, sel)
+    _drop_nonfinite(numeric, sel, drop_nonfinite)
+    _apply_ranges(table, numeric, ranges, sel)
+    # After the cuts, so that a sentinel declared missing (or cut by a range) is no error.
+    _check_magnitudes(numeric, value_cols, used_error_cols, sel)
+    _check_errors(numeric, used_error_cols, floor_spec, sel)
     if id_column is not None:
         _drop_duplicates(table[id_column], numeric, used_error_cols, floor_spec, sel, duplicates,
                          id_column)
@@ -843,6 +1003,171 @@ def read_catalogue(
     return Catalogue(values=x, error_covs=covs, ids=ids, feature_names=tuple(value_cols),
                      units=units, covariates=cov_data, table=kept, source_rows=rows,
                      report=report, source=path)
+
+
+def _check_request(table, value_cols, errors, correlations, error_cov_column):
+    """Check the value, error and correlation columns asked for; return the error columns and correlations."""
+    if not value_cols:
+        raise ValueError("values must name at least one column to fit.")
+    if len(set(value_cols)) != len(value_cols):
+        raise ValueError(f"values lists a column twice: {value_cols}.")
+    n_features = len(value_cols)
+    if errors is not None and error_cov_column is not None:
+        raise ValueError("give either errors (standard-error columns) or error_cov_column, not both.")
+    error_cols = _as_list("errors", errors) if errors is not None else [None] * n_features
+    if len(error_cols) != n_features:
+        raise ValueError(
+            f"errors names {len(error_cols)} column(s) for {n_features} value column(s) "
+            f"{value_cols}; give one error column per value column (None for an error-free one)."
+        )
+    corr_spec = dict(correlations or {})
+    for pair, col in corr_spec.items():
+        if len(pair) != 2 or not set(pair) <= set(value_cols) or pair[0] == pair[1]:
+            raise ValueError(f"correlations key {pair!r} must be a pair of distinct value columns "
+                             f"from {value_cols}.")
+        if error_cov_column is not None:
+            raise ValueError("correlations cannot be combined with error_cov_column (it is whole).")
+        if error_cols[value_cols.index(pair[0])] is None or error_cols[value_cols.index(pair[1])] is None:
+            raise ValueError(f"correlation column {col!r} pairs a feature that has no error column.")
+    _check_columns(table, value_cols, "value")
+    _check_columns(table, [c for c in error_cols if c is not None], "error")
+    _check_columns(table, list(corr_spec.values()), "correlation")
+    if error_cov_column is not None:
+        _check_columns(table, [error_cov_column], "error covariance")
+    return error_cols, corr_spec
+
+
+def _apply_select(table, select, sel) -> None:
+    for col, wanted in (select or {}).items():
+        mask = _equal_mask(table[col], wanted)
+        if not mask.any():
+            sample = np.unique(np.char.strip(np.asarray(table[col]).astype(str)))[:8].tolist()
+            raise ValueError(
+                f"select {col} == {wanted!r} matches no row; values in {col!r} include "
+                f"{', '.join(repr(s) for s in sample)}."
+            )
+        sel.drop(~mask, f"select: {col} not in {wanted!r}" if isinstance(wanted, (list, tuple))
+                 else f"select: {col} != {wanted!r}")
+
+
+def _drop_missing(table, numeric, missing_spec, sel) -> None:
+    for col, sentinels in missing_spec.items():
+        data, _ = numeric[col] if col in numeric else _numeric(table, col, "missing-value")
+        native = np.asarray(table[col]).dtype
+        # Compare in the column's own precision: 9.99 stored as float32 is not float64 9.99.
+        raw = np.asarray(table[col].data if isinstance(table[col], MaskedColumn) else table[col])
+        for s in sentinels:
+            hit = raw == np.asarray(s, dtype=native) if native.kind == "f" else data == s
+            sel.drop(np.asarray(hit), f"missing: {col} == {s:g}")
+
+
+def _rows_text(rows: np.ndarray, n: int = 5) -> str:
+    return f"{', '.join(map(str, rows[:n]))}{', ...' if rows.size > n else ''}"
+
+
+def _drop_nonfinite(numeric, sel, drop_nonfinite: bool) -> None:
+    for col, (data, masked) in numeric.items():
+        bad = masked | ~np.isfinite(data)
+        if (bad & sel.keep).any():
+            if not drop_nonfinite:
+                rows = np.flatnonzero(bad & sel.keep)
+                raise ValueError(
+                    f"column {col!r} has {rows.size} NaN, infinite or blank value(s) among the "
+                    f"selected rows (source rows {_rows_text(rows)}); pass drop_nonfinite=True "
+                    "(drop_nonfinite = true in [data]) to drop and report them, or "
+                    "missing=<sentinel> (missing = <sentinel> in [data]) if they encode a missing value."
+                )
+            sel.drop(bad, f"nonfinite: {col}")
+
+
+def _apply_ranges(table, numeric, ranges, sel) -> None:
+    for col, bounds in (ranges or {}).items():
+        if len(bounds) != 2:
+            raise ValueError(f"ranges[{col!r}] must be (low, high); got {bounds!r}.")
+        low, high = bounds
+        data, masked = numeric[col] if col in numeric else _numeric(table, col, "range")
+        with np.errstate(invalid="ignore"):
+            outside = masked | ~np.isfinite(data)
+            if low is not None:
+                outside |= data < low
+            if high is not None:
+                outside |= data > high
+        sel.drop(outside, f"range: {col} outside [{low}, {high}]")
+
+
+def _check_magnitudes(numeric, value_cols, error_cols, sel) -> None:
+    """Refuse values and errors beyond :data:`MAGNITUDE_LIMIT` among the rows still in play.
+
+    Squares of such numbers overflow float64 (beyond about 1.3e154) in the error variances
+    and the likelihood; left in, they surface later as "NaN or infinite" covariances or
+    as a non-finite prior scale, far from the number that caused them.
+    """
+    for col in dict.fromkeys([*value_cols, *error_cols]):
+        data, _ = numeric[col]
+        with np.errstate(invalid="ignore"):
+            huge = sel.keep & (np.abs(data) > MAGNITUDE_LIMIT)
+        if not huge.any():
+            continue
+        rows = np.flatnonzero(huge)
+        v = float(data[rows[0]])
+        role = "value" if col in value_cols else "error"
+        units = "give the column in other units (e.g. km/s, not cm/s)"
+        if np.unique(data[rows]).size == 1:  # one repeated number: more likely a sentinel
+            fix = (f"If {v!r} is a sentinel for a missing value, declare it: missing = {{\"{col}\" = "
+                   f"{v!r}}} in [data] (missing={{'{col}': {v!r}}} in Python), or cut it with ranges; "
+                   f"otherwise {units}.")
+        else:
+            fix = f"{units[0].upper()}{units[1:]}, or cut those rows with ranges."
+        raise ValueError(
+            f"{role} column {col!r} has {rows.size} value(s) beyond +-{_LIMIT_TEXT} (source rows "
+            f"{_rows_text(rows)}; row {rows[0]} holds {v!r}): their squares overflow, and bayesmix "
+            f"handles |values| and errors up to about {_LIMIT_TEXT}. {fix}"
+        )
+
+
+def _check_errors(numeric, error_cols, floor_spec, sel) -> None:
+    """Negative errors are data errors; zero ones, or ones whose squares underflow, need a floor."""
+    for col in error_cols:
+        data, _ = numeric[col]
+        live = sel.keep
+        negative = live & (data < 0)
+        if negative.any():
+            rows = np.flatnonzero(negative)
+            raise ValueError(
+                f"error column {col!r} has {rows.size} negative value(s) (source rows "
+                f"{_rows_text(rows)}); if they encode 'missing', pass missing=<value> "
+                "(missing = <value> in [data])."
+            )
+        floor = floor_spec.get(col)
+        if floor is None:
+            _refuse_zero_variance(col, data, live)
+        else:
+            # A float32 0.01 reads as 0.0099999998: within float32 precision it is at the floor.
+            low = live & (data < floor) & ~np.isclose(data, floor, rtol=1e-6, atol=0.0)
+            if low.any():
+                sel.report.floored[col] = int(low.sum())
+
+
+def _refuse_zero_variance(col, data, live) -> None:
+    floor_hint = ("pass error_floor=<smallest credible error> (error_floor = <number> in [data], "
+                  "for all error columns or as {column = number})")
+    zero = live & (data == 0)
+    if zero.any():
+        rows = np.flatnonzero(zero)
+        raise ValueError(
+            f"error column {col!r} has {rows.size} zero value(s) (source rows {_rows_text(rows)}); "
+            f"a star cannot be measured perfectly: {floor_hint}."
+        )
+    with np.errstate(under="ignore"):
+        underflow = live & (data**2 == 0)
+    if underflow.any():
+        rows = np.flatnonzero(underflow)
+        raise ValueError(
+            f"error column {col!r} has {rows.size} nonzero value(s) so small that their squares "
+            f"underflow to zero (source rows {_rows_text(rows)}; row {rows[0]} holds "
+            f"{float(data[rows[0]])!r}): bayesmix handles errors down to about "
+            f"{1 / MAGNITUDE_LIMIT:.0e}. Give the column in other units, or {floor_hint}."
+        )
 
 
 def _error_covs(numeric, error_cols, value_cols, corr_spec, floor_spec, rows) -> np.ndarray:
@@ -881,6 +1206,13 @@ def _whole_error_covs(table, col, rows, n_features) -> np.ndarray:
     if bad.any():
         raise ValueError(f"error covariance column {col!r} has NaN or inf in source rows "
                          f"{', '.join(map(str, rows[bad][:5]))}.")
+    huge = (np.abs(covs) > MAGNITUDE_LIMIT**2).any(axis=(1, 2))
+    if huge.any():
+        raise ValueError(
+            f"error covariance column {col!r} has entries beyond +-({_LIMIT_TEXT})**2 in "
+            f"source rows {_rows_text(rows[huge])}: bayesmix handles errors up to about "
+            f"{_LIMIT_TEXT} (variances up to its square); give the data in other units."
+        )
     if not np.allclose(covs, np.swapaxes(covs, 1, 2), rtol=1e-10, atol=0):
         raise ValueError(f"error covariance column {col!r} is not symmetric in every row.")
     _require_pd(covs, rows, f"error covariance column {col!r}", allow_singular_diag=False)
@@ -913,7 +1245,7 @@ def _drop_duplicates(id_col, numeric, error_cols, floor_spec, sel, how, name) ->
         raise ValueError(
             f"id column {name!r} repeats {repeated.size} id(s) (e.g. "
             f"{', '.join(repr(i) for i in repeated[:5].tolist())}); pass duplicates='first' or 'best' "
-            "to keep one row per id."
+            "(duplicates = \"first\" or \"best\" in [data]) to keep one row per id."
         )
     if how == "first":
         keep_rows = live[first]
@@ -1040,6 +1372,68 @@ def _csv_writer(out: Table, path: Path, prov_json: str | None):
         atomic_write(sidecar, lambda side_tmp: Path(side_tmp).write_text(text + "\n"))
 
     return write
+
+
+def _check_fits_text(table: Table) -> None:
+    """Text columns whose values a FITS table cannot hold (it stores ASCII bytes)."""
+    for name in table.colnames:
+        column = np.asarray(table[name])
+        if column.dtype.kind != "U":
+            continue
+        flat = column.ravel()
+        bad = np.flatnonzero([not str(v).isascii() for v in flat])
+        if bad.size:
+            raise ValueError(
+                f"text column {name!r} holds non-ASCII values ({bad.size} row(s), e.g. row {int(bad[0])}: "
+                f"{str(flat[bad[0]])!r}), which a FITS table cannot store, so membership.fits could not be "
+                "written after the fit. Choose [output] formats = [\"csv\"] or [\"ecsv\"], or drop or "
+                "transliterate the column."
+            )
+
+
+def check_output_names(column_names: Sequence[str], formats: Sequence[str],
+                       table: Table | None = None) -> None:
+    """Refuse column names that an output format cannot hold, before any fitting is done.
+
+    A FITS header holds printable ASCII only, so a name such as ``v_лос`` or ``σ_v``
+    makes writing ``membership.fits`` fail, which is only reached after the whole fit.
+    CSV and ECSV keep UTF-8 names. A VOTable keeps them in its ``name`` attributes, but
+    astropy reads its columns back by their ``ID``, which it writes with ``_`` for each
+    non-ASCII character (``v_лос`` -> ``v____``): that is logged as a warning.
+
+    Parameters
+    ----------
+    column_names : sequence of str
+        The columns of the table to be written (e.g. ``catalogue.table.colnames``).
+    formats : sequence of str
+        Output formats, as in ``[output] formats`` (``"fits"``, ``"csv"``, ``"ecsv"``,
+        ``"votable"``) or as :func:`write_table` takes them.
+    table : astropy.table.Table, optional
+        Also check its text columns' values (FITS stores ASCII bytes only).
+
+    Raises
+    ------
+    ValueError
+        When ``formats`` includes FITS and some names are not printable ASCII; the
+        message names those columns and the fix.
+    """
+    fmts = {_FORMAT_ALIASES.get(str(f).lower().lstrip("."), str(f).lower().lstrip(".")) for f in formats}
+    if table is not None and "fits" in fmts:
+        _check_fits_text(table)
+    bad = [name for name in column_names if not (name.isascii() and name.isprintable())]
+    if not bad:
+        return
+    if "fits" in fmts:
+        raise ValueError(
+            f"column name(s) {bad} are not printable ASCII, which a FITS header must be, so the "
+            "FITS output (membership.fits) could not be written after the fit. Rename them in the "
+            "catalogue, or choose [output] formats = [\"csv\"] or [\"ecsv\"] (formats that keep "
+            "UTF-8 names)."
+        )
+    if "votable" in fmts:
+        logger.warning("column name(s) %s are not ASCII: the VOTable output keeps them as names, but "
+                       "astropy reads VOTable columns back by ID, where each non-ASCII character "
+                       "becomes '_'", bad)
 
 
 def write_table(table: Table, path, format: str | None = None,

@@ -10,14 +10,18 @@ Commands::
     bayesmix simulate disc --out disc_sim.fits [--n-stars 2000] [--seed 0]
     bayesmix --version
 
-Exit status (:data:`EXIT_OK`, :data:`EXIT_INPUT_ERROR`, :data:`EXIT_CHECKS_FAILED`): 0 when the
-run finished and every check passed; 2 for bad input (a message names the file, column or key
-and the fix); 3 when ``fit`` or ``demo`` finished and wrote its outputs but a check failed: not
-converged (R-hat, ESS), divergent transitions, chains in different modes, or a model misfit.
-``--exit-zero`` gives 0 in that case too (the checks are still printed and stored); 4
-(:data:`EXIT_ENVIRONMENT_ERROR`) when the machine stopped the run: a file or folder that cannot
-be read or written (permissions, a full disk, a path that is a file), a missing or broken
-dependency, or too little memory. Never a raw traceback (``--verbose`` logs it).
+Exit status (:data:`EXIT_OK`, :data:`EXIT_INPUT_ERROR`, :data:`EXIT_CHECKS_FAILED`,
+:data:`EXIT_ENVIRONMENT_ERROR`, :data:`EXIT_INTERNAL_ERROR`, :data:`EXIT_INTERRUPTED`): 0 when
+the run finished and every check passed; 2 for bad input (a message names the file, column or
+key and the fix: a catalogue or model file that is missing, damaged or wrong, a path that is a
+file where a folder is needed, a damaged checkpoint, an output folder held by another run); 3
+when ``fit`` or ``demo`` finished and wrote its outputs but a check failed: not converged
+(R-hat, ESS, a quantity that never moved), divergent transitions, chains in different modes,
+or a model misfit. ``--exit-zero`` gives 0 in that case too (the checks are still printed and
+stored); 4 when the machine stopped the run: a file or folder that cannot be read or written
+(permissions, a read-only or full disk), a missing or broken dependency, or too little memory;
+1 for a bug in bayesmix (one line; please report it); 130 when interrupted (Ctrl-C). Never a
+raw traceback (``-v`` / ``--verbose``, before or after the command, logs it).
 """
 
 from __future__ import annotations
@@ -33,14 +37,18 @@ from bayesmix import __version__
 from bayesmix.config import SIMULATIONS  # light (no JAX): argparse needs the names
 
 EXIT_OK = 0
+EXIT_INTERNAL_ERROR = 1
 EXIT_INPUT_ERROR = 2
 EXIT_CHECKS_FAILED = 3
 EXIT_ENVIRONMENT_ERROR = 4
+EXIT_INTERRUPTED = 130
 
 _EPILOG = """exit status: 0 finished and every check passed; 2 bad input (the message says what and how to fix
-it); 3 (fit, demo) finished and wrote the outputs, but a check failed: not converged, divergences,
-chains in different modes, or model misfit (--exit-zero: 0 instead); 4 the machine stopped the run
-(a file or folder that cannot be read or written, a full disk, a missing dependency, no memory)."""
+it; also a damaged checkpoint or an output folder in use by another run); 3 (fit, demo) finished and
+wrote the outputs, but a check failed: not converged, divergences, chains in different modes, or model
+misfit (--exit-zero: 0 instead); 4 the machine stopped the run (a file or folder that cannot be read or
+written, a full disk, a missing dependency, no memory); 1 a bug in bayesmix (-v shows the traceback);
+130 interrupted."""
 
 
 def _k_range(text: str) -> tuple[int, int]:
@@ -98,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
                                   "misfit); default: exit 3")
     fit.add_argument("--resume", action="store_true",
                      help="continue the run saved in the output folder (interrupted, or finished and now "
-                          "given a larger --num-samples) without losing draws")
+                          "given a larger --num-samples) without losing draws; without --num-samples it "
+                          "continues to the saved run's number of draws")
     sim = sub.add_parser("simulate", help="write a simulated catalogue with its truth")
     sim.add_argument("kind", choices=SIMULATIONS,
                      help="cluster-field: NGC 288-like velocities with radii; contaminated-field: a faint "
@@ -109,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--n-stars", type=int, default=None,
                      help="number of stars (default: 386 cluster-field, 400 contaminated-field, 2000 disc)")
     sim.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    for command in (demo, fit, scan, sim):  # -v also after the command: bayesmix fit x.toml -v
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log progress and cuts; show the traceback of an error")
     return parser
 
 
@@ -253,8 +265,22 @@ def _load(args):
     return spec.with_overrides(**overrides) if overrides else spec
 
 
+def _resume_target(spec, args):
+    """Under --resume without --num-samples: the saved run's target, said aloud."""
+    from bayesmix.workflow import resume_target
+
+    if not args.resume or args.num_samples is not None:
+        return spec
+    target = resume_target(spec, args.out)
+    if target is None or target == spec.sampler.num_samples:
+        return spec
+    print(f"--resume: continuing the saved run to its {target} draws per chain (the model file says "
+          f"{spec.sampler.num_samples}; --num-samples N asks for another number)")
+    return spec.with_overrides(sampler={"num_samples": target})
+
+
 def _fit(args) -> int:
-    spec = _load(args)
+    spec = _resume_target(_load(args), args)
     _cache(args)
     s = spec.sampler
     print(f"bayesmix fit {args.model}: {spec.name} (seed {spec.seed}); EM start, then NUTS "
@@ -330,11 +356,35 @@ def _environment_error(command: str, exc: BaseException) -> int:
     return EXIT_ENVIRONMENT_ERROR
 
 
+def _input_error(command: str, exc: BaseException) -> int:
+    hint = ""
+    if isinstance(exc, (FileExistsError, IsADirectoryError, NotADirectoryError)):
+        hint = "\n  check the path: a file stands where a folder is needed, or a folder where a file is"
+    print(f"bayesmix {command}: error: {exc}{hint}", file=sys.stderr)
+    logging.getLogger(__name__).info("traceback of the error above", exc_info=exc)
+    return EXIT_INPUT_ERROR
+
+
+def _internal_error(command: str, exc: BaseException) -> int:
+    """Neither the input nor the machine: a bug. One line, the traceback under -v."""
+    print(f"bayesmix {command}: internal error: {type(exc).__name__}: {exc}\n  this is a bug in bayesmix; "
+          f"rerun with -v for the traceback and report it", file=sys.stderr)
+    logging.getLogger(__name__).info("traceback of the error above", exc_info=exc)
+    return EXIT_INTERNAL_ERROR
+
+
+def _dispatch(args) -> int:
+    commands = {"demo": _demo, "simulate": _simulate, "fit": _fit, "scan": _scan}
+    return commands[args.command](args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (errors in input give 2 and a message)."""
+    from bayesmix.runfolder import FolderBusyError
+
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
         parser.print_help()
@@ -344,20 +394,18 @@ def main(argv: list[str] | None = None) -> int:
 
         set_host_device_count()  # before JAX starts: chains on every core where that pays
     try:
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "simulate":
-            return _simulate(args)
-        if args.command == "fit":
-            return _fit(args)
-        if args.command == "scan":
-            return _scan(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"bayesmix {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
+        return _dispatch(args)
+    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+            FolderBusyError) as exc:
+        return _input_error(args.command, exc)
     except (OSError, ImportError, MemoryError) as exc:
         return _environment_error(args.command, exc)
-    raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects others
+    except KeyboardInterrupt:
+        hint = "; bayesmix fit MODEL --resume continues from the last checkpoint" * (args.command == "fit")
+        print(f"bayesmix {args.command}: interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: one line, never a raw traceback (-v shows it)
+        return _internal_error(args.command, exc)
 
 
 if __name__ == "__main__":

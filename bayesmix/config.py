@@ -33,6 +33,8 @@ import dataclasses
 import difflib
 import math
 import os
+import re
+import reprlib
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -67,6 +69,23 @@ DUPLICATES = ("error", "first", "best")
 TABLE_FORMATS = ("fits", "csv", "ecsv", "votable", "fixed_width", "ascii")
 OUTPUT_TABLE_FORMATS = ("fits", "csv", "ecsv", "votable")
 
+# Bounds on settings whose memory grows with them (audit rows 106, 107). They live here, in
+# the module without JAX, so that the estimator and the simulators enforce the same numbers.
+MAX_EM_STARTS = 1000
+MAX_SIMULATED_STARS = 100_000_000
+# The membership intervals are the 16th and 84th percentiles over the draws: with 20 draws
+# at least 3 lie beyond each (0.16 * 20 = 3.2); with fewer, one or two draws set an
+# interval, and with one draw p16 = p84 = the mean (audit row 80).
+MIN_MEMBERSHIP_DRAWS = 20
+_STARTS_WHY = (": all EM starts run at once, each with its own per-star "
+               "working arrays, so memory grows with their number (100000 starts passed 3 GB); a few to "
+               "tens of starts find the optimum")
+# A run's name is part of its default output folder, so it must not hold a path (rows 103, 157).
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+# Short reprs in messages: a value may be a huge or deeply nested array (row 96).
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxstring, _REPR.maxother = 3, 6, 60, 60
+
 
 class SpecError(ValueError):
     """A run specification is invalid.
@@ -86,6 +105,41 @@ class SpecError(ValueError):
 # Each check takes (value, where) and returns the normalised value or raises SpecError.
 
 
+def _show(value) -> str:
+    """``repr(value)``, shortened (a spec value may be huge or nested thousands deep)."""
+    return _REPR.repr(value)
+
+
+def simulation_bytes(n_stars: int, n_features: int = 1) -> int:
+    """Peak memory of a simulated catalogue, in bytes.
+
+    Measured on :func:`bayesmix.simulate.simulate_named`: about 220 bytes per star with
+    one feature and 500 with two (the disc's error covariances); the estimate grows with
+    the square of the number of features, as the covariances do.
+    """
+    return int(n_stars) * (100 + 120 * int(n_features) ** 2)
+
+
+def _bytes_text(n_bytes: int) -> str:
+    """``22 TB``: three significant digits in the largest decimal unit that fits."""
+    units = ("bytes", "kB", "MB", "GB", "TB", "PB")
+    power = min(len(units) - 1, (len(str(max(int(n_bytes), 1))) - 1) // 3)
+    return f"{n_bytes / 1000**power:.3g} {units[power]}"
+
+
+def simulated_stars_problem(n_stars: int, n_features: int = 1) -> str | None:
+    """Why ``n_stars`` is too many to simulate (a message fragment), or None when it is not.
+
+    Above :data:`MAX_SIMULATED_STARS` the catalogue would not fit in memory, and JAX
+    aborts the process (SIGABRT) instead of raising, so the bound is checked first.
+    """
+    if int(n_stars) <= MAX_SIMULATED_STARS:
+        return None
+    return (f"must be at most {MAX_SIMULATED_STARS} (1e8); got {int(n_stars)}, which would need about "
+            f"{_bytes_text(simulation_bytes(n_stars, n_features))} of memory "
+            f"(about {simulation_bytes(1, n_features)} bytes per star)")
+
+
 def _type_name(value) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
             dict: "a table"}.get(type(value), type(value).__name__)
@@ -94,32 +148,40 @@ def _type_name(value) -> str:
 def _string(choices=None):
     def check(value, where):
         if not isinstance(value, str):
-            raise SpecError(where, f"must be a string; got {_type_name(value)} ({value!r}).")
+            raise SpecError(where, f"must be a string; got {_type_name(value)} ({_show(value)}).")
         if choices is not None and value not in choices:
             hint = difflib.get_close_matches(value, choices, n=1)
-            raise SpecError(where, f"{value!r} is not allowed; use one of {list(choices)}"
+            raise SpecError(where, f"{_show(value)} is not allowed; use one of {list(choices)}"
                                    + (f" (did you mean {hint[0]!r}?)" if hint else "") + ".")
         return value
     return check
 
 
-def _integer(minimum=None):
+def _integer(minimum=None, maximum=None, why=""):
+    """An integer in ``[minimum, maximum]``; ``why`` (": ...") is added to a bound's message."""
     def check(value, where):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(where, f"must be an integer; got {_type_name(value)} ({value!r}).")
+            raise SpecError(where, f"must be an integer; got {_type_name(value)} ({_show(value)}).")
         if minimum is not None and value < minimum:
-            raise SpecError(where, f"must be at least {minimum}; got {value}.")
+            raise SpecError(where, f"must be at least {minimum}; got {value}{why}.")
+        if maximum is not None and value > maximum:
+            raise SpecError(where, f"must be at most {maximum}; got {value}{why}.")
         return value
     return check
 
 
-def _number(low=None, high=None, open_low=False, open_high=False):
+def _number(low=None, high=None, open_low=False, open_high=False, finite=True):
+    """A number in the given bounds; ``finite=False`` lets -inf / inf through (open sides)."""
     def check(value, where):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(where, f"must be a number; got {_type_name(value)} ({value!r}).")
+            raise SpecError(where, f"must be a number; got {_type_name(value)} ({_show(value)}).")
         value = float(value)
         if math.isnan(value):
             raise SpecError(where, "must be a number, not nan.")
+        if finite and math.isinf(value):
+            # An infinite prior location, tolerance or scale is accepted by the arithmetic
+            # but means nothing (NaN densities, EM stopping at once): refuse it here.
+            raise SpecError(where, f"must be a finite number; got {value}.")
         if low is not None and (value <= low if open_low else value < low):
             raise SpecError(where, f"must be {'>' if open_low else '>='} {low}; got {value}.")
         if high is not None and (value >= high if open_high else value > high):
@@ -130,7 +192,7 @@ def _number(low=None, high=None, open_low=False, open_high=False):
 
 def _boolean(value, where):
     if not isinstance(value, bool):
-        raise SpecError(where, f"must be true or false; got {_type_name(value)} ({value!r}).")
+        raise SpecError(where, f"must be true or false; got {_type_name(value)} ({_show(value)}).")
     return value
 
 
@@ -139,7 +201,7 @@ def _strings(min_length=0):
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise SpecError(where, f"must be an array of strings; got {value!r}.")
+            raise SpecError(where, f"must be an array of strings; got {_show(value)}.")
         if len(value) < min_length:
             raise SpecError(where, f"needs at least {min_length} entr{'y' if min_length == 1 else 'ies'}.")
         if len(set(value)) != len(value):
@@ -148,11 +210,17 @@ def _strings(min_length=0):
     return check
 
 
-def _numbers(value, where):
+def _numbers(value, where, finite=True):
     """A number or an array of numbers (per-feature settings)."""
+    number = _number(finite=finite)
     if isinstance(value, list):
-        return tuple(_number()(v, f"{where}[{i}]") for i, v in enumerate(value))
-    return _number()(value, where)
+        return tuple(number(v, f"{where}[{i}]") for i, v in enumerate(value))
+    return number(value, where)
+
+
+def _numbers_or_infinite(value, where):
+    """Like :func:`_numbers`, but -inf / inf pass (for keys that say what they mean themselves)."""
+    return _numbers(value, where, finite=False)
 
 
 def _positive_numbers(value, where):
@@ -197,10 +265,21 @@ def _matrix(value, where):
     return rows
 
 
+def _plain_name(value, where):
+    """A run name: it becomes part of a folder name, so no path and no leading dot."""
+    value = _string()(value, where)
+    if not _PLAIN_NAME.fullmatch(value):
+        raise SpecError(where, f"{_show(value)} is not a plain name: use 1 to 100 letters, digits, '.', "
+                               "'_' or '-', not starting with '.' (no '/' or '\\'). The name is part of the "
+                               "default output folder bayesmix-output-<name>-seed<seed>; to write "
+                               "elsewhere, set [output] directory.")
+    return value
+
+
 def _feature(value, where):
     """A feature given by name (a value column) or by index."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise SpecError(where, f"must be a value column name or a feature index; got {value!r}.")
+        raise SpecError(where, f"must be a value column name or a feature index; got {_show(value)}.")
     if isinstance(value, int) and value < 0:
         raise SpecError(where, f"a feature index must be >= 0; got {value}.")
     return value
@@ -209,7 +288,7 @@ def _feature(value, where):
 def _scalar_mapping(value, where):
     """``{column: value or [values]}`` (selections)."""
     if not isinstance(value, dict):
-        raise SpecError(where, f"must be a table {{column = value}}; got {value!r}.")
+        raise SpecError(where, f"must be a table {{column = value}}; got {_show(value)}.")
     out = {}
     for col, wanted in value.items():
         if isinstance(wanted, list):
@@ -217,15 +296,16 @@ def _scalar_mapping(value, where):
                 raise SpecError(f"{where}.{col}", "must be a value or a non-empty array of values.")
             wanted = tuple(wanted)
         elif not isinstance(wanted, (str, int, float)):
-            raise SpecError(f"{where}.{col}", f"must be a string or a number; got {wanted!r}.")
+            raise SpecError(f"{where}.{col}", f"must be a string or a number; got {_show(wanted)}.")
         out[col] = wanted
     return out
 
 
 def _missing(value, where):
+    # A catalogue may mark missing entries with inf, so the sentinels may be infinite.
     if isinstance(value, dict):
-        return {col: _numbers(v, f"{where}.{col}") for col, v in value.items()}
-    return _numbers(value, where)
+        return {col: _numbers_or_infinite(v, f"{where}.{col}") for col, v in value.items()}
+    return _numbers_or_infinite(value, where)
 
 
 def _error_floor(value, where):
@@ -241,8 +321,8 @@ def _ranges(value, where):
     for col, pair in value.items():
         if not isinstance(pair, list) or len(pair) != 2:
             raise SpecError(f"{where}.{col}", f"must be [low, high] (use -inf / inf for an open side); "
-                                              f"got {pair!r}.")
-        low, high = (_number()(v, f"{where}.{col}") for v in pair)
+                                              f"got {_show(pair)}.")
+        low, high = (_number(finite=False)(v, f"{where}.{col}") for v in pair)
         if low > high:
             raise SpecError(f"{where}.{col}", f"low {low} is above high {high}.")
         out[col] = (low, high)
@@ -255,7 +335,7 @@ def _error_columns(value, where):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise SpecError(where, "must be an array of column names (\"\" for an error-free feature); "
-                               f"got {value!r}.")
+                               f"got {_show(value)}.")
     return tuple(value)
 
 
@@ -266,7 +346,7 @@ def _correlations(value, where):
     out = []
     for i, triple in enumerate(value):
         if not isinstance(triple, list) or len(triple) != 3 or not all(isinstance(t, str) for t in triple):
-            raise SpecError(f"{where}[{i}]", f"must be [value_a, value_b, column]; got {triple!r}.")
+            raise SpecError(f"{where}[{i}]", f"must be [value_a, value_b, column]; got {_show(triple)}.")
         out.append(tuple(triple))
     return tuple(out)
 
@@ -280,7 +360,8 @@ def _k_range(value, where):
     if (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
                                                             for v in value) and 1 <= value[0] <= value[1]):
         return tuple(value)
-    raise SpecError(where, f"must be [k_min, k_max] with 1 <= k_min <= k_max, or \"1..8\"; got {value!r}.")
+    raise SpecError(where, "must be [k_min, k_max] with 1 <= k_min <= k_max, or \"1..8\"; "
+                           f"got {_show(value)}.")
 
 
 def parse_k_range(text: str) -> tuple[int, int]:
@@ -317,7 +398,11 @@ class DataSpec:
 
     Either ``path`` (a catalogue file) or ``simulate`` (``"cluster-field"`` or
     ``"disc"``, with ``n_stars``). The other keys are the arguments of
-    :func:`bayesmix.catalogue.read_catalogue` of the same names.
+    :func:`bayesmix.catalogue.read_catalogue` of the same names; they apply to a file
+    only, so a simulated catalogue refuses them (they would be silently ignored).
+    ``n_stars`` is at most :data:`MAX_SIMULATED_STARS` (1e8): a simulation is held in
+    memory, about 220 bytes per star (500 for ``"disc"``), and beyond that JAX aborts
+    the process instead of raising.
     """
 
     path: str | None = _field(None, _string(), doc="catalogue file")
@@ -350,10 +435,27 @@ class DataSpec:
         if self.n_stars is not None and self.simulate is None:
             raise SpecError(f"{where} n_stars", "only applies to simulate = ...; a file's rows are chosen "
                                                 "with select / ranges.")
+        if self.simulate is not None:
+            self._validate_simulation(where)
         if self.errors is not None and len(self.errors) != len(self.values):
             raise SpecError(f"{where} errors", f"has {len(self.errors)} column(s) for {len(self.values)} "
                                                f"value column(s) {list(self.values)}; give one per value "
                                                "column (\"\" for an error-free one).")
+
+    def _validate_simulation(self, where):
+        for f in dataclasses.fields(self):
+            if f.name in ("path", "simulate", "n_stars", "values"):
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if getattr(self, f.name) != default:
+                raise SpecError(f"{where} {f.name}",
+                                f"only applies to a catalogue file (path = ...); a simulated catalogue "
+                                f"(simulate = {self.simulate!r}) has its own columns and rows, so leave it "
+                                "out.")
+        if self.n_stars is not None:
+            problem = simulated_stars_problem(self.n_stars, 2 if self.simulate == "disc" else 1)
+            if problem is not None:
+                raise SpecError(f"{where} n_stars", f"{problem}; a simulation is held in memory.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,11 +507,18 @@ class RadiusFractionSpec:
 
 @dataclasses.dataclass(frozen=True)
 class BackgroundSpec:
-    """``[model.background]``: a fixed-shape extra component (uniform box or broad Gaussian)."""
+    """``[model.background]``: a fixed-shape extra component (uniform box or broad Gaussian).
+
+    A uniform box needs finite ``low`` and ``high`` (one number for every feature, or one
+    per feature), each ``high`` above its ``low``: its density is 1 / volume, which is
+    zero over an infinite range, so such a background would explain no star and its
+    weight would follow only its prior.
+    """
 
     kind: str = _field(check=_string(BACKGROUND_KINDS))
-    low: tuple | None = _field(None, _numbers)
-    high: tuple | None = _field(None, _numbers)
+    # inf passes the value check so that _validate can say why a uniform box must be finite.
+    low: tuple | None = _field(None, _numbers_or_infinite)
+    high: tuple | None = _field(None, _numbers_or_infinite)
     mean: tuple | None = _field(None, _numbers)
     covariance: tuple | None = _field(None, _matrix)
     weight: float = _field(0.1, _number(0.0, 1.0, open_low=True, open_high=True))
@@ -424,6 +533,23 @@ class BackgroundSpec:
         for name in other:
             if getattr(self, name) is not None:
                 raise SpecError(f"{where} {name}", f"does not apply to a {self.kind} background.")
+        if self.kind == "uniform":
+            self._validate_box(where)
+
+    def _validate_box(self, where):
+        low, high = (v if isinstance(v, tuple) else (v,) for v in (self.low, self.high))
+        for name, bounds in (("low", low), ("high", high)):
+            if not all(math.isfinite(b) for b in bounds):
+                raise SpecError(f"{where} {name}", f"must be finite; got {list(bounds)}. A uniform density "
+                                                   "over an infinite range is zero everywhere, so the "
+                                                   "background would explain no star; give the finite "
+                                                   "range the field covers (e.g. the catalogue's selection "
+                                                   "limits).")
+        n = max(len(low), len(high))
+        if {len(low), len(high)} <= {1, n}:  # other lengths are checked against the data's features
+            if any(h <= lo for lo, h in zip(low * (n // len(low)), high * (n // len(high)), strict=True)):
+                raise SpecError(f"{where} high", f"every high must exceed its low; got low {list(low)}, "
+                                                 f"high {list(high)}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -434,7 +560,21 @@ class ModelSpec:
     named cluster and field, the tutorial's mean1 .. frac1 recorded); ``"mixture"`` is
     the general K-component model. ``ordering`` breaks label switching: component index
     increasing with the dispersion (``"scale"``) or mean (``"mean"``) of
-    ``ordering_feature`` (a value column name or index), or with the weight.
+    ``ordering_feature`` (a value column name or index), or with the weight (which
+    refuses ``ordering_feature``, and a background). A cluster-field fit is always
+    ordered by dispersion (cluster narrow, field broad); its ``ordering`` applies to the
+    other K of ``bayesmix scan``.
+
+    ``component_names`` names the Gaussian components: exactly ``n_components`` names, in
+    component order. A ``[model.background]`` is not counted; it is named
+    ``"background"`` by itself, so no Gaussian may take that name. A cluster-field
+    model's components are always ``"cluster"`` and ``"field"`` (other names are
+    refused; use ``kind = "mixture"`` to choose them). ``bayesmix scan`` fits other K
+    (``[scan] k``) with the same ``[model]``: the names (like the component priors and a
+    given EM start) apply at the spec's own K = ``n_components``, and the fits at other
+    K name their components ``c0``, ``c1``, ... (a name means a component of this
+    model, which another K does not have), so the names are not checked against
+    ``[scan] k``.
     """
 
     kind: str = _field("mixture", _string(MODEL_KINDS))
@@ -463,10 +603,39 @@ class ModelSpec:
             if self.ordering == "weight":
                 raise SpecError(f"{where} ordering", "\"weight\" cannot be combined with a radius law "
                                                      "(the law sets the weights); use \"scale\" or \"mean\".")
+        self._validate_ordering(where)
+        if self.component_names is not None:
+            self._validate_names(where)
+
+    def _validate_ordering(self, where):
+        if self.ordering == "weight" and self.ordering_feature != 0:
+            raise SpecError(f"{where} ordering_feature", "does not apply: ordering = \"weight\" uses no "
+                                                         "feature; leave it out.")
+        if self.ordering == "weight" and self.background is not None:
+            raise SpecError(f"{where} ordering",
+                            "\"weight\" cannot be combined with a [model.background] (the model refuses it "
+                            "when it is built); use \"scale\" or \"mean\".")
+
+    def _validate_names(self, where):
         names = self.component_names
-        if names is not None and self.kind == "mixture" and len(names) != self.k:
-            raise SpecError(f"{where} component_names", f"has {len(self.component_names)} names for "
-                                                        f"{self.k} components.")
+        if self.kind == "cluster-field":
+            if names != ("cluster", "field"):
+                raise SpecError(f"{where} component_names",
+                                f"got {len(names)} names {list(names)}, but a cluster-field model's 2 "
+                                "components are always named \"cluster\" and \"field\"; leave "
+                                "component_names out, or use kind = \"mixture\" with n_components = 2 to "
+                                "name them yourself.")
+            return
+        if len(names) != self.k:
+            background = (" (the [model.background] component is not counted; it is named \"background\")"
+                          if self.background is not None else "")
+            raise SpecError(f"{where} component_names",
+                            f"has {len(names)} names for {self.k} components (n_components = {self.k}); give "
+                            f"exactly one name per Gaussian component{background}.")
+        if self.background is not None and "background" in names:
+            raise SpecError(f"{where} component_names",
+                            "\"background\" is the name of the [model.background] component; give the "
+                            "Gaussian components other names.")
 
     def names(self) -> tuple[str, ...]:
         """The Gaussian components' names, as the model will have them."""
@@ -492,10 +661,17 @@ class EMSpec:
         [em]
         init_means = [[-45.0], [0.0]]
         init_scales = [[3.0], [60.0]]
+
+    ``n_init`` and ``n_peaks`` are each at most :data:`MAX_EM_STARTS` (1000): all starts
+    run at once (vectorised), each with its own per-star working arrays, so memory
+    grows in proportion to the number of starts (100000 starts passed 3 GB); a few to
+    tens of starts find the optimum. ``n_peaks`` applies to ``init = "auto"`` only and
+    ``kmeans_iter`` to the k-means++ starts (``"auto"`` and ``"kmeans++"``); other values
+    of them with another ``init`` are refused, since they would be ignored.
     """
 
-    n_init: int = _field(4, _integer(1))
-    n_peaks: int = _field(4, _integer(0))
+    n_init: int = _field(4, _integer(1, MAX_EM_STARTS, _STARTS_WHY))
+    n_peaks: int = _field(4, _integer(0, MAX_EM_STARTS, _STARTS_WHY))
     max_iter: int = _field(1000, _integer(1))
     tol: float = _field(1e-3, _number(0.0, open_low=True))
     w: float | None = _field(None, _number(0.0))
@@ -518,6 +694,19 @@ class EMSpec:
                                                    f"{len(self.init_means)} components.")
         if self.init_scales is not None and len(self.init_scales[0]) != len(self.init_means[0]):
             raise SpecError(f"{where} init_scales", "rows must have as many values as init_means' rows.")
+        self._validate_ignored(where)
+
+    def _validate_ignored(self, where):
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        if self.init != "auto" and self.n_peaks not in (0, defaults["n_peaks"]):
+            raise SpecError(f"{where} n_peaks", f"density-peak starts are made by init = \"auto\" only; with "
+                                                f"init = {self.init!r} n_peaks = {self.n_peaks} would be "
+                                                "ignored. Leave it out or use init = \"auto\".")
+        if self.init in ("random", "given") and self.kmeans_iter != defaults["kmeans_iter"]:
+            raise SpecError(f"{where} kmeans_iter",
+                            f"refines k-means++ starts only; with init = {self.init!r} kmeans_iter = "
+                            f"{self.kmeans_iter} would be ignored. Leave it out or use init = \"auto\" or "
+                            "\"kmeans++\".")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -543,7 +732,10 @@ class SamplerSpec:
 
     ``checkpoint_every`` draws per chain between saved states (default a tenth of
     ``num_samples``); ``membership_draws`` bounds the posterior draws used for the
-    membership probabilities and their intervals.
+    membership probabilities and their intervals. It is at least
+    :data:`MIN_MEMBERSHIP_DRAWS` (20): the intervals are the 16th and 84th percentiles
+    over the draws, and 20 draws put at least 3 beyond each of them; with fewer, one or
+    two draws set an interval, and with one, p16 = p84 = the mean.
     """
 
     num_chains: int = _field(4, _integer(1))
@@ -554,12 +746,20 @@ class SamplerSpec:
     max_tree_depth: int = _field(10, _integer(1))
     chain_method: str = _field("auto", _string(CHAIN_METHODS))
     checkpoint_every: int | None = _field(None, _integer(1))
-    membership_draws: int = _field(1000, _integer(1))
+    membership_draws: int = _field(1000, _integer(MIN_MEMBERSHIP_DRAWS, why=(
+        ": the membership intervals are the 16th and 84th percentiles over these draws, and "
+        f"{MIN_MEMBERSHIP_DRAWS} draws put at least 3 beyond each; with fewer, one or two draws set an "
+        "interval, and with 1, p16 = p84 = the mean")))
 
 
 @dataclasses.dataclass(frozen=True)
 class OutputSpec:
-    """``[output]``: what a run writes (``directory`` relative to where bayesmix runs)."""
+    """``[output]``: what a run writes.
+
+    ``directory`` is the explicit choice of output folder (relative to where bayesmix
+    runs, or absolute); left out, it is ``bayesmix-output-<name>-seed<seed>`` in the
+    working folder (``bayesmix-scan-...`` for a scan). It may not be empty.
+    """
 
     directory: str | None = _field(None, _string())
     formats: tuple = _field(("fits", "csv"), _strings(1))
@@ -567,6 +767,9 @@ class OutputSpec:
     loo: bool = _field(False, _boolean)
 
     def _validate(self, where):
+        if self.directory is not None and not self.directory.strip():
+            raise SpecError(f"{where} directory", "is empty; leave it out for the default folder "
+                                                  "(bayesmix-output-<name>-seed<seed>) or name a folder.")
         bad = [f for f in self.formats if f not in OUTPUT_TABLE_FORMATS]
         if bad:
             raise SpecError(f"{where} formats",
@@ -585,13 +788,18 @@ class ScanSpec:
 class RunSpec:
     """A whole run: ``name``, ``description`` and ``seed`` at the top, then the sections.
 
+    ``name`` is a plain name: 1 to 100 letters, digits, ``.``, ``_`` or ``-``, not
+    starting with ``.``. It becomes part of the default output folder
+    (``bayesmix-output-<name>-seed<seed>``), so a path in it (``../../x``) would write
+    outside the working folder; ``[output] directory`` is where to choose a folder.
+
     Attributes
     ----------
     source : str or None
         The spec file (not part of the spec; used to resolve relative paths).
     """
 
-    name: str = _field("bayesmix-run", _string())
+    name: str = _field("bayesmix-run", _plain_name)
     description: str = _field("", _string())
     seed: int = _field(0, _integer(0))
     data: DataSpec = _field(section=DataSpec)
@@ -651,7 +859,10 @@ class RunSpec:
     @classmethod
     def from_dict(cls, table: Mapping[str, Any], source: str | None = None) -> RunSpec:
         """Build and check a spec from a parsed TOML table."""
-        spec = _build(cls, table, "")
+        try:
+            spec = _build(cls, table, "")
+        except RecursionError:  # a table nested thousands deep, built in Python (TOML fails earlier)
+            raise SpecError("spec", _TOO_DEEP) from None
         return dataclasses.replace(spec, source=source)
 
     def with_overrides(self, **sections) -> RunSpec:
@@ -697,7 +908,7 @@ def _to_plain(value):
 def _build(cls, table, where: str):
     label = where or "spec"
     if not isinstance(table, Mapping):
-        raise SpecError(label, f"must be a table; got {_type_name(table)} ({table!r}).")
+        raise SpecError(label, f"must be a table; got {_type_name(table)} ({_show(table)}).")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
     extra = getattr(cls, "_EXTRA_TABLES", None)
     named_tables = {}
@@ -743,12 +954,29 @@ def _build(cls, table, where: str):
     return spec
 
 
+_TOO_DEEP = ("arrays or tables are nested too deeply to read (thousands of levels); a run specification "
+             "needs at most a few levels, e.g. init_means = [[-45.0], [0.0]].")
+
+
+def _spec_text(path: Path) -> str:
+    """The file's text: UTF-8, with a leading byte-order mark dropped (some Windows editors write one)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise SpecError(str(path), f"must be UTF-8 text (TOML is); byte 0x{data[exc.start]:02x} on line "
+                                   f"{line} is not UTF-8. Is it a binary file, or text saved as Latin-1 / "
+                                   "Windows-1252? Save it as UTF-8.") from None
+
+
 def load_spec(path) -> RunSpec:
     """Read and check a run specification (TOML).
 
     Parameters
     ----------
     path : str or Path
+        A UTF-8 text file (a leading byte-order mark is allowed).
 
     Returns
     -------
@@ -758,16 +986,20 @@ def load_spec(path) -> RunSpec:
     ------
     FileNotFoundError
     SpecError
-        A TOML syntax error, an unknown key, a missing required key or a bad value;
-        the message names the key and what is allowed.
+        Text that is not UTF-8, a TOML syntax error, nesting too deep to read, an
+        unknown key, a missing required key or a bad value; the message names the file
+        and the key and says what is allowed.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
+    text = _spec_text(path)
     try:
-        table = tomllib.loads(path.read_text())
+        table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(str(path), f"not valid TOML ({exc}).") from None
+    except RecursionError:  # tomllib reads nested arrays and inline tables recursively
+        raise SpecError(str(path), _TOO_DEEP) from None
     try:
         return RunSpec.from_dict(table, source=str(path))
     except SpecError as exc:

@@ -315,7 +315,8 @@ class ConvergenceReport:
     ----------
     ok : bool
         True when every non-constant quantity has ``r_hat <= r_hat_max``, bulk and
-        tail ESS ``>= ess_min``, and no transition diverged.
+        tail ESS ``>= ess_min``, no transition diverged, and every constant quantity is
+        fixed by construction (none "never moved").
     max_r_hat, min_ess_bulk, min_ess_tail : float
         Over the non-constant rows of ``table`` (NaN when there are none).
     n_divergent : int or None
@@ -328,8 +329,8 @@ class ConvergenceReport:
     reasons : tuple of str
         One line per failed criterion (empty when ``ok``).
     offending : pandas.DataFrame
-        Rows of ``table`` that fail the R-hat or ESS criteria (or whose diagnostics are
-        not finite).
+        Rows of ``table`` that never moved, fail the R-hat or ESS criteria, or whose
+        diagnostics are not finite.
     table : pandas.DataFrame
         The :func:`summary` table the check ran on.
     """
@@ -371,9 +372,38 @@ def _n_divergent(idata):
     return int(np.asarray(stats["diverging"].values).astype(bool).sum())
 
 
+def _fixed_rows(fit_or_idata, posterior, names, labels, fixed) -> np.ndarray | None:
+    """Which rows of the summary are constant by construction; None when nothing says.
+
+    ``fixed`` (variable names or row labels) when given, else the fit's model
+    (:meth:`bayesmix.models.MixtureModel.fixed_quantities`); a bare InferenceData with
+    neither carries no such knowledge.
+    """
+    if fixed is not None:
+        wanted = {str(f) for f in ([fixed] if isinstance(fixed, str) else fixed)}
+        return np.array([label in wanted or label.split("[", 1)[0] in wanted for label in labels], bool)
+    model = getattr(fit_or_idata, "model", None)
+    if not hasattr(model, "fixed_quantities"):
+        return None
+    masks = model.fixed_quantities()
+    flags = []
+    for name in names:
+        da = posterior[name]
+        extra = [d for d in da.dims if d not in ("chain", "draw")]
+        da = da.transpose("chain", "draw", *extra).isel(chain=slice(0, 1), draw=slice(0, 1))
+        try:
+            mask = np.broadcast_to(np.asarray(masks.get(name, False), bool), da.shape[2:])
+        except ValueError:  # a quantity shaped unlike the model's: nothing known about it
+            mask = np.zeros(da.shape[2:], bool)
+        flags.extend(bool(np.asarray(v).ravel()[0])
+                     for _, v in _flatten_variable(name, da.copy(data=mask[None, None])))
+    return np.array(flags, bool)
+
+
 def check_convergence(fit_or_idata, r_hat_max: float = 1.01, ess_min: float = 400, *,
                       var_names: Sequence[str] | None = None, modes: bool = True,
-                      mode_tolerance: float = 3.0, warn: bool = True) -> ConvergenceReport:
+                      mode_tolerance: float = 3.0, warn: bool = True,
+                      fixed: Sequence[str] | None = None) -> ConvergenceReport:
     """Check R-hat, bulk and tail ESS, divergences and mode agreement; warn with the numbers on failure.
 
     Parameters
@@ -393,6 +423,12 @@ def check_convergence(fit_or_idata, r_hat_max: float = 1.01, ess_min: float = 40
     warn : bool
         Emit a :class:`ConvergenceWarning` carrying the report when a check fails (a
         :class:`ModeDisagreementWarning`, its subclass, when chains disagree on the mode).
+    fixed : sequence of str, optional
+        Quantities constant by construction (variable names such as ``"means"``, or row
+        labels such as ``"means[cluster, RV]"``). Default: what the fit's model fixes
+        (frozen parameters, the weight of a one-component model; see
+        :meth:`bayesmix.models.MixtureModel.fixed_quantities`); for a bare InferenceData,
+        which does not say, every constant quantity is taken as fixed.
 
     Returns
     -------
@@ -400,9 +436,11 @@ def check_convergence(fit_or_idata, r_hat_max: float = 1.01, ess_min: float = 40
 
     Notes
     -----
-    Quantities that are constant over all draws (frozen parameters, a fixed
-    background weight) have no R-hat or ESS and are skipped. For a single chain,
-    R-hat compares its halves.
+    Quantities fixed by construction have no R-hat or ESS and are skipped. Any other
+    quantity with the same value in every draw of every chain **never moved**: the
+    chains did not explore it (for example a mean whose steps were below the rounding
+    of its value), and the run is NOT converged. For a single chain, R-hat compares
+    its halves.
     """
     if not float(r_hat_max) >= 1.0:
         raise ValueError(f"r_hat_max must be >= 1 (1.01 is the usual threshold); got {r_hat_max}.")
@@ -413,13 +451,18 @@ def check_convergence(fit_or_idata, r_hat_max: float = 1.01, ess_min: float = 40
     posterior = idata.posterior
     n_chains, n_draws = int(posterior.sizes["chain"]), int(posterior.sizes["draw"])
 
-    varying = ~(table["sd"] == 0.0)
-    checked = table[varying]
+    constant = (table["sd"] == 0.0).to_numpy()
+    fixed_rows = _fixed_rows(fit_or_idata, posterior, _resolve_var_names(posterior, var_names),
+                             list(table.index), fixed)
+    if fixed_rows is None:
+        fixed_rows = constant
+    never_moved = constant & ~fixed_rows
+    checked = table[~constant]
     diag = checked[["r_hat", "ess_bulk", "ess_tail"]]
     not_finite = ~np.isfinite(diag).all(axis=1)
     bad_r_hat = checked["r_hat"] > r_hat_max
     bad_ess = (checked["ess_bulk"] < ess_min) | (checked["ess_tail"] < ess_min)
-    offending = checked[bad_r_hat | bad_ess | not_finite]
+    offending = pd.concat([table[never_moved], checked[bad_r_hat | bad_ess | not_finite]])
 
     def _extreme(column, fn):
         values = checked[column].to_numpy(dtype=float)
@@ -432,6 +475,11 @@ def check_convergence(fit_or_idata, r_hat_max: float = 1.01, ess_min: float = 40
     n_divergent = _n_divergent(idata)
 
     reasons = []
+    if never_moved.any():
+        moved_not = list(table.index[never_moved])
+        reasons.append(f"never moved: {len(moved_not)} quantity(ies) have one value in every draw of every "
+                       f"chain ({', '.join(moved_not[:4])}{' ...' if len(moved_not) > 4 else ''}); the "
+                       "sampler did not explore them")
     if bad_r_hat.any():
         reasons.append(f"r_hat > {r_hat_max} for {int(bad_r_hat.sum())} quantity(ies) (max {max_r_hat:.4f})")
     if bad_ess.any():

@@ -607,7 +607,9 @@ def _m_step(params, stats: _Stats, model: _Model, static: _Static):
     shift = jnp.where(move[:, None], shift, 0.0)
     means = mu + shift
     # Scatter of b about the new mean, centred on the old one (see module docstring).
-    scatter = jnp.einsum("kab,kbc,kcd->kad", cov, stats.zz, cov)
+    # (Sigma Z) Sigma, in that order: Sigma Z is O(1) in any units, whereas a contraction
+    # that pairs the two Sigmas first (einsum may choose it) overflows past 1e154 units.
+    scatter = jnp.einsum("kac,kcd->kad", jnp.einsum("kab,kbc->kac", cov, stats.zz), cov)
     scatter = scatter - counts[:, None, None] * shift[:, :, None] * shift[:, None, :]
     posterior_cov = _sym(jnp.einsum("kab,kbc->kac", cov, stats.r))
     denom = counts + model.prior_count
@@ -1174,7 +1176,9 @@ def _prepare(data, n_components, *, errors, options: EMOptions, init_params, sam
         if not (np.isfinite(strength) and strength > 0):
             raise ValueError(f"MAPPrior.covariance_strength must be > 0; got {strength!r}.")
         if prior.covariance_mode is None:
-            mode = np.diag(np.where(spread > 0, 0.01 * spread, 1e-6 * max(spread.max(), 1.0)))
+            # A feature without spread gets a variance relative to the others' (not an absolute one).
+            unit = spread.max() if spread.max() > 0 else 1.0
+            mode = np.diag(np.where(spread > 0, 0.01 * spread, 1e-6 * unit))
         else:
             mode = _resolve_prior_cov("MAPPrior.covariance_mode", prior.covariance_mode, d)
         psi += strength * mode

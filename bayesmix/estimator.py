@@ -41,6 +41,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from bayesmix import _x64  # noqa: F401  (float64 before any array is made)
+from bayesmix.config import MAX_EM_STARTS
 from bayesmix.em import EMResult, MAPPrior, fit_em, n_free_parameters
 from bayesmix.likelihood import (
     MixtureParams,
@@ -72,6 +73,10 @@ _CHUNK_FLOATS = 2**23
 _MIN_BUCKET = 256
 # Above _CHUNK stars, EM pads to a multiple of this (<= 25% extra rows, usually far less).
 _LARGE_STEP = 2**14
+# Largest |value| and standard error accepted. The likelihood squares both (variances,
+# squared distances, sums of them over features and stars), and squares of numbers beyond
+# ~1.3e154 overflow float64; the fit itself runs in standardised units.
+_MAX_MAGNITUDE = 1e153
 # Attributes that only a posterior fit has; see __getattr__.
 _POSTERIOR_ATTRIBUTES = ("posterior_", "convergence_")
 
@@ -261,6 +266,48 @@ def _as_plain_errors(X_err, units, names):
     return values
 
 
+def _magnitude_error(what: str, entry: str, value: float) -> ValueError:
+    limit = f"{_MAX_MAGNITUDE:.0e}".replace("+", "")
+    return ValueError(
+        f"{what} {entry} = {value:.3g} is beyond {limit} in absolute value: the likelihood squares values "
+        "and standard errors, and their squares overflow float64 beyond ~1e154, so bayesmix handles values "
+        f"and errors up to ~{limit}. Change units (e.g. km/s instead of cm/s, kpc instead of m) so that "
+        "every value and error is well within that.")
+
+
+def _check_magnitudes(what: str, values: np.ndarray, names) -> None:
+    """Refuse a finite ``values`` entry whose square overflows (the real cause of later NaNs)."""
+    big = np.abs(values) > _MAX_MAGNITUDE
+    if big.any():
+        row, col = np.argwhere(big)[0]
+        raise _magnitude_error(what, f"[row {row}, feature {_feature_name(col, names)!r}]", values[row, col])
+
+
+def _check_error_magnitudes(X_err, shape, names) -> None:
+    """Standard errors (or the square roots of error variances) within ``_MAX_MAGNITUDE``.
+
+    Only recognisable shapes are checked; the rest is left to
+    :func:`~bayesmix.likelihood.as_observations`, which names the shape it expects.
+    """
+    try:
+        err = np.asarray(X_err, dtype=np.float64)
+    except (TypeError, ValueError):
+        return
+    n, d = shape
+    if err.shape == (n, d, d):  # covariances: variances on the diagonal, bounded by the squared limit
+        variances = np.abs(np.diagonal(err, axis1=1, axis2=2))
+        big = np.isfinite(variances) & (variances > _MAX_MAGNITUDE**2)  # inf: as_observations names it
+        if big.any():
+            row, col = np.argwhere(big)[0]
+            raise _magnitude_error("X_err", f"[row {row}, feature {_feature_name(col, names)!r}] "
+                                            "(square root of the variance)", math.sqrt(variances[row, col]))
+        return
+    if err.shape == (n,) and d == 1:
+        err = err[:, None]
+    if err.shape == (n, d):
+        _check_magnitudes("X_err", np.where(np.isfinite(err), err, 0.0), names)  # likewise
+
+
 def _conversion_factors(x_units, fitted_units, names) -> np.ndarray:
     """Per-feature factors taking X in ``x_units`` to the fitted ``feature_units_``."""
     return np.array([_unit_factor(u, t, f"X feature {_feature_name(j, names)!r} (fitted in "
@@ -389,7 +436,8 @@ class DeconvolvedGaussianMixture(DensityMixin, BaseEstimator):
         EM iterations per initialisation.
     n_init : int, default=1
         k-means++ (or random) EM initialisations, run in parallel with the others; the
-        best optimum is kept.
+        best optimum is kept. At most 1000: the starts run at once, each with its own
+        per-star working arrays, so memory grows in proportion to ``n_init``.
     init_params : {"auto", "kmeans++", "k-means++", "kmeans", "random", "random_from_data"}, \
 default="auto"
         "auto": ``n_init`` k-means++ starts plus four density-peak starts (a narrow
@@ -587,6 +635,12 @@ default="auto"
             raise ValueError(f"init_params={self.init_params!r}; use one of {tuple(_INIT_PARAMS)} "
                              "('k-means++' and 'kmeans' select 'kmeans++', 'random_from_data' selects "
                              "'random').")
+        if (isinstance(self.n_init, (bool, np.bool_)) or not isinstance(self.n_init, numbers.Integral)
+                or not 1 <= self.n_init <= MAX_EM_STARTS):
+            raise ValueError(
+                f"n_init must be an integer from 1 to {MAX_EM_STARTS}; got {self.n_init!r}. All starts run "
+                "at once, each with its own per-star working arrays, so memory grows with n_init (100000 "
+                "starts passed 3 GB); a few to tens of starts find the optimum.")
         for name in ("standardize", "errors_standardized"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False; got {getattr(self, name)!r}.")
@@ -608,9 +662,11 @@ default="auto"
             self.feature_units_ = x_units if x_units is not None else (None,) * X.shape[1]
         elif x_units is not None:
             X = X * _conversion_factors(x_units, self.feature_units_, names)
+        _check_magnitudes("X", X, names)
         X_err = _as_plain_errors(X_err, self.feature_units_, names)
         if X_err is None:
             return as_observations(X)
+        _check_error_magnitudes(X_err, X.shape, names)
         try:
             return as_observations(X, X_err)
         except ValueError as exc:
@@ -655,8 +711,10 @@ default="auto"
         Raises
         ------
         ValueError
-            For invalid input, inconvertible units, or X that looks standardized while
-            ``X_err`` is given (see ``errors_standardized``).
+            For invalid input, inconvertible units, values or errors beyond 1e153 in
+            absolute value (their squares overflow float64; change units), ``n_init``
+            outside 1..1000, or X that looks standardized while ``X_err`` is given (see
+            ``errors_standardized``).
         """
         self._validate_params()
         obs = self._observations(X, X_err, reset=True)

@@ -529,6 +529,74 @@ class MixtureModel:
         mean_log_radius = (resp * np.log(radius)[:, None]).sum(axis=0) / np.maximum(resp.sum(axis=0), 1e-300)
         return int(np.argmin(mean_log_radius))
 
+    def fixed_quantities(self) -> dict[str, np.ndarray]:
+        """Which entries of the posterior quantities are constant by construction.
+
+        Frozen means, covariances (their scales and correlations) and weights; the weights
+        when at most one weight (background included) is free, since it then takes what the
+        fixed ones leave (a one-component model's weight is 1); the diagonal of every
+        correlation matrix. Everything else is sampled, so a draw-to-draw constant value
+        there means the chains never moved (:func:`bayesmix.diagnostics.check_convergence`).
+
+        Returns
+        -------
+        dict of str to bool ndarray
+            Per-draw shapes: ``weights`` (K,), ``means``, ``scales`` (K, D), ``covariances``,
+            ``correlations`` (K, D, D), ``background_weight`` (), and the tutorial names.
+        """
+        k, d = self.n_components, self.n_features
+        fm = np.asarray(self.frozen_means or (False,) * k, bool)
+        fc = np.asarray(self.frozen_covariances or (False,) * k, bool)
+        fw = np.asarray(self.frozen_weights or (False,) * k, bool)
+        if self.radius_fraction is not None:
+            fw = np.zeros(k, bool)  # f(R) averaged over stars: never fixed
+        n_free = int(np.sum(~fw)) + int(self.background is not None)
+        weights_fixed = fw | (n_free <= 1 and self.radius_fraction is None)
+        out = {"weights": weights_fixed, "means": np.repeat(fm[:, None], d, axis=1),
+               "scales": np.repeat(fc[:, None], d, axis=1),
+               "covariances": np.broadcast_to(fc[:, None, None], (k, d, d)).copy(),
+               "correlations": np.broadcast_to(fc[:, None, None], (k, d, d)) | np.eye(d, dtype=bool)}
+        if self.background is not None:
+            out["background_weight"] = np.asarray(n_free <= 1 and self.radius_fraction is None)
+        if self.tutorial_names:
+            out.update({"mean1": fm[0], "sigma1": fc[0], "mean2": fm[1], "sigma2": fc[1],
+                        "frac1": weights_fixed[0]})
+        return out
+
+    def coordinate_scales(self, data: Observations, template: dict) -> dict[str, np.ndarray]:
+        """Natural scale of every unconstrained coordinate, shaped like ``template``.
+
+        Unconstrained means (``means_free``, ``means_rest``, ``mean_member`` and the first
+        entry of ``means_ordered``, whose other entries are log gaps) are in the data's
+        units: their scale is the feature's spread (:func:`_data_spread`). Every other
+        coordinate (log dispersions and gaps, stick-breaking weights, correlations,
+        radius-law parameters) is unitless or a logarithm, so its scale is 1. The sampler
+        works in ``(theta - theta_0) / scale``, where the posterior looks the same
+        whatever the units of the data.
+
+        Parameters
+        ----------
+        data : Observations
+        template : dict of str to array
+            Unconstrained values of every sample site (their shapes are used).
+
+        Returns
+        -------
+        dict of str to ndarray
+        """
+        spread = _data_spread(data)
+        j = self.ordering.feature
+        scales = {name: np.ones(np.shape(value)) for name, value in template.items()}
+        if "means_free" in scales:
+            scales["means_free"] = np.broadcast_to(spread, scales["means_free"].shape).copy()
+        if "means_rest" in scales:
+            scales["means_rest"] = np.broadcast_to(np.delete(spread, j), scales["means_rest"].shape).copy()
+        if "mean_member" in scales:
+            scales["mean_member"] = np.full(scales["mean_member"].shape, spread[j])
+        if "means_ordered" in scales and scales["means_ordered"].size:
+            scales["means_ordered"].reshape(-1)[0] = spread[j]  # the rest are log gaps
+        return scales
+
     def init_values(self, params: MixtureParams, background_weight: float | None = None, *,
                     data: Observations | None = None,
                     covariates: dict | None = None) -> dict[str, np.ndarray]:
@@ -581,7 +649,8 @@ class MixtureModel:
                 values["weights_free"] = free / free.sum()
         elif order.kind == "weight":
             values["weight_gammas"] = _strictly_increasing(np.sort(w) * self.n_total
-                                                           * self.weight_concentration, positive=True)
+                                                           * self.weight_concentration, positive=True,
+                                                           unit=1.0)
         elif self.background is not None:
             values["weights_all"] = w
         else:
@@ -594,7 +663,10 @@ class MixtureModel:
             first = int(self.member_apart)
             if first:
                 values[f"{kind}_member"] = np.asarray(matrix[0, j])
-            values[f"{kind}s_ordered"] = _strictly_increasing(matrix[first:, j], positive=positive)
+            # The data's scale for this column (the prior scale, resolved against the data):
+            # gaps and floors relative to it leave the start the same in any units.
+            unit = float(np.min((self.scale_scale if positive else self.mean_scale)[:, j]))
+            values[f"{kind}s_ordered"] = _strictly_increasing(matrix[first:, j], positive=positive, unit=unit)
             if d > 1:
                 values[f"{kind}s_rest"] = np.delete(matrix, j, axis=1)
         if d > 1:
@@ -605,14 +677,34 @@ class MixtureModel:
         return values
 
 
-def _strictly_increasing(v, positive):
+def _strictly_increasing(v, positive, unit):
+    """``v`` made strictly increasing (and positive when ``positive``) by the smallest nudges.
+
+    ``unit`` is the scale of the quantity in the data's units (a prior scale): the floor
+    (``1e-12 unit``) and the smallest gap (``1e-6 unit``) are relative to it, so that data
+    in km/s or in 1e-150 km/s get the same start, not one stuck at an absolute floor.
+    """
     v = np.asarray(v, float).copy()
+    if positive:
+        v = np.maximum(v, 1e-12 * unit)
     for i in range(1, v.size):
         if v[i] <= v[i - 1]:
-            v[i] = v[i - 1] + 1e-6 * max(abs(v[i - 1]), 1e-6)
-    if positive:
-        v = np.maximum(v, 1e-12)
+            v[i] = v[i - 1] + max(1e-6 * abs(v[i - 1]), 1e-6 * unit)
     return v
+
+
+def _data_spread(data: Observations) -> np.ndarray:
+    """Per-feature spread of the measured values, errors included: ``sqrt(var(x) + mean(S_jj))``.
+
+    The data's own unit of length along each feature (1 where there is no spread at all),
+    as used by :meth:`MixtureModel.coordinate_scales`.
+    """
+    x = np.asarray(data.values, float)
+    err_var = np.mean(np.diagonal(np.asarray(data.error_covs, float), axis1=1, axis2=2), axis=0)
+    # Centred first: var() of values with a large common offset loses no digits this way.
+    spread = np.sqrt(np.mean((x - np.mean(x, axis=0)) ** 2, axis=0) + err_var)
+    fallback = np.where(np.abs(x).max(axis=0) > 0, np.abs(x).max(axis=0), 1.0)
+    return np.where((spread > 0) & np.isfinite(spread), spread, fallback)
 
 
 def _as_feature_array(name, value, default, n_features):

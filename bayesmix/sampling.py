@@ -21,8 +21,8 @@ import dataclasses
 import logging
 import math
 import os
-import pickle
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +32,30 @@ import numpy as np
 from jax import lax
 
 from bayesmix import _programs, _x64, hmc  # noqa: F401
+from bayesmix.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from bayesmix.likelihood import MixtureParams, Observations, as_observations
 from bayesmix.models import MixtureModel
 
-__all__ = ["CHAIN_METHODS", "LOG_LIKELIHOOD_DRAWS", "MAX_STORED_VALUES", "PREDICTIVE_DRAWS", "PosteriorFit",
-           "add_log_likelihood", "arviz_complete", "enable_compilation_cache", "extend", "sample_posterior",
-           "set_host_device_count"]
+__all__ = [
+    "CHAIN_METHODS",
+    "LOG_LIKELIHOOD_DRAWS",
+    "MAX_STORED_VALUES",
+    "PREDICTIVE_DRAWS",
+    "PosteriorFit",
+    "add_log_likelihood",
+    "arviz_complete",
+    "data_digest",
+    "enable_compilation_cache",
+    "extend",
+    "load_fit",
+    "sample_posterior",
+    "set_host_device_count",
+]
 
 logger = logging.getLogger(__name__)
 
 _STAT_NAMES = {"diverging": "diverging", "num_steps": "n_steps", "accept_prob": "acceptance_rate",
                "energy": "energy", "step_size": "step_size", "tree_depth": "tree_depth"}
-_CHECKPOINT_VERSION = 2
 CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
 
 
@@ -105,7 +117,7 @@ class PosteriorFit:
                              jnp.asarray(post["covariances"].mean(("chain", "draw")).values))
 
 
-def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path:
+def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path | None:
     """Keep compiled samplers on disk so a repeated scripted run skips compilation.
 
     Two stores under one directory: JAX's persistent compilation cache (compiled
@@ -121,10 +133,19 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path
 
     Returns
     -------
-    Path of the cache.
+    Path of the cache, or None when it cannot be used (not a folder, not writable): the
+    run goes on without it, with a warning.
     """
     path = Path(directory or os.environ.get("BAYESMIX_CACHE") or Path.home() / ".cache" / "bayesmix" / "jax")
-    path.mkdir(parents=True, exist_ok=True)
+    try:  # the cache only saves time: an unusable one is skipped, never fatal
+        (path / "bayesmix-programs").mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path / "bayesmix-programs", prefix=".probe-", delete=True)
+        probe.close()
+    except OSError as exc:
+        logger.warning("compilation cache %s is unusable (%s: %s); running without it (set BAYESMIX_CACHE "
+                       "to a writable folder, or pass --no-cache)", path, type(exc).__name__, exc)
+        _programs.set_store(None)
+        return None
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
@@ -201,6 +222,20 @@ class _Sampler:
 
     Programs take the data as arguments, so JAX's persistent cache serves them again for
     another data set of the same shape and the same model structure.
+
+    The chains move in standardised coordinates ``u``, with the model's unconstrained
+    parameters ``theta = theta_0 + scale * u``: ``theta_0`` is the template (the EM start)
+    and ``scale`` each coordinate's natural scale (the data's spread for a mean, 1 for a
+    log dispersion or a weight; :meth:`MixtureModel.coordinate_scales`). In ``u`` the
+    posterior is the same function whatever the data's units, so the sampler's absolute
+    constants (finite-difference steps, eigenvalue floors, the first step size) mean the
+    same at 1e-150 km/s as at 1 km/s; in ``theta`` a mean in units of 1e20 next to a log
+    dispersion made the Hessian's eigenvalues 1e40 apart, and the floor that repairs it
+    froze the means. The map is a function of the template, the data and the model
+    alone, so a resumed run (which rebuilds the template from the saved start) recomputes
+    it exactly. Positions, mass matrices and the potential's gradient are in ``u``; the
+    potential's value is the model's (no Jacobian constant), and draws are reported in
+    ``theta``'s constrained sites.
     """
 
     def __init__(self, model: MixtureModel, obs: Observations, covariates: dict, template: dict, *,
@@ -210,19 +245,26 @@ class _Sampler:
         from numpyro.infer.util import constrain_fn, potential_energy
 
         self.model = model
-        self.args = (obs, covariates, model.hyperparameters())
         self.num_chains = int(num_chains)
         self.block = int(block)
         self.chain_method = chain_method
         flat, self.unravel = ravel_pytree(template)
         self.n_params = int(flat.shape[0])
         unravel = self.unravel
+        shift = jnp.asarray(flat, jnp.float64)
+        scale = jnp.asarray(ravel_pytree(model.coordinate_scales(obs, template))[0], jnp.float64)
+        # The map travels with the data as arguments, not as constants of the programs.
+        self.args = (obs, covariates, model.hyperparameters(), (shift, scale))
+
+        def theta(z, args):
+            shift, scale = args[3]
+            return unravel(shift + scale * z)
 
         def potential(z, args):
-            return potential_energy(model.model, args, {}, unravel(z))
+            return potential_energy(model.model, args[:3], {}, theta(z, args))
 
         def constrain(z, args):
-            return constrain_fn(model.model, args, {}, unravel(z), return_deterministic=True)
+            return constrain_fn(model.model, args[:3], {}, theta(z, args), return_deterministic=True)
 
         self.potential = potential
         self._pending = None
@@ -271,6 +313,11 @@ class _Sampler:
 
         return run
 
+    def standardised(self, theta) -> jax.Array:
+        """The sampler's coordinates ``u = (theta - theta_0) / scale`` of an unconstrained vector."""
+        shift, scale = self.args[3]
+        return (jnp.asarray(theta, jnp.float64) - shift) / scale
+
     def modes(self, starts: list[np.ndarray]) -> tuple[list, dict]:
         """Laplace approximations at the candidate starts; the modes the chains start from.
 
@@ -280,13 +327,18 @@ class _Sampler:
         one's are dropped (logged), since chains stuck there would report a mode of
         negligible weight.
 
+        Parameters
+        ----------
+        starts : list of ndarray (n_params,)
+            Unconstrained parameter vectors ``theta`` (the model's coordinates).
+
         Returns
         -------
-        (list of LaplaceResult, best first; info dict)
+        (list of LaplaceResult in the standardised coordinates, best first; info dict)
         """
         found = []
-        for z in starts:
-            lap = jax.device_get(self._laplace(jnp.asarray(z), self.args))
+        for theta in starts:
+            lap = jax.device_get(self._laplace(self.standardised(theta), self.args))
             mass = float(hmc.laplace_log_mass(lap))
             if not (np.isfinite(mass) and np.isfinite(float(lap.potential_energy))):
                 continue
@@ -506,24 +558,53 @@ def _data_digest(obs: Observations, covariates: dict) -> str:
     return digest.hexdigest()
 
 
-def _atomic_pickle(obj, path: Path) -> None:
-    from bayesmix.catalogue import atomic_write
+def data_digest(data, covariates: dict | None = None) -> str:
+    """SHA-256 of what a run samples from: values, error covariances and covariates.
 
-    def write(tmp):
-        with open(tmp, "wb") as fh:
-            pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    Checkpoints and ``run.json`` store it; a resume on other data is refused.
 
-    atomic_write(Path(path), write)
+    Parameters
+    ----------
+    data : Catalogue, Observations or array (n_stars, n_features)
+    covariates : dict of str to array (n_stars,), optional
+        Default: the catalogue's.
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+    """
+    obs, covariates, _ = _resolve_data(data, covariates)
+    return _data_digest(obs, covariates)
 
 
 def checkpoint_draws(path) -> int:
     """Draws per chain saved in a checkpoint written by :func:`sample_posterior` (0 if none)."""
-    path = Path(path)
-    if not path.exists():
-        return 0
-    with open(path, "rb") as fh:
-        saved = pickle.load(fh)
-    return sum(part[0]["means"].shape[1] for part in saved["parts"])
+    from bayesmix.checkpoint import checkpoint_draws as draws
+
+    return draws(path)
+
+
+def _saved_run(ckpt: Path, settings: dict, num_samples: int) -> Checkpoint:
+    """The checkpoint at ``ckpt``, if it continues a run with these settings on these data."""
+    saved = read_checkpoint(ckpt)
+    saved_digest = saved.settings.get("data_sha256")
+    if saved_digest != settings["data_sha256"]:
+        raise ValueError(f"checkpoint {ckpt} was made from other data (sha256 {str(saved_digest)[:12]}..., "
+                         f"now {settings['data_sha256'][:12]}...): the catalogue, its errors or "
+                         "covariates changed since; start afresh (without resume) or restore the data.")
+    # num_samples may grow: resuming a finished run with more draws extends it.
+    changed = sorted(k for k in set(settings) | set(saved.settings)
+                     if k != "num_samples" and settings.get(k) != saved.settings.get(k))
+    if changed:
+        raise ValueError(f"checkpoint {ckpt} was written with other settings ("
+                         + ", ".join(f"{k}: saved {saved.settings.get(k)!r}, now {settings.get(k)!r}"
+                                     for k in changed)
+                         + "); use the same settings, or start afresh without the checkpoint.")
+    if saved.n_draws > num_samples:
+        raise ValueError(f"checkpoint {ckpt} already holds {saved.n_draws} draws per chain, more than "
+                         f"num_samples={num_samples}; ask for at least {saved.n_draws}.")
+    return saved
 
 
 def sample_posterior(
@@ -640,26 +721,9 @@ def sample_posterior(
     k_em, k_start = jax.random.split(key)
 
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    saved = None
-    if ckpt is not None and ckpt.exists():
-        with open(ckpt, "rb") as fh:
-            saved = pickle.load(fh)
-        saved_digest = saved.get("settings", {}).get("data_sha256")
-        if saved_digest is not None and saved_digest != settings["data_sha256"]:
-            raise ValueError(f"checkpoint {ckpt} was made from other data (sha256 {saved_digest[:12]}..., "
-                             f"now {settings['data_sha256'][:12]}...): the catalogue, its errors or "
-                             "covariates changed since; start afresh (without resume) or restore the data.")
-        # num_samples may grow: resuming a finished run with more draws extends it.
-        same = {k: v for k, v in settings.items() if k != "num_samples"}
-        if saved.get("version") != _CHECKPOINT_VERSION or {
-                k: v for k, v in saved["settings"].items() if k != "num_samples"} != same:
-            raise ValueError(f"checkpoint {ckpt} was written with other settings "
-                             f"({saved.get('settings')}); delete it or use the same settings.")
-        saved_draws = sum(p[0]["means"].shape[1] for p in saved["parts"])
-        if saved_draws > num_samples:
-            raise ValueError(f"checkpoint {ckpt} already holds {saved_draws} draws per chain, more than "
-                             f"num_samples={num_samples}; ask for at least {saved_draws}.")
-        params, background_weight, em_result = saved["params"], saved["background_weight"], saved["em"]
+    saved = _saved_run(ckpt, settings, num_samples) if ckpt is not None and ckpt.exists() else None
+    if saved is not None:
+        params, background_weight, em_result = saved.params, saved.background_weight, saved.em
     else:
         params, background_weight, em_result = _initial_point(k_em, model, obs, init, em_kwargs)
 
@@ -676,9 +740,8 @@ def sample_posterior(
     from jax.flatten_util import ravel_pytree
 
     if saved is not None:
-        states = jax.tree_util.tree_map(jnp.asarray, saved["state"])
-        parts, start_info = saved["parts"], saved["start_info"]
-        done = sum(p[0]["means"].shape[1] for p in parts)
+        states = jax.tree_util.tree_map(jnp.asarray, saved.state)
+        parts, start_info, done = [(saved.samples, saved.stats)], dict(saved.start_info), saved.n_draws
         logger.info("resuming from %s: %d of %d draws per chain done", ckpt, done, num_samples)
     else:
         # The first candidate is the best optimum, whose unconstrained values are the template.
@@ -704,10 +767,9 @@ def sample_posterior(
         parts.append((samples_part, stats_part))
         done += n
         if ckpt is not None:
-            _atomic_pickle({"version": _CHECKPOINT_VERSION, "settings": settings, "params": params,
-                            "background_weight": background_weight, "em": em_result,
-                            "state": jax.device_get(states), "parts": parts, "start_info": start_info},
-                           ckpt)
+            parts = [(_concat([p[0] for p in parts]), _concat([p[1] for p in parts]))]
+            write_checkpoint(ckpt, Checkpoint(settings, params, background_weight, em_result,
+                                              jax.device_get(states), *parts[0], start_info))
             logger.info("checkpoint %s: %d of %d draws per chain", ckpt, done, num_samples)
     if progress is not None:
         progress.close()
@@ -751,6 +813,60 @@ def _finish(model, obs, covariates, catalogue, em_result, settings, samples, sta
                                 "start_info": start_info, "method": method})
 
 
+def load_fit(checkpoint, model: MixtureModel, data, *, covariates: dict | None = None,
+             chain_method: str = "auto") -> PosteriorFit:
+    """The run saved in a checkpoint, as a fit that :func:`extend` can continue.
+
+    The checkpoint (written by :func:`sample_posterior` with ``checkpoint=``; plain
+    arrays, see :mod:`bayesmix.checkpoint`) holds the draws and every chain's state;
+    the model and the data are given again, and the data must be the ones it was made
+    from (their SHA-256 is compared).
+
+    Parameters
+    ----------
+    checkpoint : path
+    model : MixtureModel
+        The model of the run.
+    data : Catalogue, Observations or array (n_stars, n_features)
+    covariates : dict of str to array (n_stars,), optional
+    chain_method : {"auto", "sequential", "parallel", "vectorized"}
+
+    Returns
+    -------
+    PosteriorFit
+
+    Raises
+    ------
+    bayesmix.checkpoint.CheckpointError
+        The file is damaged or not a checkpoint.
+    ValueError
+        The data differ from the ones the run sampled.
+
+    Examples
+    --------
+    >>> fit = sample_posterior(0, model, catalogue, checkpoint="run.npz")  # doctest: +SKIP
+    >>> longer = extend(load_fit("run.npz", model, catalogue), 500)        # doctest: +SKIP
+    """
+    ckpt = Path(checkpoint)
+    saved = read_checkpoint(ckpt)
+    obs, covariates, catalogue = _resolve_data(data, covariates)
+    digest = _data_digest(obs, covariates)
+    if saved.settings.get("data_sha256") != digest:
+        raise ValueError(f"checkpoint {ckpt} was made from other data (sha256 "
+                         f"{str(saved.settings.get('data_sha256'))[:12]}..., these {digest[:12]}...).")
+    settings = saved.settings
+    n_chains = int(np.shape(saved.state.hmc.position)[0])
+    method = _resolve_chain_method(chain_method, n_chains, obs.n_stars * model.n_total)
+    template = _unconstrained(model, obs, covariates, model.init_values(
+        saved.params, saved.background_weight, data=obs, covariates=covariates))
+    sampler = _Sampler(model, obs, covariates, template, num_chains=n_chains, chain_method=method,
+                       block=max(saved.n_draws // 10, 1), target_accept=settings["target_accept"],
+                       max_tree_depth=int(settings["max_tree_depth"]))
+    states = jax.tree_util.tree_map(jnp.asarray, saved.state)
+    return _finish(model, obs, covariates, catalogue, saved.em, {**settings, "num_samples": saved.n_draws},
+                   saved.samples, saved.stats, states, sampler, dict(saved.start_info), method)
+
+
 def extend(fit: PosteriorFit, num_samples: int) -> PosteriorFit:
     """More draws for a finished run, from its last state: no new warmup.
 
@@ -760,7 +876,8 @@ def extend(fit: PosteriorFit, num_samples: int) -> PosteriorFit:
     Parameters
     ----------
     fit : PosteriorFit
-        Made by :func:`sample_posterior` in this process.
+        Made by :func:`sample_posterior` in this process, or read from its checkpoint
+        by :func:`load_fit`.
     num_samples : int
         Extra draws per chain.
 
@@ -770,8 +887,8 @@ def extend(fit: PosteriorFit, num_samples: int) -> PosteriorFit:
         With the draws of ``fit`` followed by the new ones.
     """
     if fit._state is None:
-        raise ValueError("this fit has no sampler state (was it loaded from disk?); resume it through "
-                         "sample_posterior(..., checkpoint=...) instead.")
+        raise ValueError("this fit has no sampler state (was it loaded from disk?); read it from its "
+                         "checkpoint with load_fit(checkpoint, model, data) instead.")
     if int(num_samples) < 1:
         raise ValueError(f"num_samples must be at least 1; got {num_samples}.")
     st = fit._state

@@ -11,6 +11,11 @@ Two generators, both taking an explicit JAX PRNG key (or an integer seed) first:
 
 Each returns the catalogue (ready to fit), the table it was built from (truth
 columns included), the true parameters, and each star's true component.
+
+Every generator takes at most :data:`bayesmix.config.MAX_SIMULATED_STARS` (1e8) stars:
+a simulation is held in memory (about 220 bytes per star with one feature, 500 with
+two), and JAX aborts the process (SIGABRT) instead of raising when an array is far
+too large for it, so the bound is checked before anything is drawn.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from astropy.table import Table
 
 from bayesmix import _x64  # noqa: F401
 from bayesmix.catalogue import Catalogue, read_catalogue
+from bayesmix.config import simulated_stars_problem
 from bayesmix.likelihood import MixtureParams, check_params
 
 __all__ = [
@@ -47,6 +53,20 @@ def _as_key(key):
     if isinstance(key, (int, np.integer)):
         return jax.random.PRNGKey(int(key))
     return key
+
+
+def _n_stars(n_stars, n_features: int = 1) -> int:
+    """``n_stars`` as an int: at least 1 and few enough to hold in memory (a ValueError says why not)."""
+    try:
+        n = int(n_stars)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"n_stars must be a whole number of stars; got {n_stars!r}.") from None
+    if n < 1:
+        raise ValueError(f"n_stars must be at least 1; got {n_stars}.")
+    problem = simulated_stars_problem(n, n_features)
+    if problem is not None:
+        raise ValueError(f"n_stars {problem}; a simulation is held in memory.")
+    return n
 
 
 def _positive(name, value):
@@ -165,14 +185,13 @@ def simulate_cluster_field(
     ----------
     key : jax PRNG key or int
     n_stars : int
-        Defaults to the 386 stars of the real NGC 288 sample.
+        Defaults to the 386 stars of the real NGC 288 sample; at most 1e8.
 
     Returns
     -------
     ClusterFieldSimulation
     """
-    if int(n_stars) < 1:
-        raise ValueError(f"n_stars must be at least 1; got {n_stars}.")
+    n_stars = _n_stars(n_stars)
     for name, value in (("cluster_dispersion", cluster_dispersion),
                         ("field_dispersion", field_dispersion), ("error_median", error_median),
                         ("plummer_radius", plummer_radius), ("max_radius", max_radius)):
@@ -181,7 +200,6 @@ def simulate_cluster_field(
         raise ValueError(f"member_fraction must lie in [0, 1]; got {member_fraction}.")
     if error_log_sd < 0 or not 0 < error_range[0] < error_range[1]:
         raise ValueError("error_log_sd must be >= 0 and error_range an increasing positive pair.")
-    n_stars = int(n_stars)
     truth = ClusterFieldTruth(float(cluster_mean), float(cluster_dispersion), float(field_mean),
                               float(field_dispersion), float(member_fraction),
                               float(plummer_radius), float(max_radius))
@@ -322,6 +340,7 @@ def simulate_contaminated_field(
     ----------
     key : jax PRNG key or int
     n_stars : int
+        At most 1e8.
 
     Returns
     -------
@@ -334,9 +353,7 @@ def simulate_contaminated_field(
     >>> sim.catalogue.n_stars
     400
     """
-    n_stars = int(n_stars)
-    if n_stars < 1:
-        raise ValueError(f"n_stars must be at least 1; got {n_stars}.")
+    n_stars = _n_stars(n_stars)
     for name, value in (("cluster_dispersion", cluster_dispersion), ("stream_dispersion", stream_dispersion),
                         ("error_median", error_median), ("plummer_radius", plummer_radius),
                         ("max_radius", max_radius)):
@@ -451,6 +468,7 @@ def simulate_mixture(
     params : MixtureParams
         The true mixture (validated).
     n_stars : int
+        At most 1e8.
     error_scale : float or array_like, shape (n_features,)
         Median standard error of each feature.
     error_log_sd : float
@@ -468,9 +486,7 @@ def simulate_mixture(
     """
     params = check_params(*params)
     n_features = params.n_features
-    if int(n_stars) < 1:
-        raise ValueError(f"n_stars must be at least 1; got {n_stars}.")
-    n_stars = int(n_stars)
+    n_stars = _n_stars(n_stars, n_features)
     scale = np.broadcast_to(np.asarray(error_scale, dtype=float), (n_features,))
     error_free = bool(np.all(scale == 0))
     if not np.all(np.isfinite(scale)) or not (error_free or np.all(scale > 0)):
@@ -546,7 +562,7 @@ def simulate_named(kind: str, key=0, n_stars: int | None = None):
         ([Fe/H], [Mg/Fe]) with correlated errors (:func:`simulate_mixture`).
     key : int or jax PRNG key
     n_stars : int, optional
-        Default 386 (cluster-field) or 2000 (disc).
+        Default 386 (cluster-field), 400 (contaminated-field) or 2000 (disc); at most 1e8.
 
     Returns
     -------

@@ -14,8 +14,11 @@ their 16/84 percentiles, the hard label; probabilities below 1e-300 are written 
 ``posterior.nc`` (the InferenceData), ``em.json`` (the EM start: every start's objective and
 the distinct optima they reached), ``model_check.csv`` (the posterior predictive check, bin by
 bin), ``dropped_rows.csv`` (when cuts removed rows), ``spec.toml`` (the spec as given),
-``checkpoint.pkl`` (sampler state: ``resume=True`` continues from it), the figures (``*.png``)
-and, beside each CSV, its provenance sidecar ``<name>.csv.json``.
+``checkpoint.npz`` (draws and sampler state as plain arrays, :mod:`bayesmix.checkpoint`:
+``resume=True`` continues from it), ``run.json`` (the spec, its SHA-256 and the data's, the
+list of the run's files), the figures (``*.png``) and, beside each CSV, its provenance
+sidecar ``<name>.csv.json``. The folder is the run's while it runs, and a finished folder
+holds one run's files (:mod:`bayesmix.runfolder`).
 
 Provenance sits where each format keeps metadata: the FITS header, ECSV/VOTable metadata,
 the netCDF attributes of ``posterior.nc``, the ``provenance`` key of ``em.json``. The CSVs
@@ -34,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +45,13 @@ import numpy as np
 
 from bayesmix.catalogue import atomic_write, make_provenance, provenance_sidecar, read_catalogue, write_table
 from bayesmix.config import RunSpec
+from bayesmix.runfolder import CHECKPOINT, LOCK, PARTIAL, RUN_RECORD, locked, publish
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunResult", "ScanResult", "build_model", "load_catalogue", "run_spec", "scan_spec"]
+__all__ = ["RunResult", "ScanResult", "build_model", "load_catalogue", "resume_target", "run_spec",
+           "scan_spec"]
 
-CHECKPOINT = "checkpoint.pkl"
-RUN_RECORD = "run.json"
 
 
 @dataclasses.dataclass
@@ -160,6 +164,11 @@ def load_catalogue(spec: RunSpec):
     if catalogue.report.n_dropped:
         logger.info("%s: kept %d of %d rows; dropped %s", path.name, catalogue.report.n_kept,
                     catalogue.report.n_input, catalogue.report.counts())
+    # The membership table carries every input column; a name FITS cannot hold would
+    # otherwise fail only when it is written, after the whole fit.
+    from bayesmix.catalogue import check_output_names
+
+    check_output_names(catalogue.table.colnames, spec.output.formats, table=catalogue.table)
     return catalogue, None
 
 
@@ -254,6 +263,8 @@ def em_kwargs(spec: RunSpec, model=None, catalogue=None) -> dict[str, Any]:
             covariances = scales[:, :, None] * np.eye(scales.shape[1]) * scales[:, None, :]
         kwargs["init_params"] = complete_start(catalogue, np.asarray(e.init_means, float),
                                                weights=e.init_weights, covariances=covariances)
+        if e.init == "given":
+            kwargs["n_init"] = 1  # the given start only: restarts from it would all be the same
     elif e.init == "given":
         kwargs["init"] = "auto"  # another K in a scan: the given start does not apply
     return kwargs
@@ -276,8 +287,13 @@ def _plain(value):
 
 
 def _comparable(spec_dict: dict) -> dict:
-    """The parts of a spec that must match for a resume: not the draws asked for, nor outputs."""
+    """The parts of a spec that must match for a resume: not the draws asked for, nor outputs.
+
+    Nor where the catalogue file is: a moved file resumes, since the data themselves are
+    compared by their SHA-256 (values, errors, covariates after the cuts).
+    """
     out = json.loads(json.dumps(spec_dict, default=_plain))
+    out.get("data", {}).pop("path", None)
     out.get("sampler", {}).pop("num_samples", None)
     out.get("sampler", {}).pop("checkpoint_every", None)
     out.pop("output", None)
@@ -289,9 +305,130 @@ def _comparable(spec_dict: dict) -> dict:
 # --------------------------------------------------------------------------- fit
 
 
+def _spec_digest(spec_dict: dict) -> str:
+    """SHA-256 of the parts of a spec that a resume must match (:func:`_comparable`)."""
+    import hashlib
+
+    text = json.dumps(_comparable(spec_dict), sort_keys=True, default=_plain)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _saved_record(path: Path) -> dict:
+    """A run's ``run.json``, with a named error when it is damaged."""
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is damaged ({exc}); the saved run cannot be resumed: start afresh "
+                         "(without --resume).") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("spec"), dict):
+        raise ValueError(f"{path} holds no run specification (key 'spec'); the saved run cannot be "
+                         "resumed: start afresh (without --resume).")
+    return record
+
+
+def _saved_run_folder(out: Path) -> Path | None:
+    """Where the run to resume is: the interrupted one in progress, else the finished one."""
+    for folder in (out / PARTIAL, out):
+        if (folder / CHECKPOINT).is_file() and (folder / RUN_RECORD).is_file():
+            return folder
+    return None
+
+
+def resume_target(spec: RunSpec, directory=None) -> int | None:
+    """Draws per chain the saved run in the output folder asked for (None if there is none).
+
+    ``bayesmix fit --resume`` without ``--num-samples`` continues to this target.
+    """
+    out = Path(directory) if directory is not None else default_directory(spec)
+    folder = _saved_run_folder(out)
+    if folder is None:
+        return None
+    target = _saved_record(folder / RUN_RECORD)["spec"].get("sampler", {}).get("num_samples")
+    return int(target) if isinstance(target, int) else None
+
+
+def _prepare_resume(out: Path, spec_dict: dict, catalogue) -> int:
+    """Check the saved run against the spec and the data; put its checkpoint in the staging folder.
+
+    Returns the draws per chain already done.
+    """
+    from bayesmix.checkpoint import read_checkpoint
+    from bayesmix.sampling import data_digest
+
+    folder = _saved_run_folder(out)
+    if folder is None:
+        legacy = (" (the checkpoint.pkl there, from an earlier bayesmix, is never loaded: a pickle can run "
+                  "code)") if (out / "checkpoint.pkl").exists() else ""
+        raise FileNotFoundError(f"--resume: no saved run in {out} (expected {CHECKPOINT} and {RUN_RECORD})"
+                                f"{legacy}; run without --resume to start one.")
+    saved = _saved_record(folder / RUN_RECORD)
+    if _comparable(saved["spec"]) != _comparable(spec_dict):
+        changed = sorted(k for k in set(_comparable(saved["spec"])) | set(_comparable(spec_dict))
+                         if _comparable(saved["spec"]).get(k) != _comparable(spec_dict).get(k))
+        raise ValueError(f"--resume: the saved run in {out} was made from a different spec (sections "
+                         f"{changed} differ); only [sampler] num_samples and [output] may change.")
+    checkpoint = read_checkpoint(folder / CHECKPOINT)  # a damaged checkpoint stops here, named
+    digest = data_digest(catalogue)
+    if checkpoint.settings.get("data_sha256") != digest:
+        raise ValueError(f"--resume: the saved run in {out} sampled other data (sha256 "
+                         f"{str(checkpoint.settings.get('data_sha256'))[:12]}..., the catalogue now gives "
+                         f"{digest[:12]}...): the catalogue file, its cuts or its errors changed. Restore "
+                         "the data, or start afresh without --resume (the saved run stays until the new "
+                         "one finishes).")
+    partial = out / PARTIAL
+    if folder != partial:  # extending a finished run: it stays whole until the new set replaces it
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir()
+        shutil.copy2(folder / CHECKPOINT, partial / CHECKPOINT)
+    return checkpoint.n_draws
+
+
+def _prepare_fresh(out: Path) -> None:
+    """An empty staging folder; an interrupted run left there is discarded, saying so."""
+    from bayesmix.checkpoint import CheckpointError, checkpoint_draws
+
+    partial = out / PARTIAL
+    if partial.exists():
+        try:
+            done = checkpoint_draws(partial / CHECKPOINT)
+        except CheckpointError:
+            done = "?"
+        logger.warning("%s holds an interrupted run (%s draws per chain); starting afresh discards it "
+                       "(pass resume=True / --resume to continue it instead)", out, done)
+        shutil.rmtree(partial)
+    partial.mkdir()
+
+
+def _abandon(out: Path, created: bool, discard_up_to: int) -> None:
+    """After a failed run: drop a staging folder with nothing new to resume, and a folder made for nothing.
+
+    The staged checkpoint is kept when it holds more than ``discard_up_to`` draws per
+    chain (0, or the draws of the finished run it was copied from).
+    """
+    from bayesmix.checkpoint import CheckpointError, checkpoint_draws
+
+    partial = out / PARTIAL
+    if partial.is_dir():
+        try:
+            done = checkpoint_draws(partial / CHECKPOINT)
+        except CheckpointError:
+            done = 0
+        if done <= discard_up_to:
+            shutil.rmtree(partial, ignore_errors=True)
+    if created and out.is_dir() and not any(p.name != LOCK for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def run_spec(spec: RunSpec, *, directory=None, resume: bool = False, progress_bar: bool | None = None,
              figures: bool | None = None) -> RunResult:
     """Run a spec end to end and write its outputs.
+
+    The run holds its output folder (:func:`bayesmix.runfolder.locked`: a second run into
+    it is refused while this one lives), works in the staging folder
+    ``<directory>/.bayesmix-partial`` and swaps its whole result set in at the end
+    (:func:`bayesmix.runfolder.publish`): a run that fails or is killed leaves the previous
+    finished run as it was, and an interrupted run can be resumed.
 
     Parameters
     ----------
@@ -301,7 +438,7 @@ def run_spec(spec: RunSpec, *, directory=None, resume: bool = False, progress_ba
     resume : bool
         Continue the run saved in ``directory`` (interrupted, or finished and now asked
         for more draws) instead of starting afresh; its spec must match except for
-        ``num_samples`` and the outputs.
+        ``num_samples`` and the outputs, and its data must be the same (SHA-256).
     progress_bar : bool, optional
     figures : bool, optional
         Override ``[output] figures``.
@@ -309,49 +446,52 @@ def run_spec(spec: RunSpec, *, directory=None, resume: bool = False, progress_ba
     Returns
     -------
     RunResult
-    """
-    from bayesmix.diagnostics import summary
-    from bayesmix.membership import membership_probabilities, membership_table
-    from bayesmix.sampling import checkpoint_draws, sample_posterior
 
+    Raises
+    ------
+    bayesmix.runfolder.FolderBusyError
+        Another live run holds the folder.
+    """
     out = Path(directory) if directory is not None else default_directory(spec)
-    checkpoint = out / CHECKPOINT
-    record_path = out / RUN_RECORD
-    spec_dict = spec.to_dict()
     # The catalogue and model first: a run that fails on its input (a column typo) must not
-    # touch the folder, least of all delete a previous run's checkpoint.
+    # touch the folder.
     catalogue, truth = load_catalogue(spec)
     model = build_model(spec, catalogue)
-    resumed_from = 0
-    if resume:
-        if not checkpoint.exists() or not record_path.exists():
-            raise FileNotFoundError(f"--resume: no saved run in {out} (expected {CHECKPOINT} and "
-                                    f"{RUN_RECORD}); run without --resume to start one.")
-        saved = json.loads(record_path.read_text())
-        if _comparable(saved["spec"]) != _comparable(spec_dict):
-            changed = sorted(k for k in set(_comparable(saved["spec"])) | set(_comparable(spec_dict))
-                             if _comparable(saved["spec"]).get(k) != _comparable(spec_dict).get(k))
-            raise ValueError(f"--resume: the saved run in {out} was made from a different spec (sections "
-                             f"{changed} differ); only [sampler] num_samples and [output] may change.")
-        resumed_from = checkpoint_draws(checkpoint)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        if checkpoint.exists():
-            logger.warning("%s holds an earlier run; starting afresh (pass resume=True / --resume to "
-                           "continue it instead)", out)
-            checkpoint.unlink()
-    dropped = catalogue.report.to_dict()
-    _write_json(record_path, {"spec": spec_dict, "draws_done": resumed_from,
-                              "provenance": make_provenance(spec=spec_dict, seed=spec.seed)})
+    created = not out.exists()
+    with locked(out):
+        resumed_from, copied = 0, False
+        try:
+            if resume:
+                copied = _saved_run_folder(out) == out  # a finished run, copied to the staging folder
+                resumed_from = _prepare_resume(out, spec.to_dict(), catalogue)
+            else:
+                _prepare_fresh(out)
+            result = _run_in_staging(spec, out, catalogue, truth, model, progress_bar, figures)
+        except BaseException:
+            _abandon(out, created, resumed_from if copied else 0)
+            raise
+    result.resumed_from = resumed_from
+    return result
+
+
+def _run_in_staging(spec, out, catalogue, truth, model, progress_bar, figures) -> RunResult:
+    from bayesmix.diagnostics import summary
+    from bayesmix.membership import membership_probabilities, membership_table
+    from bayesmix.sampling import sample_posterior
+
+    stage = out / PARTIAL
+    spec_dict = spec.to_dict()
+    record = {"spec": spec_dict, "spec_sha256": _spec_digest(spec_dict), "status": "running",
+              "provenance": make_provenance(spec=spec_dict, seed=spec.seed)}
+    _write_json(stage / RUN_RECORD, record)
     s = spec.sampler
     fit = sample_posterior(
         spec.seed, model, catalogue, num_chains=s.num_chains, num_warmup=s.num_warmup,
         num_samples=s.num_samples, target_accept=s.target_accept, adapt_mass=s.adapt_mass,
         max_tree_depth=s.max_tree_depth, chain_method=s.chain_method, progress_bar=progress_bar,
-        checkpoint=checkpoint, chunk_size=s.checkpoint_every, em_kwargs=em_kwargs(spec, model, catalogue),
+        checkpoint=stage / CHECKPOINT, chunk_size=s.checkpoint_every,
+        em_kwargs=em_kwargs(spec, model, catalogue),
     )
-    _write_json(record_path, {"spec": spec_dict, "draws_done": fit.n_draws,
-                              "provenance": make_provenance(spec=spec_dict, seed=spec.seed)})
     if spec.output.loo:
         from bayesmix.sampling import add_log_likelihood
 
@@ -361,17 +501,24 @@ def run_spec(spec: RunSpec, *, directory=None, resume: bool = False, progress_ba
     report, model_check = run_checks(spec, fit, var_names)
     members = membership_probabilities(fit, max_draws=s.membership_draws)
     provenance = make_provenance(spec=spec_dict, spec_file=spec.source, seed=spec.seed,
-                                 dropped_rows=dropped, truth=truth,
+                                 dropped_rows=catalogue.report.to_dict(), truth=truth,
                                  n_stars=catalogue.n_stars, draws_per_chain=fit.n_draws,
                                  converged=bool(report.ok), convergence_problems=list(report.reasons),
                                  **_check_provenance(fit, report, model_check))
-    written = _write_run_outputs(spec, out, fit, table, members, catalogue, provenance,
+    written = _write_run_outputs(spec, stage, fit, table, members, catalogue, provenance,
                                  membership_table(fit, members, provenance=provenance), model_check)
     if figures if figures is not None else spec.output.figures:
-        written += run_figures(out, fit, members, catalogue, truth=truth, key=spec.seed)
+        written += run_figures(stage, fit, members, catalogue, truth=truth, key=spec.seed)
+    files = [Path(p).name for p in written] + [CHECKPOINT]
+    _write_json(stage / RUN_RECORD, {**record, "status": "finished", "draws_done": fit.n_draws,
+                                     "data_sha256": fit.settings.get("data_sha256"), "files": files,
+                                     "provenance": provenance})
+    published = publish(out, [stage / name for name in [*files, RUN_RECORD]])
+    shutil.rmtree(stage)
+    written = [p for p in published if p.name != CHECKPOINT]
     return RunResult(spec=spec, catalogue=catalogue, truth=truth, fit=fit, members=members, summary=table,
                      convergence=report, directory=out, written=written, provenance=provenance,
-                     resumed_from=resumed_from, model_check=model_check)
+                     model_check=model_check)
 
 
 def run_checks(spec: RunSpec, fit, var_names=None):
@@ -445,6 +592,26 @@ def _published_idata(spec, fit):
     return arviz_complete(jax.random.fold_in(jax.random.key(spec.seed), 1), fit)
 
 
+def _check_free_space(folder: Path, idata, name: str) -> None:
+    """Refuse to start writing ``name`` where it cannot fit.
+
+    HDF5 (under netCDF) does not survive a full disk: h5py crashed the process
+    (segmentation fault) when it could not close the file. Its size is about the arrays'
+    bytes, so ask for that plus a margin first.
+    """
+    import errno
+
+    from bayesmix import _arviz
+
+    needed = sum(int(v.nbytes) for g in _arviz.group_names(idata)
+                 for v in _arviz.group_dataset(idata, g).variables.values())
+    needed = int(needed * 1.1) + 1_000_000
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"not enough free space to write {name}: it needs about "
+                                    f"{needed / 1e6:.1f} MB, {free / 1e6:.1f} MB are free in {folder}")
+
+
 def _write_run_outputs(spec, out, fit, table, members, catalogue, provenance, stars,
                        model_check=None) -> list[Path]:
     from astropy.table import Table
@@ -463,6 +630,7 @@ def _write_run_outputs(spec, out, fit, table, members, catalogue, provenance, st
                                             provenance=provenance))
     fit.idata.attrs["bayesmix_provenance"] = json.dumps(provenance, default=_plain)
     published = _published_idata(spec, fit)
+    _check_free_space(out, published, "posterior.nc")
     written.append(atomic_write(out / "posterior.nc", lambda tmp: published.to_netcdf(tmp)))
     em = fit.em
     if em is not None:
@@ -536,9 +704,10 @@ def scan_spec(spec: RunSpec, *, k_range: tuple[int, int] | None = None, loo: boo
     provenance = make_provenance(spec=spec.to_dict(), spec_file=spec.source, seed=spec.seed,
                                  command="scan", k_range=[k_min, k_max], loo=bool(loo), preferred=preferred,
                                  dropped_rows=catalogue.report.to_dict(), truth=truth)
-    written = _table_files(write_table(table, out / "scan.csv", provenance=provenance))
-    if figures if figures is not None else spec.output.figures:
-        written.append(_save(out / "information_criteria.png", _scan_plot(table)))
+    with locked(out):  # two scans into one folder: the second is refused, not interleaved
+        written = _table_files(write_table(table, out / "scan.csv", provenance=provenance))
+        if figures if figures is not None else spec.output.figures:
+            written.append(_save(out / "information_criteria.png", _scan_plot(table)))
     return ScanResult(table=table, preferred=preferred, fits=fits, directory=out, written=written)
 
 

@@ -110,7 +110,7 @@ def test_killed_run_resumes_to_the_draws_of_an_uninterrupted_one(tmp_path, capsy
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen([sys.executable, "-m", "bayesmix.cli", "fit", str(spec), "--out", str(killed),
                              *settings], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = killed / "checkpoint.pkl"
+    checkpoint = killed / ".bayesmix-partial" / "checkpoint.npz"  # the run in progress, staged
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -181,12 +181,12 @@ def test_fresh_run_failing_on_its_input_keeps_the_previous_run(tmp_path, capsys)
                     '[model]\nkind = "cluster-field"\n')
     out = tmp_path / "out"
     assert main(["fit", str(spec), "--out", str(out), *SMALL, "--no-figures", "--exit-zero"]) == 0
-    before = (out / "checkpoint.pkl").read_bytes()
+    before = (out / "checkpoint.npz").read_bytes()
     spec.write_text(spec.read_text().replace('values = ["RV"]', 'values = ["RVV"]'))
     capsys.readouterr()
     assert main(["fit", str(spec), "--out", str(out), *SMALL, "--no-figures"]) == 2
     assert "RVV" in capsys.readouterr().err
-    assert (out / "checkpoint.pkl").read_bytes() == before
+    assert (out / "checkpoint.npz").read_bytes() == before
 
 
 def test_scan_prefers_two_components_for_the_simulated_disc(tmp_path, capsys):

@@ -115,15 +115,32 @@ def test_cli_bad_input_is_a_message_not_a_traceback(tmp_path, capsys):
 
 
 
-def test_cli_environment_fault_is_a_message_and_exit_4(tmp_path, capsys):
-    """The machine stopped the run (here: the output's folder is a file): a message, no traceback."""
-    from bayesmix.cli import EXIT_ENVIRONMENT_ERROR
+def test_cli_path_of_the_wrong_kind_is_a_message_and_exit_2(tmp_path, capsys):
+    """The output's folder is a file: the user's path, named, with the fix; no traceback."""
+    from bayesmix.cli import EXIT_INPUT_ERROR
 
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    assert main(["simulate", "disc", "--out", str(blocker / "x.fits")]) == EXIT_ENVIRONMENT_ERROR == 4
+    assert main(["simulate", "disc", "--out", str(blocker / "x.fits")]) == EXIT_INPUT_ERROR == 2
     err = capsys.readouterr().err
     assert "bayesmix simulate: error:" in err and "a_file" in err and "check the path" in err
+    assert "Traceback" not in err
+
+
+def test_cli_environment_fault_is_a_message_and_exit_4(tmp_path, capsys, monkeypatch):
+    """The machine stopped the run (here: a full disk while writing): a message, no traceback."""
+    import errno
+
+    import bayesmix.catalogue
+    from bayesmix.cli import EXIT_ENVIRONMENT_ERROR
+
+    def full_disk(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(bayesmix.catalogue, "atomic_write", full_disk)
+    assert main(["simulate", "disc", "--out", str(tmp_path / "x.fits")]) == EXIT_ENVIRONMENT_ERROR == 4
+    err = capsys.readouterr().err
+    assert "bayesmix simulate: error:" in err and "No space left" in err and "free disk space" in err
     assert "Traceback" not in err
 
 

@@ -162,49 +162,58 @@ def test_interrupted_checkpointed_run_resumes_to_the_same_draws(tmp_path, monkey
     model = cluster_field_model(sim.catalogue)
     em = fit_em(0, sim.catalogue, 2, n_init=2)
     kwargs = {"num_chains": 2, "num_warmup": 100, "num_samples": 60, "chunk_size": 20, "init": em}
-    reference = sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "a.pkl", **kwargs)
-    real_write = sampling._atomic_pickle
+    reference = sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "a.npz", **kwargs)
+    real_write = sampling.write_checkpoint
     calls = {"n": 0}
 
-    def killed_on_second_chunk(obj, path):
+    def killed_on_second_chunk(path, checkpoint):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt("killed")
-        real_write(obj, path)
+        real_write(path, checkpoint)
 
-    monkeypatch.setattr(sampling, "_atomic_pickle", killed_on_second_chunk)
+    monkeypatch.setattr(sampling, "write_checkpoint", killed_on_second_chunk)
     with pytest.raises(KeyboardInterrupt):
-        sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.pkl", **kwargs)
-    monkeypatch.setattr(sampling, "_atomic_pickle", real_write)
-    resumed = sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.pkl", **kwargs)
+        sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.npz", **kwargs)
+    monkeypatch.setattr(sampling, "write_checkpoint", real_write)
+    assert sampling.checkpoint_draws(tmp_path / "b.npz") == 20
+    resumed = sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.npz", **kwargs)
     assert resumed.n_draws == reference.n_draws == 60
     np.testing.assert_array_equal(resumed.idata.posterior["means"].values,
                                   reference.idata.posterior["means"].values)
     # A finished run resumes to itself without sampling again.
-    again = sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.pkl", **kwargs)
+    again = sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.npz", **kwargs)
     np.testing.assert_array_equal(again.idata.posterior["means"].values,
                                   reference.idata.posterior["means"].values)
     # Asking a finished run for more draws extends it: the same draws as one longer run.
-    longer = sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.pkl",
+    longer = sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.npz",
                               **{**kwargs, "num_samples": 80})
-    longer_reference = sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "c.pkl",
+    longer_reference = sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "c.npz",
                                         **{**kwargs, "num_samples": 80})
     np.testing.assert_array_equal(longer.idata.posterior["means"].values,
                                   longer_reference.idata.posterior["means"].values)
     with pytest.raises(ValueError, match="already holds 80 draws"):
-        sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.pkl",
+        sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.npz",
                          **{**kwargs, "num_samples": 40})
     with pytest.raises(ValueError, match="other settings"):
-        sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.pkl",
+        sample_posterior(3, model, sim.catalogue, checkpoint=tmp_path / "b.npz",
                          **{**kwargs, "num_warmup": 120})
     # Changed data (one star's velocity) never resume: the draws would mix two catalogues.
     values = np.asarray(sim.catalogue.values).copy()
     values[0, 0] += 0.5
     moved = dataclasses.replace(sim.catalogue, values=values)
     with pytest.raises(ValueError, match=r"made from other data \(sha256"):
-        sample_posterior(3, model, moved, checkpoint=tmp_path / "b.pkl", **kwargs)
+        sample_posterior(3, model, moved, checkpoint=tmp_path / "b.npz", **kwargs)
     assert longer.idata.posterior.attrs["setting_data_sha256"] == sampling._data_digest(
         longer.data, longer.covariates)
+    # A fit read back from its checkpoint extends exactly like the live one.
+    loaded = sampling.load_fit(tmp_path / "a.npz", model, sim.catalogue)
+    np.testing.assert_array_equal(loaded.idata.posterior["means"].values,
+                                  reference.idata.posterior["means"].values)
+    np.testing.assert_array_equal(sampling.extend(loaded, 20).idata.posterior["means"].values,
+                                  longer_reference.idata.posterior["means"].values)
+    with pytest.raises(ValueError, match="other data"):
+        sampling.load_fit(tmp_path / "a.npz", model, moved)
 
 
 @pytest.mark.parametrize(

@@ -329,7 +329,14 @@ def _simulate(args) -> int:
 
     if args.n_stars is not None and args.n_stars < 1:
         raise ValueError(f"--n-stars must be at least 1; got {args.n_stars}.")
-    sim, truth = simulate_named(args.kind, args.seed, args.n_stars)
+    suffixes = (".fits", ".csv", ".ecsv", ".vot")
+    if not str(args.out).lower().endswith(suffixes):  # before simulating: the format comes from the name
+        raise ValueError(f"--out {args.out}: the file name must end in one of {', '.join(suffixes)} "
+                         "(the table's format follows its extension).")
+    try:
+        sim, truth = simulate_named(args.kind, args.seed, args.n_stars)
+    except ValueError as exc:  # the library names its argument n_stars; here it is --n-stars
+        raise ValueError(str(exc).replace("n_stars", "--n-stars")) from exc
     provenance = make_provenance(command=["simulate", args.kind], seed=args.seed,
                                  n_stars=sim.catalogue.n_stars, truth=truth)
     path = write_table(sim.table, args.out, provenance=provenance)

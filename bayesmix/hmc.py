@@ -421,8 +421,10 @@ def run(potential_fn, state: ChainState, adapt: AdaptState, args, schedule, num_
             # The chain has moved on a scale the old step size knew; restart averaging there.
             return new, _da_init(new.step_size)
 
-        tuning, da = lax.cond(warming & (i == window_end - 1), end_window,
-                              lambda da: (chain.tuning, da), da)
+        # Only a real window ends: with none (start == end == num_warmup) this step would be
+        # the last warmup one, and restarting averaging there left the last noisy iterate.
+        window_ends = warming & (window_end > window_start) & (i == window_end - 1)
+        tuning, da = lax.cond(window_ends, end_window, lambda da: (chain.tuning, da), da)
         tuning = tuning._replace(step_size=jnp.where(warming & (i == num_warmup - 1),
                                                      jnp.exp(da.log_step_avg), tuning.step_size))
         adapt = AdaptState(da, mean, m2, adapt.laplace_inverse,

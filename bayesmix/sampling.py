@@ -9,10 +9,15 @@ inflated two-fold in standard deviation. So R-hat keeps its power to detect chai
 disagree, and chains that settle in different modes are reported by
 :func:`bayesmix.diagnostics.check_modes`.
 
-Long runs can write a checkpoint after every chunk of draws (atomically: temporary
-file, then rename); :func:`sample_posterior` with the same checkpoint path resumes
-from it with no new warmup and without losing draws, and :func:`extend` adds draws
-to a finished run from its last state, exactly as if the run had been longer.
+The chains move in standardised coordinates (each mean in units of its feature's spread
+around the EM start, see :class:`_Sampler`), so the same run in other units (1e-150 to
+1e150 times) gives the same posterior.
+
+Long runs can write a checkpoint after every chunk of draws (:mod:`bayesmix.checkpoint`:
+plain arrays, atomically replaced); :func:`sample_posterior` with the same checkpoint
+path resumes from it with no new warmup and without losing draws, refusing other data
+or settings; :func:`load_fit` reads it back as a fit; :func:`extend` adds draws to a
+finished run from its last state, exactly as if the run had been longer.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +62,19 @@ logger = logging.getLogger(__name__)
 _STAT_NAMES = {"diverging": "diverging", "num_steps": "n_steps", "accept_prob": "acceptance_rate",
                "energy": "energy", "step_size": "step_size", "tree_depth": "tree_depth"}
 CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
+
+
+class _RunState(NamedTuple):
+    """What a live fit keeps to continue (:func:`extend`): each chain's state, the compiled
+    sampler, the draws and statistics so far (constrained), the start information, the chain
+    method. A checkpoint (:class:`bayesmix.checkpoint.Checkpoint`) holds the same on disk."""
+
+    states: hmc.ChainState
+    sampler: Any
+    samples: dict
+    stats: dict
+    start_info: dict
+    method: str
 
 
 @dataclasses.dataclass
@@ -809,8 +827,7 @@ def _finish(model, obs, covariates, catalogue, em_result, settings, samples, sta
     idata = _to_idata(model, obs, covariates, samples, stats, catalogue, attrs)
     return PosteriorFit(idata=idata, model=model, data=obs, covariates=covariates, em=em_result,
                         catalogue=catalogue, settings=settings,
-                        _state={"states": states, "sampler": sampler, "samples": samples, "stats": stats,
-                                "start_info": start_info, "method": method})
+                        _state=_RunState(states, sampler, samples, stats, start_info, method))
 
 
 def load_fit(checkpoint, model: MixtureModel, data, *, covariates: dict | None = None,
@@ -892,13 +909,13 @@ def extend(fit: PosteriorFit, num_samples: int) -> PosteriorFit:
     if int(num_samples) < 1:
         raise ValueError(f"num_samples must be at least 1; got {num_samples}.")
     st = fit._state
-    states, new_samples, new_stats = st["sampler"].draws(st["states"], int(num_samples))
-    samples = _concat([st["samples"], new_samples])
-    old_stats = {k: v for k, v in st["stats"].items() if k != "step_size"}
+    states, new_samples, new_stats = st.sampler.draws(st.states, int(num_samples))
+    samples = _concat([st.samples, new_samples])
+    old_stats = {k: v for k, v in st.stats.items() if k != "step_size"}
     stats = _concat([old_stats, new_stats])
     settings = {**fit.settings, "num_samples": fit.settings.get("num_samples", 0) + int(num_samples)}
     return _finish(fit.model, fit.data, fit.covariates, fit.catalogue, fit.em, settings, samples, stats,
-                   states, st["sampler"], st["start_info"], st["method"])
+                   states, st.sampler, st.start_info, st.method)
 
 
 def add_log_likelihood(fit: PosteriorFit, *, max_draws: int | None = None,

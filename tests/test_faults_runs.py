@@ -273,12 +273,15 @@ def test_two_runs_into_one_folder_the_second_is_refused(copy, capsys):
     assert read_provenance(copy["out"] / "summary.csv")["seed"] == 5
 
 
-def test_a_killed_fresh_run_leaves_the_previous_results_whole(copy):
-    """row116: a new run (another seed) killed after its first checkpoint: the folder still holds the
-    previous run's consistent set, and the killed one can be resumed."""
+@pytest.mark.parametrize(("kill_when", "num_samples"), [(CHECKPOINT, "400"), ("summary.csv", "60")],
+                         ids=["row116-after-first-checkpoint", "row115-while-writing-outputs"])
+def test_a_killed_fresh_run_leaves_the_previous_results_whole(copy, kill_when, num_samples):
+    """row116 / row115: a new run (another seed) killed after its first checkpoint, or while it
+    writes its outputs: the folder still holds the previous run's consistent set, and the killed
+    one's checkpoint is there to resume."""
     before = _snapshot(copy["out"])
-    proc = _subprocess_fit(copy["spec"], copy["out"], "--seed", "4", "--num-samples", "400")
-    assert _wait_for(copy["out"] / PARTIAL / CHECKPOINT, proc)
+    proc = _subprocess_fit(copy["spec"], copy["out"], "--seed", "4", "--num-samples", num_samples)
+    assert _wait_for(copy["out"] / PARTIAL / kill_when, proc), f"the run never wrote {kill_when}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     after = _snapshot(copy["out"])

@@ -420,3 +420,17 @@ def test_every_failure_is_one_line_and_an_exit_status(monkeypatch, tmp_path, cap
     assert main(["fit", str(tmp_path / "x.toml")]) == status
     err = capsys.readouterr().err
     assert "Traceback" not in err and all(w in err for w in words), err
+
+
+def test_a_failed_run_leaves_no_folder_behind(finished, tmp_path, monkeypatch, capsys):
+    """The audit's minor list: a failed run used to leave an empty output folder (and temp files)."""
+    import bayesmix.sampling
+
+    def fails(*args, **kwargs):
+        raise MemoryError("simulated: out of memory while sampling")
+
+    monkeypatch.setattr(bayesmix.sampling, "sample_posterior", fails)
+    out = tmp_path / "new_folder"
+    assert main(["fit", str(finished["spec"]), "--out", str(out), *SMALL]) == EXIT_ENVIRONMENT_ERROR
+    assert "not enough memory" in capsys.readouterr().err
+    assert not out.exists()

@@ -603,14 +603,19 @@ def checkpoint_draws(path) -> int:
     return draws(path)
 
 
+def _check_same_data(ckpt: Path, saved: Checkpoint, digest: str) -> None:
+    """Refuse to continue a saved run on data other than the ones it sampled."""
+    saved_digest = saved.settings.get("data_sha256")
+    if saved_digest != digest:
+        raise ValueError(f"checkpoint {ckpt} was made from other data (sha256 {str(saved_digest)[:12]}..., "
+                         f"now {digest[:12]}...): the catalogue, its errors or covariates changed since; "
+                         "start afresh (without resume) or restore the data.")
+
+
 def _saved_run(ckpt: Path, settings: dict, num_samples: int) -> Checkpoint:
     """The checkpoint at ``ckpt``, if it continues a run with these settings on these data."""
     saved = read_checkpoint(ckpt)
-    saved_digest = saved.settings.get("data_sha256")
-    if saved_digest != settings["data_sha256"]:
-        raise ValueError(f"checkpoint {ckpt} was made from other data (sha256 {str(saved_digest)[:12]}..., "
-                         f"now {settings['data_sha256'][:12]}...): the catalogue, its errors or "
-                         "covariates changed since; start afresh (without resume) or restore the data.")
+    _check_same_data(ckpt, saved, settings["data_sha256"])
     # num_samples may grow: resuming a finished run with more draws extends it.
     changed = sorted(k for k in set(settings) | set(saved.settings)
                      if k != "num_samples" and settings.get(k) != saved.settings.get(k))
@@ -867,10 +872,7 @@ def load_fit(checkpoint, model: MixtureModel, data, *, covariates: dict | None =
     ckpt = Path(checkpoint)
     saved = read_checkpoint(ckpt)
     obs, covariates, catalogue = _resolve_data(data, covariates)
-    digest = _data_digest(obs, covariates)
-    if saved.settings.get("data_sha256") != digest:
-        raise ValueError(f"checkpoint {ckpt} was made from other data (sha256 "
-                         f"{str(saved.settings.get('data_sha256'))[:12]}..., these {digest[:12]}...).")
+    _check_same_data(ckpt, saved, _data_digest(obs, covariates))
     settings = saved.settings
     n_chains = int(np.shape(saved.state.hmc.position)[0])
     method = _resolve_chain_method(chain_method, n_chains, obs.n_stars * model.n_total)

@@ -6,8 +6,8 @@ the NUTS and EM programs, most of a small repeated run. A :class:`Program` store
 lowered program itself, so a repeat loads it and goes straight to the (cached)
 executable. Off until :func:`bayesmix.sampling.enable_compilation_cache` sets a store.
 
-A stored program's key hashes the package's own source, the JAX and NumPyro versions
-and backend, a caller-given fingerprint (everything closed over: model ``repr``,
+A stored program's key hashes the package's own source, the JAX, NumPyro and BlackJAX
+versions and backend, a caller-given fingerprint (everything closed over: model ``repr``,
 settings) and the arguments' tree structure, shapes and dtypes; ``Exported.call``
 re-checks structure and shapes on every call. Files are written atomically; an
 unreadable one, or one that fails on its first call (bytes damaged inside), is deleted and
@@ -22,12 +22,12 @@ import collections
 import functools
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
+
+from bayesmix._files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -121,11 +121,14 @@ class Program:
 
     def _load_or_export(self, args, signature):
         """(callable, path of the stored file it was read from, or None when freshly exported)."""
+        import blackjax
         import numpyro
 
         register(*self.classes)
+        # The NUTS kernel is BlackJAX's: a program traced under another release is another program.
         key = hashlib.sha256("|".join([self.name, source_fingerprint(), jax.__version__, numpyro.__version__,
-                                       jax.default_backend(), self.fingerprint, signature])
+                                       blackjax.__version__, jax.default_backend(), self.fingerprint,
+                                       signature])
                              .encode()).hexdigest()[:32]
         path = _STORE / f"{self.name}-{key}.jaxexport"
         if path in _LOADED:
@@ -146,19 +149,8 @@ class Program:
                 logger.warning("stored program %s unreadable (%s); rebuilding it", path, exc)
         exported = export.export(self.jitted)(*args)
         try:
-            _write_atomically(path, exported.serialize())
+            data = exported.serialize()
+            atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
         except OSError as exc:  # the store is only an optimisation: run on without it
             logger.warning("could not store program %s (%s); it runs without being stored", path, exc)
         return jax.jit(exported.call), None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -18,23 +18,27 @@ Input that cannot be used as asked raises ``ValueError`` naming the column and t
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import logging
 import os
 import platform
 import re
-import tempfile
 import warnings
 import zlib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from astropy.table import MaskedColumn, Table
+
+from bayesmix import __version__
+from bayesmix._choices import DUPLICATES
+from bayesmix._files import atomic_write  # also importable from here, as before it moved
 
 logger = logging.getLogger(__name__)
 
@@ -632,6 +636,25 @@ class DropReport:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class _Cut:
+    """One step of :func:`read_catalogue`'s cut sequence.
+
+    Attributes
+    ----------
+    name : str
+        The step, as the docstring of :func:`read_catalogue` orders them.
+    masks : callable
+        ``masks(selection)`` yields ``(mask, reason)`` pairs: the source rows to drop
+        (bool, n_rows) and why. Read one pair at a time, so each mask sees the rows the
+        pairs before it left. It may raise ``ValueError`` for input it cannot cut (a
+        selection matching nothing, NaN without ``drop_nonfinite``).
+    """
+
+    name: str
+    masks: Callable[[_Selection], Iterable[tuple[np.ndarray, str]]]
+
+
 class _Selection:
     """Rows still in play, and the bookkeeping of those removed."""
 
@@ -645,6 +668,12 @@ class _Selection:
             previous = self.report.dropped.get(reason, np.empty(0, dtype=int))
             self.report.dropped[reason] = np.concatenate([previous, np.flatnonzero(hit)])
             self.keep &= ~hit
+
+    def apply(self, cuts: Sequence[_Cut]) -> None:
+        """Run ``cuts`` in order; a row is attributed to the first cut that removes it."""
+        for cut in cuts:
+            for mask, reason in cut.masks(self):
+                self.drop(mask, reason)
 
 
 # --------------------------------------------------------------------------- the catalogue
@@ -733,22 +762,7 @@ class Catalogue:
             table["id"] = np.asarray(ids)
         for j, name in enumerate(names):
             table[name] = x[:, j]
-        error_kwargs: dict[str, Any] = {}
-        if errors is not None:
-            err = np.asarray(errors)
-            if err.ndim == 1 and n_features == 1:
-                err = err[:, None]
-            if err.ndim == 2:
-                if err.shape != x.shape:
-                    raise ValueError(f"errors has shape {err.shape}; values has {x.shape}: "
-                                     "give one standard error per value.")
-                error_names = [f"{name}_err" for name in names]
-                for j, name in enumerate(error_names):
-                    table[name] = err[:, j]
-                error_kwargs["errors"] = error_names
-            else:
-                table["error_cov"] = err
-                error_kwargs["error_cov_column"] = "error_cov"
+        error_kwargs = {} if errors is None else _add_error_columns(table, np.asarray(errors), x, names)
         for name, col in (covariates or {}).items():
             table[name] = np.asarray(col)
         return read_catalogue(table, values=names, id_column="id" if ids is not None else None,
@@ -780,6 +794,26 @@ class Catalogue:
         if provenance is not None:
             out.meta[PROVENANCE_KEY] = dict(provenance)
         return out
+
+
+def _add_error_columns(table: Table, err: np.ndarray, x: np.ndarray, names) -> dict[str, Any]:
+    """Put :meth:`Catalogue.from_arrays`'s errors in ``table``; return the matching read_catalogue keywords.
+
+    Standard errors (n_stars, n_features) become one ``<name>_err`` column per feature,
+    covariances (n_stars, n_features, n_features) one ``error_cov`` column.
+    """
+    if err.ndim == 1 and x.shape[1] == 1:
+        err = err[:, None]
+    if err.ndim != 2:
+        table["error_cov"] = err
+        return {"error_cov_column": "error_cov"}
+    if err.shape != x.shape:
+        raise ValueError(f"errors has shape {err.shape}; values has {x.shape}: "
+                         "give one standard error per value.")
+    error_names = [f"{name}_err" for name in names]
+    for j, name in enumerate(error_names):
+        table[name] = err[:, j]
+    return {"errors": error_names}
 
 
 def _as_list(name, value) -> list:
@@ -934,75 +968,133 @@ def read_catalogue(
         covariances, an empty selection, or inconsistent numbers of columns; the
         message names the column and the fix.
     """
+    table, path = _source_table(source, format, layout)
+    request = _Request.check(table, values, errors, correlations=correlations,
+                             error_cov_column=error_cov_column, id_column=id_column, covariates=covariates,
+                             select=select, zero_flags=zero_flags, missing=missing, ranges=ranges,
+                             error_floor=error_floor, duplicates=duplicates)
+    numeric = {col: _numeric(table, col, "value" if col in request.value_cols else "input")
+               for col in dict.fromkeys(request.numeric_cols)}
+    sel = _Selection(len(table))
+    sel.apply(_cut_sequence(table, numeric, request, drop_nonfinite))
+    if not sel.keep.any():
+        raise ValueError(f"no rows left after the cuts:\n{sel.report}\nloosen the cuts above.")
+    catalogue = _kept_catalogue(table, path, numeric, request, sel)
+    report = sel.report
+    selection_only = all(r.startswith("select:") for r in report.dropped)
+    if report.n_dropped or report.floored:
+        log = logger.info if selection_only and not report.floored else logger.warning
+        log("%s: %s", path or "table", report)
+    return catalogue
+
+
+def _source_table(source, format, layout) -> tuple[Table, str | None]:
+    """The table to read stars from, and its path (None for a Table made in memory)."""
     if isinstance(source, Table):
         table, path = source, source.meta.get("source_path")
     else:
         table, path = read_table(source, format=format, layout=layout), str(source)
     if len(table) == 0:
         raise ValueError(f"the table {path or ''} has no rows.".replace("  ", " "))
+    return table, path
 
-    value_cols = _as_list("values", values)
-    error_cols, corr_spec = _check_request(table, value_cols, errors, correlations, error_cov_column)
-    n_features = len(value_cols)
-    covariate_cols = _as_list("covariates", covariates)
-    flag_cols = _as_list("zero_flags", zero_flags)
-    used_error_cols = [c for c in error_cols if c is not None]
-    numeric_cols = value_cols + used_error_cols + list(corr_spec.values()) + covariate_cols
-    _check_columns(table, covariate_cols, "covariate")
-    _check_columns(table, flag_cols, "flag")
-    _check_columns(table, list(select or {}), "select")
-    _check_columns(table, list(ranges or {}), "range")
-    if id_column is not None:
-        _check_columns(table, [id_column], "id")
-    if duplicates not in ("error", "first", "best"):
-        raise ValueError(f"duplicates={duplicates!r}; use 'error', 'first' or 'best'.")
-    missing_spec = _missing_spec(missing, numeric_cols)
-    _check_columns(table, list(missing_spec), "missing-value")
-    floor_spec = _floor_spec(error_floor, used_error_cols)
 
-    numeric = {col: _numeric(table, col, "value" if col in value_cols else "input")
-               for col in dict.fromkeys(numeric_cols)}
-    sel = _Selection(len(table))
-    _apply_select(table, select, sel)
-    malformed = np.zeros(len(table), dtype=bool)
-    malformed[np.asarray(table.meta.get(MALFORMED_KEY, []), dtype=int)] = True
-    sel.drop(malformed, "malformed: row overflows its fixed-width fields")
-    for col in flag_cols:
-        data, masked = _numeric(table, col, "flag")
-        sel.drop(masked | (data != 0), f"flag: {col} != 0")
-    _drop_missing(table, numeric, missing_spec, sel)
-    _drop_nonfinite(numeric, sel, drop_nonfinite)
-    _apply_ranges(table, numeric, ranges, sel)
-    # After the cuts, so that a sentinel declared missing (or cut by a range) is no error.
-    _check_magnitudes(numeric, value_cols, used_error_cols, sel)
-    _check_errors(numeric, used_error_cols, floor_spec, sel)
-    if id_column is not None:
-        _drop_duplicates(table[id_column], numeric, used_error_cols, floor_spec, sel, duplicates,
-                         id_column)
+@dataclass(frozen=True)
+class _Request:
+    """The columns and cuts :func:`read_catalogue` was asked for, checked against the table."""
 
-    if not sel.keep.any():
-        raise ValueError(f"no rows left after the cuts:\n{sel.report}\nloosen the cuts above.")
+    value_cols: list[str]
+    error_cols: list[str | None]  # one per value column; None for an error-free feature
+    corr_spec: dict[tuple[str, str], str]
+    error_cov_column: str | None
+    id_column: str | None
+    covariate_cols: list[str]
+    flag_cols: list[str]
+    select: Mapping[str, Any]
+    missing_spec: dict[str, list[float]]
+    ranges: Mapping[str, Any]
+    floor_spec: dict[str, float]
+    duplicates: str
 
+    @property
+    def used_error_cols(self) -> list[str]:
+        return [c for c in self.error_cols if c is not None]
+
+    @property
+    def numeric_cols(self) -> list[str]:
+        """Every column read as numbers, values first (it may name a column twice)."""
+        return self.value_cols + self.used_error_cols + list(self.corr_spec.values()) + self.covariate_cols
+
+    @classmethod
+    def check(cls, table, values, errors, *, correlations, error_cov_column, id_column, covariates, select,
+              zero_flags, missing, ranges, error_floor, duplicates) -> _Request:
+        """Check every named column exists and the options are valid, in :func:`read_catalogue`'s order."""
+        value_cols = _as_list("values", values)
+        error_cols, corr_spec = _check_request(table, value_cols, errors, correlations, error_cov_column)
+        covariate_cols = _as_list("covariates", covariates)
+        flag_cols = _as_list("zero_flags", zero_flags)
+        _check_columns(table, covariate_cols, "covariate")
+        _check_columns(table, flag_cols, "flag")
+        _check_columns(table, list(select or {}), "select")
+        _check_columns(table, list(ranges or {}), "range")
+        if id_column is not None:
+            _check_columns(table, [id_column], "id")
+        if duplicates not in DUPLICATES:
+            raise ValueError(f"duplicates={duplicates!r}; use one of {DUPLICATES}.")
+        # missing and error_floor name columns of the request itself: checked against it, once built.
+        request = cls(value_cols=value_cols, error_cols=error_cols, corr_spec=corr_spec,
+                      error_cov_column=error_cov_column, id_column=id_column, covariate_cols=covariate_cols,
+                      flag_cols=flag_cols, select=select or {}, missing_spec={}, ranges=ranges or {},
+                      floor_spec={}, duplicates=duplicates)
+        missing_spec = _missing_spec(missing, request.numeric_cols)
+        _check_columns(table, list(missing_spec), "missing-value")
+        floor_spec = _floor_spec(error_floor, request.used_error_cols)
+        return replace(request, missing_spec=missing_spec, floor_spec=floor_spec)
+
+
+def _kept_catalogue(table, path, numeric, request: _Request, sel: _Selection) -> Catalogue:
+    """The :class:`Catalogue` of the rows the cuts kept, with their error covariances."""
     rows = np.flatnonzero(sel.keep)
+    value_cols = request.value_cols
     x = np.column_stack([numeric[c][0][rows] for c in value_cols])
-    if error_cov_column is not None:
-        covs = _whole_error_covs(table, error_cov_column, rows, n_features)
+    if request.error_cov_column is not None:
+        covs = _whole_error_covs(table, request.error_cov_column, rows, len(value_cols))
     else:
-        covs = _error_covs(numeric, error_cols, value_cols, corr_spec, floor_spec, rows)
-    ids = np.asarray(table[id_column])[rows] if id_column is not None else rows.copy()
-    cov_data = {c: numeric[c][0][rows] for c in covariate_cols}
+        covs = _error_covs(numeric, request.error_cols, value_cols, request.corr_spec, request.floor_spec,
+                           rows)
+    ids = np.asarray(table[request.id_column])[rows] if request.id_column is not None else rows.copy()
+    cov_data = {c: numeric[c][0][rows] for c in request.covariate_cols}
     units = tuple(str(table[c].unit) if table[c].unit is not None else None for c in value_cols)
     kept = table[rows]
     kept.meta = {k: v for k, v in table.meta.items() if k != MALFORMED_KEY}
-
-    report = sel.report
-    selection_only = all(r.startswith("select:") for r in report.dropped)
-    if report.n_dropped or report.floored:
-        log = logger.info if selection_only and not report.floored else logger.warning
-        log("%s: %s", path or "table", report)
     return Catalogue(values=x, error_covs=covs, ids=ids, feature_names=tuple(value_cols),
                      units=units, covariates=cov_data, table=kept, source_rows=rows,
-                     report=report, source=path)
+                     report=sel.report, source=path)
+
+
+def _cut_sequence(table, numeric, request: _Request, drop_nonfinite: bool) -> list[_Cut]:
+    """:func:`read_catalogue`'s cuts, in the order its docstring gives."""
+    return [
+        _Cut("select", functools.partial(_select_masks, table, request.select)),
+        _Cut("malformed", functools.partial(_malformed_masks, table)),
+        _Cut("zero_flags", functools.partial(_flag_masks, table, request.flag_cols)),
+        _Cut("missing", functools.partial(_missing_masks, table, numeric, request.missing_spec)),
+        _Cut("nonfinite", functools.partial(_nonfinite_masks, numeric, drop_nonfinite)),
+        _Cut("ranges", functools.partial(_range_masks, table, numeric, request.ranges)),
+        # After the cuts, so that a sentinel declared missing (or cut by a range) is no error.
+        _Cut("checks", functools.partial(_check_rows_left, numeric, request)),
+        _Cut("duplicates", functools.partial(_duplicate_masks, table, numeric, request)),
+    ]
+
+
+def _check_rows_left(numeric, request: _Request, sel) -> tuple:
+    """Refuse unusable values and errors among the rows left; record the errors raised to a floor.
+
+    A step of the cut sequence that removes no row.
+    """
+    _check_magnitudes(numeric, request.value_cols, request.used_error_cols, sel)
+    _check_errors(numeric, request.used_error_cols, request.floor_spec, sel)
+    return ()
 
 
 def _check_request(table, value_cols, errors, correlations, error_cov_column):
@@ -1021,14 +1113,7 @@ def _check_request(table, value_cols, errors, correlations, error_cov_column):
             f"{value_cols}; give one error column per value column (None for an error-free one)."
         )
     corr_spec = dict(correlations or {})
-    for pair, col in corr_spec.items():
-        if len(pair) != 2 or not set(pair) <= set(value_cols) or pair[0] == pair[1]:
-            raise ValueError(f"correlations key {pair!r} must be a pair of distinct value columns "
-                             f"from {value_cols}.")
-        if error_cov_column is not None:
-            raise ValueError("correlations cannot be combined with error_cov_column (it is whole).")
-        if error_cols[value_cols.index(pair[0])] is None or error_cols[value_cols.index(pair[1])] is None:
-            raise ValueError(f"correlation column {col!r} pairs a feature that has no error column.")
+    _check_correlations(corr_spec, value_cols, error_cols, error_cov_column)
     _check_columns(table, value_cols, "value")
     _check_columns(table, [c for c in error_cols if c is not None], "error")
     _check_columns(table, list(corr_spec.values()), "correlation")
@@ -1037,8 +1122,23 @@ def _check_request(table, value_cols, errors, correlations, error_cov_column):
     return error_cols, corr_spec
 
 
-def _apply_select(table, select, sel) -> None:
-    for col, wanted in (select or {}).items():
+def _check_correlations(corr_spec, value_cols, error_cols, error_cov_column) -> None:
+    for pair, col in corr_spec.items():
+        if len(pair) != 2 or not set(pair) <= set(value_cols) or pair[0] == pair[1]:
+            raise ValueError(f"correlations key {pair!r} must be a pair of distinct value columns "
+                             f"from {value_cols}.")
+        if error_cov_column is not None:
+            raise ValueError("correlations cannot be combined with error_cov_column (it is whole).")
+        if error_cols[value_cols.index(pair[0])] is None or error_cols[value_cols.index(pair[1])] is None:
+            raise ValueError(f"correlation column {col!r} pairs a feature that has no error column.")
+
+
+# The cuts: generators of (mask, reason) pairs, the last argument the _Selection. Lazy, so that
+# every mask meets the rows the earlier ones left (a NaN in a row already cut by a sentinel is no error).
+
+
+def _select_masks(table, select, sel):
+    for col, wanted in select.items():
         mask = _equal_mask(table[col], wanted)
         if not mask.any():
             sample = np.unique(np.char.strip(np.asarray(table[col]).astype(str)))[:8].tolist()
@@ -1046,11 +1146,23 @@ def _apply_select(table, select, sel) -> None:
                 f"select {col} == {wanted!r} matches no row; values in {col!r} include "
                 f"{', '.join(repr(s) for s in sample)}."
             )
-        sel.drop(~mask, f"select: {col} not in {wanted!r}" if isinstance(wanted, (list, tuple))
-                 else f"select: {col} != {wanted!r}")
+        yield ~mask, (f"select: {col} not in {wanted!r}" if isinstance(wanted, (list, tuple))
+                      else f"select: {col} != {wanted!r}")
 
 
-def _drop_missing(table, numeric, missing_spec, sel) -> None:
+def _malformed_masks(table, sel):
+    malformed = np.zeros(len(table), dtype=bool)
+    malformed[np.asarray(table.meta.get(MALFORMED_KEY, []), dtype=int)] = True
+    yield malformed, "malformed: row overflows its fixed-width fields"
+
+
+def _flag_masks(table, flag_cols, sel):
+    for col in flag_cols:
+        data, masked = _numeric(table, col, "flag")
+        yield masked | (data != 0), f"flag: {col} != 0"
+
+
+def _missing_masks(table, numeric, missing_spec, sel):
     for col, sentinels in missing_spec.items():
         data, _ = numeric[col] if col in numeric else _numeric(table, col, "missing-value")
         native = np.asarray(table[col]).dtype
@@ -1058,14 +1170,14 @@ def _drop_missing(table, numeric, missing_spec, sel) -> None:
         raw = np.asarray(table[col].data if isinstance(table[col], MaskedColumn) else table[col])
         for s in sentinels:
             hit = raw == np.asarray(s, dtype=native) if native.kind == "f" else data == s
-            sel.drop(np.asarray(hit), f"missing: {col} == {s:g}")
+            yield np.asarray(hit), f"missing: {col} == {s:g}"
 
 
 def _rows_text(rows: np.ndarray, n: int = 5) -> str:
     return f"{', '.join(map(str, rows[:n]))}{', ...' if rows.size > n else ''}"
 
 
-def _drop_nonfinite(numeric, sel, drop_nonfinite: bool) -> None:
+def _nonfinite_masks(numeric, drop_nonfinite: bool, sel):
     for col, (data, masked) in numeric.items():
         bad = masked | ~np.isfinite(data)
         if (bad & sel.keep).any():
@@ -1077,11 +1189,11 @@ def _drop_nonfinite(numeric, sel, drop_nonfinite: bool) -> None:
                     "(drop_nonfinite = true in [data]) to drop and report them, or "
                     "missing=<sentinel> (missing = <sentinel> in [data]) if they encode a missing value."
                 )
-            sel.drop(bad, f"nonfinite: {col}")
+            yield bad, f"nonfinite: {col}"
 
 
-def _apply_ranges(table, numeric, ranges, sel) -> None:
-    for col, bounds in (ranges or {}).items():
+def _range_masks(table, numeric, ranges, sel):
+    for col, bounds in ranges.items():
         if len(bounds) != 2:
             raise ValueError(f"ranges[{col!r}] must be (low, high); got {bounds!r}.")
         low, high = bounds
@@ -1092,7 +1204,7 @@ def _apply_ranges(table, numeric, ranges, sel) -> None:
                 outside |= data < low
             if high is not None:
                 outside |= data > high
-        sel.drop(outside, f"range: {col} outside [{low}, {high}]")
+        yield outside, f"range: {col} outside [{low}, {high}]"
 
 
 def _check_magnitudes(numeric, value_cols, error_cols, sel) -> None:
@@ -1232,7 +1344,12 @@ def _require_pd(covs, rows, what, allow_singular_diag) -> None:
         )
 
 
-def _drop_duplicates(id_col, numeric, error_cols, floor_spec, sel, how, name) -> None:
+def _duplicate_masks(table, numeric, request: _Request, sel):
+    """Rows repeating an id (``request.duplicates``: refuse, keep the first, or keep the best-measured)."""
+    if request.id_column is None:
+        return
+    name, how = request.id_column, request.duplicates
+    id_col = table[name]
     ids = np.asarray(id_col.filled() if isinstance(id_col, MaskedColumn) else id_col)
     if ids.dtype.kind in "US":
         ids = np.char.strip(ids.astype(str))
@@ -1247,21 +1364,23 @@ def _drop_duplicates(id_col, numeric, error_cols, floor_spec, sel, how, name) ->
             f"{', '.join(repr(i) for i in repeated[:5].tolist())}); pass duplicates='first' or 'best' "
             "(duplicates = \"first\" or \"best\" in [data]) to keep one row per id."
         )
-    if how == "first":
-        keep_rows = live[first]
-    else:
-        total_var = np.zeros(live.size)
-        for col in error_cols:
-            e = numeric[col][0][live]
-            e = np.maximum(e, floor_spec[col]) if col in floor_spec else e
-            total_var += e**2
-        order = np.lexsort((np.arange(live.size), total_var, ids[live]))
-        sorted_ids = ids[live][order]
-        is_first = np.r_[True, sorted_ids[1:] != sorted_ids[:-1]]
-        keep_rows = live[order[is_first]]
+    keep_rows = live[first] if how == "first" else _best_measured(ids, live, numeric, request)
     mask = np.ones(sel.keep.size, dtype=bool)
     mask[keep_rows] = False
-    sel.drop(mask, f"duplicates: repeated {name} (kept the {'first' if how == 'first' else 'best-measured'})")
+    yield mask, f"duplicates: repeated {name} (kept the {'first' if how == 'first' else 'best-measured'})"
+
+
+def _best_measured(ids, live, numeric, request: _Request) -> np.ndarray:
+    """Of the ``live`` rows, the one per id with the smallest total error variance (the first on ties)."""
+    total_var = np.zeros(live.size)
+    for col in request.used_error_cols:
+        e = numeric[col][0][live]
+        e = np.maximum(e, request.floor_spec[col]) if col in request.floor_spec else e
+        total_var += e**2
+    order = np.lexsort((np.arange(live.size), total_var, ids[live]))
+    sorted_ids = ids[live][order]
+    is_first = np.r_[True, sorted_ids[1:] != sorted_ids[:-1]]
+    return live[order[is_first]]
 
 
 # --------------------------------------------------------------------------- writing
@@ -1275,8 +1394,6 @@ def make_provenance(**extra) -> dict[str, Any]:
     dict
         JSON-serialisable.
     """
-    from bayesmix import __version__
-
     info: dict[str, Any] = {
         "bayesmix_version": __version__,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -1286,33 +1403,6 @@ def make_provenance(**extra) -> dict[str, Any]:
     info.update(extra)
     json.dumps(info, default=str)  # fail here, not half-way through a write
     return info
-
-
-def _default_mode() -> int:
-    """Permissions a plain ``open(path, "w")`` would give (mkstemp makes files 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)``, then rename the file onto ``path``: never a half-written result.
-
-    The file gets the permissions an ordinary write would give.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-        return path
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def provenance_sidecar(path) -> Path:
@@ -1471,7 +1561,12 @@ def write_table(table: Table, path, format: str | None = None,
     out = table.copy(copy_data=False)
     out.meta = {k: v for k, v in table.meta.items() if k != PROVENANCE_KEY}
     prov_json = json.dumps(provenance, default=str) if provenance is not None else None
+    atomic_write(path, _format_writer(out, fmt, path, prov_json))
+    return path
 
+
+def _format_writer(out: Table, fmt: str, path: Path, prov_json: str | None):
+    """:func:`write_table`'s ``write(tmp)`` for ``fmt``: ``out``, provenance where the format keeps it."""
     if fmt == "fits":
         out.meta = {}
         if prov_json is not None:
@@ -1488,9 +1583,9 @@ def write_table(table: Table, path, format: str | None = None,
         _flush_subnormals(out, path)
         write = _csv_writer(out, path, prov_json)
     elif fmt in ("ascii.ecsv", "votable"):
-        if provenance is not None and fmt == "ascii.ecsv":
+        if prov_json is not None and fmt == "ascii.ecsv":
             out.meta[PROVENANCE_KEY] = json.loads(prov_json)
-        elif provenance is not None:
+        elif prov_json is not None:
             # astropy's VOTable writer keeps only the table DESCRIPTION of all the metadata.
             out.meta = {"description": f"{PROVENANCE_KEY}: {prov_json}"}
 
@@ -1498,8 +1593,7 @@ def write_table(table: Table, path, format: str | None = None,
             out.write(tmp, format=fmt, overwrite=True)
     else:
         raise ValueError(f"cannot write format {fmt!r}; use .fits, .csv, .ecsv or .vot.")
-    atomic_write(path, write)
-    return path
+    return write
 
 
 def _read_sidecar(path: Path, sidecar: Path) -> dict[str, Any] | None:

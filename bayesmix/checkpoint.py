@@ -13,7 +13,8 @@ Layout of the arrays (chains first, as in the posterior)::
     samples/<site>      (n_chains, n_draws, ...)   the draws so far, constrained
     stats/<name>        (n_chains, n_draws)        per-draw sampler statistics
     state/hmc/<field>   (n_chains, ...)            :class:`bayesmix.hmc.ChainState`
-    state/tuning/<field>, state/key
+    state/tuning/<field>
+    state/key           (n_chains, 2) uint32       each chain's PRNG key data
     em/params/<field>, em/<history>, em/optima/<i>/params/<field>
     start/params/<field>                           the EM point the chains started from
 
@@ -30,9 +31,12 @@ import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from bayesmix import hmc
+from bayesmix._files import atomic_write
+from bayesmix.em import EMOptimum, EMResult
 from bayesmix.likelihood import MixtureParams
 
 __all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "checkpoint_draws", "read_checkpoint",
@@ -72,7 +76,8 @@ class Checkpoint(NamedTuple):
     background_weight : float or None
     em : EMResult or None
     state : bayesmix.hmc.ChainState
-        Arrays with a leading chain axis.
+        Arrays with a leading chain axis; the PRNG keys as their raw ``uint32`` data
+        (n_chains, 2), which ``jax.random.wrap_key_data`` turns back into typed keys.
     samples : dict of str to ndarray, each (n_chains, n_draws, ...)
     stats : dict of str to ndarray, each (n_chains, n_draws)
     start_info : dict
@@ -131,7 +136,12 @@ def _em_record(em) -> tuple[dict[str, np.ndarray], dict]:
 def _state_arrays(state: hmc.ChainState) -> dict[str, np.ndarray]:
     arrays = {f"state/hmc/{f}": np.asarray(getattr(state.hmc, f)) for f in hmc.HMCState._fields}
     arrays.update({f"state/tuning/{f}": np.asarray(getattr(state.tuning, f)) for f in hmc.Tuning._fields})
-    arrays["state/key"] = np.asarray(state.key)
+    # Typed keys (jax.random.key) are stored as their raw uint32 data: a plain array, and
+    # the same layout older checkpoints (raw keys) have.
+    key = state.key
+    if jax.dtypes.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    arrays["state/key"] = np.asarray(key)
     return arrays
 
 
@@ -147,8 +157,6 @@ def write_checkpoint(path, checkpoint: Checkpoint) -> Path:
     -------
     Path
     """
-    from bayesmix.catalogue import atomic_write
-
     arrays = {**_params_arrays("start/params", checkpoint.params), **_state_arrays(checkpoint.state)}
     arrays.update({f"samples/{k}": np.asarray(v) for k, v in checkpoint.samples.items()})
     arrays.update({f"stats/{k}": np.asarray(v) for k, v in checkpoint.stats.items()})
@@ -210,8 +218,6 @@ def _float_or_none(value):
 
 
 def _em_from(arrays: dict, meta: dict):
-    from bayesmix.em import EMOptimum, EMResult
-
     optima = tuple(
         EMOptimum(params=_params_from(arrays, f"em/optima/{i}/params"),
                   background_weight=_float_or_none(o["background_weight"]),

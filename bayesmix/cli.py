@@ -29,12 +29,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+# Light modules only (no JAX) at the top: `bayesmix --help`, `--version` and a bad argument stay fast,
+# JAX starts after set_host_device_count, and a broken dependency imported inside a command is
+# reported as exit status 4. The commands import the layers they run.
 from bayesmix import __version__
-from bayesmix.config import SIMULATIONS  # light (no JAX): argparse needs the names
+from bayesmix._choices import SIMULATIONS
+from bayesmix.config import RunSpec, load_spec, parse_k_range
+from bayesmix.runfolder import FolderBusyError
 
 EXIT_OK = 0
 EXIT_INTERNAL_ERROR = 1
@@ -52,8 +58,6 @@ written, a full disk, a missing dependency, no memory); 1 a bug in bayesmix (-v 
 
 
 def _k_range(text: str) -> tuple[int, int]:
-    from bayesmix.config import parse_k_range
-
     try:
         return parse_k_range(text)
     except ValueError as exc:
@@ -132,8 +136,6 @@ _TUTORIAL_MEANING = {"mean1": "cluster systemic velocity [km/s]", "sigma1": "clu
 def demo_spec(seed: int = 0, n_stars: int = 386, num_chains: int = 4, num_warmup: int = 300,
               num_samples: int = 1000):
     """The demo as a run spec (``models/demo.toml`` holds the same)."""
-    from bayesmix.config import RunSpec
-
     return RunSpec.from_dict({
         "name": "demo", "seed": seed,
         "description": "NGC 288-like cluster + field velocities, simulated; EM start, then NUTS",
@@ -179,9 +181,7 @@ def _exit_status(result, args) -> int:
 
 def _run(spec, **kwargs):
     """``run_spec``, with the checks' named warnings silenced: the CLI prints their reports itself."""
-    import warnings
-
-    from bayesmix.diagnostics import ConvergenceWarning, ModelMisfitWarning
+    from bayesmix.diagnostics import ConvergenceWarning, ModelMisfitWarning  # lazy: see the imports above
     from bayesmix.workflow import run_spec
 
     with warnings.catch_warnings():
@@ -193,7 +193,7 @@ def _run(spec, **kwargs):
 
 def _cache(args) -> None:
     if not getattr(args, "no_cache", False):
-        from bayesmix.sampling import enable_compilation_cache
+        from bayesmix.sampling import enable_compilation_cache  # lazy: imports JAX
 
         enable_compilation_cache()
 
@@ -253,8 +253,6 @@ def _print_written(out: Path, written) -> None:
 
 
 def _load(args):
-    from bayesmix.config import load_spec
-
     spec = load_spec(args.model)
     overrides = {}
     if args.seed is not None:
@@ -267,7 +265,7 @@ def _load(args):
 
 def _resume_target(spec, args):
     """Under --resume without --num-samples: the saved run's target, said aloud."""
-    from bayesmix.workflow import resume_target
+    from bayesmix.workflow import resume_target  # lazy: imports JAX
 
     if not args.resume or args.num_samples is not None:
         return spec
@@ -302,7 +300,7 @@ def _fit(args) -> int:
 
 
 def _scan(args) -> int:
-    from bayesmix.workflow import scan_spec
+    from bayesmix.workflow import scan_spec  # lazy: imports JAX
 
     spec = _load(args)
     _cache(args)
@@ -324,7 +322,7 @@ def _scan(args) -> int:
 
 
 def _simulate(args) -> int:
-    from bayesmix.catalogue import make_provenance, write_table
+    from bayesmix.catalogue import make_provenance, write_table  # lazy: astropy, and JAX for simulate
     from bayesmix.simulate import simulate_named
 
     if args.n_stars is not None and args.n_stars < 1:
@@ -387,8 +385,6 @@ def _dispatch(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (errors in input give 2 and a message)."""
-    from bayesmix.runfolder import FolderBusyError
-
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
@@ -397,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if args.command in ("demo", "fit", "scan"):
-        from bayesmix.sampling import set_host_device_count
+        from bayesmix.sampling import set_host_device_count  # lazy: only the commands that sample
 
         set_host_device_count()  # before JAX starts: chains on every core where that pays
     try:

@@ -40,6 +40,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+# The allowed values of the spec's options live with bayesmix's others (one source); they are
+# also importable from here (the CLI takes SIMULATIONS from config).
+from bayesmix._choices import (
+    BACKGROUND_KINDS,
+    CHAIN_METHODS,
+    DUPLICATES,
+    EM_INITS,
+    MODEL_KINDS,
+    ORDERINGS,
+    OUTPUT_TABLE_FORMATS,
+    RADIUS_LAWS,
+    SIMULATIONS,
+    TABLE_FORMATS,
+)
+
 __all__ = [
     "BackgroundSpec",
     "CheckSpec",
@@ -58,16 +73,6 @@ __all__ = [
     "parse_k_range",
 ]
 
-SIMULATIONS = ("cluster-field", "contaminated-field", "disc")
-MODEL_KINDS = ("mixture", "cluster-field")
-ORDERINGS = ("scale", "mean", "weight")
-RADIUS_LAWS = ("logistic", "plummer")
-BACKGROUND_KINDS = ("uniform", "gaussian")
-CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
-EM_INITS = ("auto", "kmeans++", "random", "given")
-DUPLICATES = ("error", "first", "best")
-TABLE_FORMATS = ("fits", "csv", "ecsv", "votable", "fixed_width", "ascii")
-OUTPUT_TABLE_FORMATS = ("fits", "csv", "ecsv", "votable")
 
 # Bounds on settings whose memory grows with them (audit rows 106, 107). They live here, in
 # the module without JAX, so that the estimator and the simulators enforce the same numbers.
@@ -906,52 +911,70 @@ def _to_plain(value):
 
 
 def _build(cls, table, where: str):
+    """``cls`` built from a TOML ``table`` at ``where`` (``"[model]"``; ``""`` for the top), every
+    key checked by its field's ``check`` and the whole by ``cls._validate``."""
     label = where or "spec"
     if not isinstance(table, Mapping):
         raise SpecError(label, f"must be a table; got {_type_name(table)} ({_show(table)}).")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
     extra = getattr(cls, "_EXTRA_TABLES", None)
-    named_tables = {}
-    if extra is not None:  # sub-tables that are not keys: named parts (component priors)
-        named_tables = {key: value for key, value in table.items()
-                        if isinstance(value, Mapping) and (key not in fields or key == extra)}
-        table = {key: value for key, value in table.items() if key not in named_tables}
-    for key in table:
-        if key not in fields:
-            hint = difflib.get_close_matches(key, list(fields), n=1)
-            raise SpecError(f"{label} {key}" if where else key,
-                            "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                            + f"; allowed keys{' in ' + where if where else ''}: {', '.join(fields)}.")
+    table, named_tables = _split_named_tables(table, fields, extra)
+    _check_keys(table, fields, where, label)
     values = {}
     if extra is not None:
         part = fields[extra].metadata["section"]
         values[extra] = {key: _build(part, value, f"[{where[1:-1]}.{key}]")
                          for key, value in named_tables.items()}
     for name, f in fields.items():
-        if name == extra:
-            continue
-        at = f"{where} {name}" if where else name
-        section = f.metadata.get("section")
-        if section is not None:
-            sub = f"[{where[1:-1]}.{name}]" if where else f"[{name}]"
-            if name in table:
-                values[name] = _build(section, table[name], sub)
-            elif f.default_factory is not dataclasses.MISSING:  # a section of defaults (or required keys)
-                try:
-                    values[name] = _build(section, {}, sub)
-                except SpecError as exc:
-                    raise SpecError(sub, f"section is missing ({exc})") from None
-            continue
-        if name not in table:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise SpecError(at, "is required.")
-            continue
-        check = f.metadata.get("check")
-        values[name] = check(table[name], at) if check else table[name]
+        if name != extra:
+            values.update(_build_field(f, table, where))
     spec = cls(**values)
     if hasattr(spec, "_validate"):
         spec._validate(label)
     return spec
+
+
+def _split_named_tables(table, fields, extra):
+    """``(keys, named sub-tables)``: with ``extra`` (a field name), sub-tables that are not keys
+    are named parts (component priors, ``[model.priors.cluster]``) collected into that field."""
+    if extra is None:
+        return table, {}
+    named = {key: value for key, value in table.items()
+             if isinstance(value, Mapping) and (key not in fields or key == extra)}
+    return {key: value for key, value in table.items() if key not in named}, named
+
+
+def _check_keys(table, fields, where: str, label: str) -> None:
+    """Refuse a key that is no field, suggesting the closest one."""
+    for key in table:
+        if key not in fields:
+            hint = difflib.get_close_matches(key, list(fields), n=1)
+            raise SpecError(f"{label} {key}" if where else key,
+                            "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                            + f"; allowed keys{' in ' + where if where else ''}: {', '.join(fields)}.")
+
+
+def _build_field(f: dataclasses.Field, table, where: str) -> dict:
+    """``{name: checked value}`` of one field, or ``{}`` to leave it at its default."""
+    name = f.name
+    at = f"{where} {name}" if where else name
+    section = f.metadata.get("section")
+    if section is not None:
+        sub = f"[{where[1:-1]}.{name}]" if where else f"[{name}]"
+        if name in table:
+            return {name: _build(section, table[name], sub)}
+        if f.default_factory is dataclasses.MISSING:  # an optional section, left out
+            return {}
+        try:  # a section of defaults (or of required keys)
+            return {name: _build(section, {}, sub)}
+        except SpecError as exc:
+            raise SpecError(sub, f"section is missing ({exc})") from None
+    if name not in table:
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise SpecError(at, "is required.")
+        return {}
+    check = f.metadata.get("check")
+    return {name: check(table[name], at) if check else table[name]}
 
 
 _TOO_DEEP = ("arrays or tables are nested too deeply to read (thousands of levels); a run specification "

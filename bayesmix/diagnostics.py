@@ -24,8 +24,12 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import arviz as az
 import numpy as np
 import pandas as pd
+import xarray as xr
+
+from bayesmix import _arviz
 
 __all__ = [
     "ConvergenceReport",
@@ -219,11 +223,6 @@ def _stack_rows(posterior, var_names):
 
 def _diagnostics(stacked, hdi_prob):
     """ESS, R-hat, MCSE and HDI of every column of a (chain, draw, n_rows) array."""
-    import arviz as az
-    import xarray as xr
-
-    from bayesmix import _arviz
-
     n_chain, n_draw, _ = stacked.shape
     dims = ("chain", "draw", "row")
     ds = xr.Dataset({"x": (dims, stacked)})
@@ -400,6 +399,49 @@ def _fixed_rows(fit_or_idata, posterior, names, labels, fixed) -> np.ndarray | N
     return np.array(flags, bool)
 
 
+def _extreme(values, fn) -> float:
+    """``fn`` over the finite ``values``; NaN when none is finite."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(fn(values)) if values.size else math.nan
+
+
+def _convergence_reasons(table, never_moved, r_hat_max, ess_min, n_divergent, n_transitions):
+    """Why the draws fail (one sentence per failed criterion) and the offending rows of ``table``.
+
+    ``never_moved`` flags the constant rows that are not fixed by construction; the other
+    constant rows have no R-hat or ESS and are not judged.
+    """
+    checked = table[(table["sd"] != 0.0).to_numpy()]
+    not_finite = ~np.isfinite(checked[["r_hat", "ess_bulk", "ess_tail"]]).all(axis=1)
+    bad_r_hat = checked["r_hat"] > r_hat_max
+    bad_ess = (checked["ess_bulk"] < ess_min) | (checked["ess_tail"] < ess_min)
+    offending = pd.concat([table[never_moved], checked[bad_r_hat | bad_ess | not_finite]])
+    reasons = []
+    if never_moved.any():
+        moved_not = list(table.index[never_moved])
+        reasons.append(f"never moved: {len(moved_not)} quantity(ies) have one value in every draw of every "
+                       f"chain ({', '.join(moved_not[:4])}{' ...' if len(moved_not) > 4 else ''}); the "
+                       "sampler did not explore them")
+    if bad_r_hat.any():
+        reasons.append(f"r_hat > {r_hat_max} for {int(bad_r_hat.sum())} quantity(ies) "
+                       f"(max {_extreme(checked['r_hat'], np.max):.4f})")
+    if bad_ess.any():
+        reasons.append(
+            f"ESS < {ess_min:g} for {int(bad_ess.sum())} quantity(ies) (min bulk "
+            f"{_extreme(checked['ess_bulk'], np.min):.0f}, min tail "
+            f"{_extreme(checked['ess_tail'], np.min):.0f}); draw more (extend the run)"
+        )
+    if not_finite.any():
+        reasons.append(f"R-hat or ESS not finite for {int(not_finite.sum())} quantity(ies) (too few draws?)")
+    if n_divergent:
+        reasons.append(
+            f"{n_divergent} divergent transition(s) of {n_transitions} "
+            f"({100.0 * n_divergent / n_transitions:.2g}%); raise target_accept or reparameterise"
+        )
+    return reasons, offending
+
+
 def check_convergence(fit_or_idata, r_hat_max: float = 1.01, ess_min: float = 400, *,
                       var_names: Sequence[str] | None = None, modes: bool = True,
                       mode_tolerance: float = 3.0, warn: bool = True,
@@ -456,45 +498,10 @@ def check_convergence(fit_or_idata, r_hat_max: float = 1.01, ess_min: float = 40
                              list(table.index), fixed)
     if fixed_rows is None:
         fixed_rows = constant
-    never_moved = constant & ~fixed_rows
     checked = table[~constant]
-    diag = checked[["r_hat", "ess_bulk", "ess_tail"]]
-    not_finite = ~np.isfinite(diag).all(axis=1)
-    bad_r_hat = checked["r_hat"] > r_hat_max
-    bad_ess = (checked["ess_bulk"] < ess_min) | (checked["ess_tail"] < ess_min)
-    offending = pd.concat([table[never_moved], checked[bad_r_hat | bad_ess | not_finite]])
-
-    def _extreme(column, fn):
-        values = checked[column].to_numpy(dtype=float)
-        values = values[np.isfinite(values)]
-        return float(fn(values)) if values.size else math.nan
-
-    max_r_hat = _extreme("r_hat", np.max)
-    min_ess_bulk = _extreme("ess_bulk", np.min)
-    min_ess_tail = _extreme("ess_tail", np.min)
     n_divergent = _n_divergent(idata)
-
-    reasons = []
-    if never_moved.any():
-        moved_not = list(table.index[never_moved])
-        reasons.append(f"never moved: {len(moved_not)} quantity(ies) have one value in every draw of every "
-                       f"chain ({', '.join(moved_not[:4])}{' ...' if len(moved_not) > 4 else ''}); the "
-                       "sampler did not explore them")
-    if bad_r_hat.any():
-        reasons.append(f"r_hat > {r_hat_max} for {int(bad_r_hat.sum())} quantity(ies) (max {max_r_hat:.4f})")
-    if bad_ess.any():
-        reasons.append(
-            f"ESS < {ess_min:g} for {int(bad_ess.sum())} quantity(ies) (min bulk {min_ess_bulk:.0f}, "
-            f"min tail {min_ess_tail:.0f}); draw more (extend the run)"
-        )
-    if not_finite.any():
-        reasons.append(f"R-hat or ESS not finite for {int(not_finite.sum())} quantity(ies) (too few draws?)")
-    if n_divergent:
-        total = n_chains * n_draws
-        reasons.append(
-            f"{n_divergent} divergent transition(s) of {total} ({100.0 * n_divergent / total:.2g}%); "
-            "raise target_accept or reparameterise"
-        )
+    reasons, offending = _convergence_reasons(table, constant & ~fixed_rows, r_hat_max, ess_min,
+                                              n_divergent, n_chains * n_draws)
     if n_divergent is None:
         logger.info("no sample_stats.diverging in the InferenceData; divergences not checked")
 
@@ -505,9 +512,9 @@ def check_convergence(fit_or_idata, r_hat_max: float = 1.01, ess_min: float = 40
 
     report = ConvergenceReport(
         ok=not reasons,
-        max_r_hat=max_r_hat,
-        min_ess_bulk=min_ess_bulk,
-        min_ess_tail=min_ess_tail,
+        max_r_hat=_extreme(checked["r_hat"], np.max),
+        min_ess_bulk=_extreme(checked["ess_bulk"], np.min),
+        min_ess_tail=_extreme(checked["ess_tail"], np.min),
         n_divergent=n_divergent,
         n_chains=n_chains,
         n_draws=n_draws,
@@ -869,15 +876,44 @@ def check_label_switching(fit_or_idata, tolerance: float = 2.0, *, reference_cha
         raise ValueError(f"tolerance must be > 0 (posterior standard deviations); got {tolerance}.")
     idata = _as_idata(fit_or_idata)
     theta, names, params = _component_parameters(idata.posterior)
-    n_chains, n_draws, n_components, n_params = theta.shape
+    reference_chain, n_segments = _check_chain_and_segments(reference_chain, n_segments, theta.shape)
+    seg_dist, seg_perms = _segment_matches(theta, reference_chain, n_segments)
+    switches = _switches(seg_dist, seg_perms, tolerance)
+    report = LabelSwitchingReport(
+        ok=not switches["switched_chains"] and not switches["switched_segments"],
+        component_names=names,
+        reference_chain=reference_chain,
+        tolerance=float(tolerance),
+        segment_permutations=seg_perms,
+        segment_distances=seg_dist,
+        parameters=params,
+        **switches,
+    )
+    if not report.ok and warn:
+        permutations, gains = _switch_details(report)
+        warnings.warn(LabelSwitchingWarning(str(report), report=report, permutations=permutations,
+                                            gains=gains), stacklevel=2)
+    return report
+
+
+def _check_chain_and_segments(reference_chain, n_segments, theta_shape) -> tuple[int, int]:
+    """``reference_chain`` and ``n_segments`` as ints, checked against the draws' (chain, draw, ...) shape."""
+    n_chains, n_draws = theta_shape[:2]
     if not 0 <= int(reference_chain) < n_chains:
         raise ValueError(f"reference_chain must be in [0, {n_chains - 1}]; got {reference_chain}.")
     if int(n_segments) < 1 or 2 * int(n_segments) > n_draws:
         raise ValueError(f"n_segments must be between 1 and half the number of draws ({n_draws // 2}); "
                          f"got {n_segments}.")
-    n_segments = int(n_segments)
-    reference_chain = int(reference_chain)
+    return int(reference_chain), int(n_segments)
 
+
+def _segment_matches(theta, reference_chain, n_segments):
+    """Distances of every segment's components from the reference's, and each segment's best permutation.
+
+    ``theta`` (chain, draw, K, P). Returns ``seg_dist`` (chain, segment, K, K) and
+    ``seg_perms`` (chain, segment, K), as :class:`LabelSwitchingReport` holds them.
+    """
+    n_chains, n_draws, n_components, n_params = theta.shape
     # Segment means and variances; the scale of each parameter is the median variance over
     # segments (robust to the few segments that contain a switch and so are too wide).
     bounds = np.array_split(np.arange(n_draws), n_segments)
@@ -885,57 +921,52 @@ def check_label_switching(fit_or_idata, tolerance: float = 2.0, *, reference_cha
     seg_var = np.stack([np.stack([theta[c, idx].var(axis=0) for idx in bounds]) for c in range(n_chains)])
     sd = np.sqrt(np.median(seg_var.reshape(-1, n_components, n_params), axis=0))
     ref = seg_mean[reference_chain, 0]
-    identity = tuple(range(n_components))
-
     seg_dist = np.zeros((n_chains, n_segments, n_components, n_components))
     seg_perms = np.zeros((n_chains, n_segments, n_components), dtype=int)
     for c in range(n_chains):
         for s in range(n_segments):
             seg_dist[c, s] = _distances(seg_mean[c, s], ref, sd)
             seg_perms[c, s] = _best_assignment(seg_dist[c, s])
-    chain_perms = tuple(tuple(int(j) for j in seg_perms[c, 0]) for c in range(n_chains))
-    chain_gains = np.array([_cost(seg_dist[c, 0], identity) - _cost(seg_dist[c, 0], chain_perms[c])
-                            for c in range(n_chains)])
-    seg_gains = np.array([[_cost(seg_dist[c, s], chain_perms[c]) - _cost(seg_dist[c, s], seg_perms[c, s])
-                           for s in range(n_segments)] for c in range(n_chains)])
-    switched_chains = tuple(c for c in range(n_chains)
-                            if chain_perms[c] != identity and chain_gains[c] > tolerance)
-    switched_segments = tuple(
-        (c, s) for c in range(n_chains) for s in range(1, n_segments)
-        if tuple(seg_perms[c, s]) != chain_perms[c] and seg_gains[c, s] > tolerance
-    )
+    return seg_dist, seg_perms
 
-    report = LabelSwitchingReport(
-        ok=not switched_chains and not switched_segments,
-        component_names=names,
-        reference_chain=reference_chain,
-        tolerance=float(tolerance),
-        chain_permutations=chain_perms,
-        chain_gains=chain_gains,
-        segment_permutations=seg_perms,
-        segment_gains=seg_gains,
-        switched_chains=switched_chains,
-        switched_segments=switched_segments,
-        segment_distances=seg_dist,
-        parameters=params,
+
+def _switches(seg_dist, seg_perms, tolerance) -> dict[str, Any]:
+    """Each chain's labels, and the chains and segments relabelled with a gain above ``tolerance``.
+
+    Returns the :class:`LabelSwitchingReport` fields ``chain_permutations``,
+    ``chain_gains``, ``segment_gains``, ``switched_chains`` and ``switched_segments``.
+    """
+    identity = tuple(range(seg_perms.shape[2]))
+    chain_perms = tuple(tuple(int(j) for j in chain[0]) for chain in seg_perms)
+    chain_gains = np.array([_cost(dist[0], identity) - _cost(dist[0], perm)
+                            for dist, perm in zip(seg_dist, chain_perms, strict=True)])
+    seg_gains = np.array([[_cost(d, perm) - _cost(d, p) for d, p in zip(dist, perms, strict=True)]
+                          for dist, perms, perm in zip(seg_dist, seg_perms, chain_perms, strict=True)])
+    switched_chains = tuple(c for c, perm in enumerate(chain_perms)
+                            if perm != identity and chain_gains[c] > tolerance)
+    switched_segments = tuple(
+        (c, s) for c, perm in enumerate(chain_perms) for s in range(1, seg_perms.shape[1])
+        if tuple(seg_perms[c, s]) != perm and seg_gains[c, s] > tolerance
     )
-    if not report.ok and warn:
-        permutations: dict[Any, tuple[int, ...]] = {c: chain_perms[c] for c in switched_chains}
-        gains: dict[Any, float] = {c: float(chain_gains[c]) for c in switched_chains}
-        for c, s in switched_segments:
-            permutations[(c, s)] = tuple(int(j) for j in seg_perms[c, s])
-            gains[(c, s)] = float(seg_gains[c, s])
-        warnings.warn(LabelSwitchingWarning(str(report), report=report, permutations=permutations,
-                                            gains=gains), stacklevel=2)
-    return report
+    return {"chain_permutations": chain_perms, "chain_gains": chain_gains, "segment_gains": seg_gains,
+            "switched_chains": switched_chains, "switched_segments": switched_segments}
+
+
+def _switch_details(report):
+    """A :class:`LabelSwitchingWarning`'s ``permutations`` and ``gains``, by chain or (chain, segment)."""
+    permutations: dict[Any, tuple[int, ...]] = {c: report.chain_permutations[c]
+                                                for c in report.switched_chains}
+    gains: dict[Any, float] = {c: float(report.chain_gains[c]) for c in report.switched_chains}
+    for c, s in report.switched_segments:
+        permutations[(c, s)] = tuple(int(j) for j in report.segment_permutations[c, s])
+        gains[(c, s)] = float(report.segment_gains[c, s])
+    return permutations, gains
 
 
 # --------------------------------------------------------------------------- model comparison
 
 
 def _loo_row(idata, var_name):
-    from bayesmix import _arviz
-
     if not _arviz.has_group(idata, "log_likelihood"):
         return {}
     with warnings.catch_warnings():
@@ -1109,6 +1140,72 @@ def _discrepancies(counts, expected):
     return terms.sum(axis=-1), terms.max(axis=-1)
 
 
+def _check_model_fit_options(n_replicates, alpha, n_bins) -> None:
+    if (isinstance(n_replicates, bool) or not isinstance(n_replicates, (int, np.integer))
+            or n_replicates < 100):
+        raise ValueError(f"n_replicates must be an integer >= 100; got {n_replicates!r}.")
+    if not 0.0 < float(alpha) < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1); got {alpha}.")
+    if n_bins is not None and (isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer))
+                               or n_bins < 2):
+        raise ValueError(f"n_bins must be an integer >= 2; got {n_bins!r}.")
+
+
+def _observed_counts(values, edges, shape) -> np.ndarray:
+    """Stars of ``values`` (N, D) per bin of each feature's ``edges``, zero-padded to ``shape`` (D, B)."""
+    observed = np.zeros(shape)
+    for j, e in enumerate(edges):  # the same binning rule as the mocks' (searchsorted, right side)
+        index = np.clip(np.searchsorted(e, values[:, j], side="right") - 1, 0, len(e) - 2)
+        observed[j, : len(e) - 1] = np.bincount(index, minlength=len(e) - 1)
+    return observed
+
+
+def _fit_statistics(counts, observed, expected, edges, coarse, names):
+    """The three discrepancy statistics of every feature, for the mocks and for the data.
+
+    ``counts`` (S, D, B) of the mocks, ``observed`` and ``expected`` (D, B). Returns the
+    (feature, statistic, n_bins) of each statistic, the mocks' values (S, T) and the data's (T,).
+    """
+    stat_names, rep_stats, obs_stats = [], [], []
+    for j, e in enumerate(edges):
+        nb = len(e) - 1
+        # Coarse bins: consecutive fine bins merged (the fine edges are quantiles, so these are too).
+        groups = np.array_split(np.arange(nb), coarse)
+
+        def merge(c, groups=groups):
+            return np.stack([c[..., g].sum(axis=-1) for g in groups], axis=-1)
+
+        chi_rep, max_rep = _discrepancies(counts[:, j, :nb], expected[j, :nb])
+        chi_obs, max_obs = _discrepancies(observed[j, :nb], expected[j, :nb])
+        coarse_rep, _ = _discrepancies(merge(counts[:, j, :nb]), merge(expected[j, :nb]))
+        coarse_obs, _ = _discrepancies(merge(observed[j, :nb]), merge(expected[j, :nb]))
+        for name, rep, obs, size in (("chi2_fine", chi_rep, chi_obs, nb),
+                                     ("chi2_coarse", coarse_rep, coarse_obs, len(groups)),
+                                     ("max_bin", max_rep, max_obs, nb)):
+            stat_names.append((names[j], name, size))
+            rep_stats.append(rep)
+            obs_stats.append(obs)
+    return stat_names, np.stack(rep_stats, axis=1), np.asarray(obs_stats)
+
+
+def _bin_table(counts, observed, expected, edges, names) -> pd.DataFrame:
+    """:attr:`ModelCheckReport.bins`: every fine bin's observed count against the mocks'."""
+    rows = []
+    for j, e in enumerate(edges):
+        nb = len(e) - 1
+        band = np.percentile(counts[:, j, :nb], [2.5, 97.5], axis=0)
+        sd = counts[:, j, :nb].std(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(sd > 0, (observed[j, :nb] - expected[j, :nb]) / sd,
+                         np.where(observed[j, :nb] == expected[j, :nb], 0.0, np.inf))
+        for b in range(nb):
+            rows.append({"feature": names[j], "low": e[b], "high": e[b + 1],
+                         "observed": observed[j, b], "expected": expected[j, b], "p2_5": band[0, b],
+                         "p97_5": band[1, b], "z": z[b],
+                         "outside": bool(observed[j, b] < band[0, b] or observed[j, b] > band[1, b])})
+    return pd.DataFrame(rows)
+
+
 def check_model_fit(key, fit, *, n_replicates: int = 500, alpha: float = 0.01, n_bins: int | None = None,
                     warn: bool = True) -> ModelCheckReport:
     """Posterior predictive goodness of fit per feature: do the data look like mock catalogues?
@@ -1151,77 +1248,37 @@ def check_model_fit(key, fit, *, n_replicates: int = 500, alpha: float = 0.01, n
     >>> report.ok, report.p_value  # doctest: +SKIP
     (True, 0.41)
     """
+    # Here, not at the top: these import JAX, which the rest of this module (diagnostics of a
+    # saved InferenceData, `bayesmix.check_convergence`) does not need.
     import jax
 
-    from bayesmix.membership import _as_key, posterior_predictive, posterior_predictive_counts
+    from bayesmix._random import as_key
+    from bayesmix.membership import posterior_predictive, posterior_predictive_counts
 
-    if (isinstance(n_replicates, bool) or not isinstance(n_replicates, (int, np.integer))
-            or n_replicates < 100):
-        raise ValueError(f"n_replicates must be an integer >= 100; got {n_replicates!r}.")
-    if not 0.0 < float(alpha) < 1.0:
-        raise ValueError(f"alpha must lie in (0, 1); got {alpha}.")
-    if n_bins is not None and (isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer))
-                               or n_bins < 2):
-        raise ValueError(f"n_bins must be an integer >= 2; got {n_bins!r}.")
+    _check_model_fit_options(n_replicates, alpha, n_bins)
     values = np.asarray(fit.data.values, dtype=float)
     n_stars, n_features = values.shape
     fine = int(n_bins) if n_bins is not None else int(np.clip(n_stars // 10, 5, 50))
-    coarse = max(2, fine // 4)
     names = list(getattr(fit.model, "feature_names", ()) or [f"x{j}" for j in range(n_features)])
     # Edges at quantiles of the posterior predictive distribution (a pilot of mock catalogues), so
     # every bin expects about the same number of stars under the model: stars the model does not
     # expect (a cold stream it lacks) pile up in one or two bins instead of being spread over
     # several narrow bins, as edges at the data's own quantiles would do.
-    key_pilot, key_counts = jax.random.split(_as_key(key))
+    key_pilot, key_counts = jax.random.split(as_key(key))
     pilot = posterior_predictive(key_pilot, fit, _PILOT_CATALOGUES).reshape(-1, n_features)
     edges = [_quantile_edges(pilot[:, j], fine) for j in range(n_features)]
     counts = posterior_predictive_counts(key_counts, fit, edges, int(n_replicates)).astype(float)  # (S, D, B)
-    observed = np.zeros(counts.shape[1:])
-    for j in range(n_features):  # the same binning rule as the mocks' (searchsorted, right side)
-        index = np.clip(np.searchsorted(edges[j], values[:, j], side="right") - 1, 0, len(edges[j]) - 2)
-        observed[j, : len(edges[j]) - 1] = np.bincount(index, minlength=len(edges[j]) - 1)
+    observed = _observed_counts(values, edges, counts.shape[1:])
     expected = counts.mean(axis=0)
-    # Coarse bins: consecutive fine bins merged (the fine edges are quantiles, so these are too).
-    groups = [np.array_split(np.arange(len(edges[j]) - 1), coarse) for j in range(n_features)]
-
-    def merge(c, j):
-        return np.stack([c[..., g].sum(axis=-1) for g in groups[j]], axis=-1)
-
-    stat_names, rep_stats, obs_stats = [], [], []
-    for j in range(n_features):
-        nb = len(edges[j]) - 1
-        chi_rep, max_rep = _discrepancies(counts[:, j, :nb], expected[j, :nb])
-        chi_obs, max_obs = _discrepancies(observed[j, :nb], expected[j, :nb])
-        coarse_rep, _ = _discrepancies(merge(counts[:, j, :nb], j), merge(expected[j, :nb], j))
-        coarse_obs, _ = _discrepancies(merge(observed[j, :nb], j), merge(expected[j, :nb], j))
-        for name, rep, obs, size in (("chi2_fine", chi_rep, chi_obs, nb),
-                                     ("chi2_coarse", coarse_rep, coarse_obs, len(groups[j])),
-                                     ("max_bin", max_rep, max_obs, nb)):
-            stat_names.append((names[j], name, size))
-            rep_stats.append(rep)
-            obs_stats.append(obs)
-    rep_stats = np.stack(rep_stats, axis=1)  # (S, T)
-    obs_stats = np.asarray(obs_stats)
+    stat_names, rep_stats, obs_stats = _fit_statistics(counts, observed, expected, edges, max(2, fine // 4),
+                                                       names)
     p_obs, p_rep = _exceedance_p(rep_stats, obs_stats)
     p_value = float((1.0 + np.sum(p_rep.min(axis=1) <= p_obs.min())) / (len(p_rep) + 1.0))
     statistics = pd.DataFrame({
         "feature": [f for f, _, _ in stat_names], "statistic": [s for _, s, _ in stat_names],
         "n_bins": [b for _, _, b in stat_names], "observed": obs_stats,
         "replicated_median": np.median(rep_stats, axis=0), "p_value": p_obs})
-    rows = []
-    for j in range(n_features):
-        nb = len(edges[j]) - 1
-        band = np.percentile(counts[:, j, :nb], [2.5, 97.5], axis=0)
-        sd = counts[:, j, :nb].std(axis=0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(sd > 0, (observed[j, :nb] - expected[j, :nb]) / sd,
-                         np.where(observed[j, :nb] == expected[j, :nb], 0.0, np.inf))
-        for b in range(nb):
-            rows.append({"feature": names[j], "low": edges[j][b], "high": edges[j][b + 1],
-                         "observed": observed[j, b], "expected": expected[j, b], "p2_5": band[0, b],
-                         "p97_5": band[1, b], "z": z[b],
-                         "outside": bool(observed[j, b] < band[0, b] or observed[j, b] > band[1, b])})
-    bins = pd.DataFrame(rows)
+    bins = _bin_table(counts, observed, expected, edges, names)
     worst = bins.iloc[np.argsort(-np.abs(bins["z"].to_numpy()), kind="stable")[:5]].reset_index(drop=True)
     report = ModelCheckReport(ok=p_value >= float(alpha), p_value=p_value, alpha=float(alpha),
                               n_replicates=int(n_replicates), statistics=statistics, bins=bins,

@@ -51,6 +51,7 @@ import logging
 import math
 import warnings
 from functools import partial
+from numbers import Integral, Real
 from typing import Any, NamedTuple
 
 import jax
@@ -60,6 +61,11 @@ from jax import lax
 from jax.scipy.special import xlogy
 
 from bayesmix import _programs, _x64  # noqa: F401  (float64 before any array is made)
+from bayesmix._choices import EM_INITS
+from bayesmix._constraints import Interval, Options, validate_params
+from bayesmix._padding import pad_rows
+from bayesmix._random import as_key
+from bayesmix.components import GaussianBackground, UniformBackground
 from bayesmix.likelihood import (
     UNROLL_MAX_FEATURES,
     MixtureParams,
@@ -69,7 +75,6 @@ from bayesmix.likelihood import (
     check_params,
     cholesky_factor,
     log_joint,
-    mvn_log_prob,
     spd_inverse,
 )
 
@@ -91,7 +96,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_INIT_METHODS = ("auto", "kmeans++", "random", "given")
 # Density-peak starts (init="auto"): stars used for the kernel density estimate, mean-shift
 # steps, and the narrow kernel's width as a fraction of Silverman's rule (1.06 n^(-1/(D+4))
 # in standardised units). A quarter of Silverman's width resolves a cluster of a few km/s
@@ -252,57 +256,9 @@ class MAPPrior:
     covariance_mode: Any = None
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class UniformBackground:
-    """A fixed background of constant density ``1 / prod(high - low)`` over a box.
-
-    Its shape is fixed; its weight is fitted unless ``fit_weight`` is False. The
-    density is used for every star (the box is meant to enclose the data; stars
-    outside it are logged). Measurement errors do not change a constant density.
-
-    Attributes
-    ----------
-    low, high : array_like, shape (n_features,)
-    weight : float
-        Initial (or fixed) fraction of stars in the background, in (0, 1).
-    fit_weight : bool
-    """
-
-    low: Any
-    high: Any
-    weight: float = 0.1
-    fit_weight: bool = True
-
-    def log_density(self, data: Observations) -> np.ndarray:
-        """Log density of each star under the background, shape (n_stars,)."""
-        low = np.asarray(self.low, dtype=float)
-        high = np.asarray(self.high, dtype=float)
-        return np.full(data.n_stars, -float(np.sum(np.log(high - low))))
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class GaussianBackground:
-    """A fixed broad Gaussian background, convolved with each star's errors.
-
-    Attributes
-    ----------
-    mean : array_like, shape (n_features,)
-    covariance : array_like, shape (n_features, n_features)
-    weight : float
-        Initial (or fixed) fraction of stars in the background, in (0, 1).
-    fit_weight : bool
-    """
-
-    mean: Any
-    covariance: Any
-    weight: float = 0.1
-    fit_weight: bool = True
-
-    def log_density(self, data: Observations) -> np.ndarray:
-        """``log N(x_i | mean, covariance + S_i)``, shape (n_stars,)."""
-        mean = jnp.asarray(self.mean, dtype=jnp.float64)
-        cov = jnp.asarray(self.covariance, dtype=jnp.float64)
-        return np.asarray(mvn_log_prob(data.values, mean, cov + data.error_covs))
+# UniformBackground and GaussianBackground live in bayesmix.components (the likelihood's
+# layer, where the models and memberships reach them too); imported above so that
+# bayesmix.em.UniformBackground keeps working.
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -524,9 +480,9 @@ def _block_stats(params, x, s, sw, log_bg, static: _Static):
     k = static.n_components
     d = static.n_features
     gauss = MixtureParams(params.weights[:k], params.means, params.covariances)
-    lj = log_joint(gauss, Observations(x, s), jnp.log(params.weights[:k]))
-    if static.has_background:
-        lj = jnp.concatenate([lj, (jnp.log(params.weights[k]) + log_bg)[:, None]], axis=1)
+    # The internal weights end with the background's, the column log_joint appends.
+    lj = log_joint(gauss, Observations(x, s), jnp.log(params.weights),
+                   log_bg if static.has_background else None)
     # logsumexp by hand so that exp() runs once per (star, component): the same
     # terms give the responsibilities.
     top = lax.stop_gradient(jnp.max(lj, axis=1, keepdims=True))
@@ -904,16 +860,6 @@ def _step_core(params, model: _Model, static: _Static):
 # --------------------------------------------------------------------------- boundary
 
 
-def _as_key(key):
-    if isinstance(key, (int, np.integer)):
-        return jax.random.key(int(key))
-    if isinstance(key, jax.Array):
-        return key
-    raise ValueError(
-        f"key must be an integer seed or a JAX PRNG key (jax.random.key(0)); got {type(key)}."
-    )
-
-
 def _component_mask(name, value, n, default=False):
     if value is None:
         return np.full(n, default)
@@ -943,23 +889,6 @@ def _count_distinct(values, sample_weight, limit):
     # 1-D unique only (fast for a million stars).
     proj = x @ np.random.default_rng(12345).normal(size=x.shape[1])
     return len(np.unique(proj))
-
-
-def _observations(data, errors) -> Observations:
-    if isinstance(data, Observations):
-        if errors is not None:
-            raise ValueError("errors must be None when data is an Observations (it has error_covs).")
-        values = np.asarray(data.values)
-        covs = np.asarray(data.error_covs)
-        if values.ndim != 2 or covs.shape != (*values.shape, values.shape[1]):
-            raise ValueError(
-                "Observations must hold values (n_stars, n_features) and error_covs "
-                f"(n_stars, n_features, n_features); got {values.shape} and {covs.shape}."
-            )
-        if not (np.isfinite(values).all() and np.isfinite(covs).all()):
-            raise ValueError("data has NaN or infinite entries; build it with as_observations().")
-        return data
-    return as_observations(data, errors)
 
 
 def _resolve_prior_cov(name, value, d):
@@ -1002,43 +931,99 @@ def n_free_parameters(n_components, n_features, *, frozen_weights=None, frozen_m
     return (max(n_free_w - 1, 0) + d * int((~fm).sum()) + d * (d + 1) // 2 * int((~fc).sum()))
 
 
-def _prepare(data, n_components, *, errors, options: EMOptions, init_params, sample_weight,
-             frozen_weights, frozen_means, frozen_covariances, background, prior):
-    """Validate everything and build the static config and the traced model."""
-    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
-        raise ValueError(f"n_components must be a positive integer; got {n_components!r}.")
-    k = int(n_components)
-    if k < 1:
-        raise ValueError(f"n_components must be at least 1; got {k}.")
-    obs = _observations(data, errors)
-    values = np.asarray(obs.values)
-    covs = np.asarray(obs.error_covs)
-    n, d = values.shape
+# What fit_em's options accept, checked by validate_params before any work (never inside jit).
+_N_COMPONENTS = {"n_components": Interval(Integral, 1, None)}
+_OPTION_CONSTRAINTS = {
+    "max_iter": Interval(Integral, 0, None),
+    "tol": Interval(Real, 0, None),
+    "n_init": Interval(Integral, 1, None),
+    "kmeans_iter": Interval(Integral, 0, None),
+    "n_peaks": Interval(Integral, 0, None),
+    "chunk_size": Interval(Integral, 1, None),
+    "w": [Interval(Real, 0, None), None],
+    "init": [Options(EM_INITS), None],
+}
 
-    o = options
-    if not isinstance(o.max_iter, (int, np.integer)) or o.max_iter < 0:
-        raise ValueError(f"max_iter must be a non-negative integer; got {o.max_iter!r}.")
-    if not (np.isfinite(o.tol) and o.tol >= 0):
-        raise ValueError(f"tol must be a finite number >= 0; got {o.tol!r}.")
-    if not isinstance(o.n_init, (int, np.integer)) or o.n_init < 1:
-        raise ValueError(f"n_init must be a positive integer; got {o.n_init!r}.")
-    if not isinstance(o.kmeans_iter, (int, np.integer)) or o.kmeans_iter < 0:
-        raise ValueError(f"kmeans_iter must be a non-negative integer; got {o.kmeans_iter!r}.")
-    if isinstance(o.n_peaks, bool) or not isinstance(o.n_peaks, (int, np.integer)) or o.n_peaks < 0:
-        raise ValueError(f"n_peaks must be a non-negative integer; got {o.n_peaks!r}.")
-    if not isinstance(o.chunk_size, (int, np.integer)) or o.chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer; got {o.chunk_size!r}.")
-    init = o.init if o.init is not None else ("given" if init_params is not None else "auto")
-    if init not in _INIT_METHODS:
-        raise ValueError(f"init must be one of {_INIT_METHODS} or None; got {init!r}.")
+
+class _Stars(NamedTuple):
+    """The checked stars as numpy arrays, with their weighted moments."""
+
+    values: np.ndarray  # (N, D)
+    error_covs: np.ndarray  # (N, D, D)
+    sample_weight: np.ndarray  # (N,)
+    total: float  # sum of sample_weight
+    obs_cov: np.ndarray  # (D, D) weighted covariance of the values
+    spread: np.ndarray  # (D,) weighted variance of the values plus the mean error variance
+
+
+class _Background(NamedTuple):
+    """The checked background (None without one) and what the fit needs of it."""
+
+    background: Any  # GaussianBackground with its mean and covariance as arrays
+    log_density: np.ndarray  # (N,); zeros without a background
+    weight: float  # initial (or fixed) weight; 0 without a background
+
+
+class _Regularisation(NamedTuple):
+    """Bovy's ``w`` and the MAP prior as the M-step's pseudo-counts."""
+
+    w: float
+    psi: np.ndarray  # (K, D, D) added to each covariance numerator
+    prior_count: np.ndarray  # (K,) added to each covariance denominator
+    alpha_minus_one: np.ndarray  # (Kb,) Dirichlet pseudo-counts of the weights
+
+
+class _Frozen(NamedTuple):
+    """Which parts stay at ``init_params``, and the given start itself."""
+
+    weights: np.ndarray  # (Kb,) bool; the background's last
+    means: np.ndarray  # (K,) bool
+    covariances: np.ndarray  # (K,) bool
+    given: MixtureParams  # weights (Kb,) summing to one with the background's; zeros when none given
+
+
+class _Blocks(NamedTuple):
+    """The stars in ``n_blocks`` equal blocks of ``block`` rows (padding rows weigh 0)."""
+
+    n_blocks: int
+    block: int
+    values: np.ndarray  # (n_blocks, block, D)
+    error_covs: np.ndarray  # (n_blocks, block, D, D)
+    sample_weight: np.ndarray  # (n_blocks, block)
+    log_background: np.ndarray  # (n_blocks, block)
+
+
+class _Prepared(NamedTuple):
+    static: _Static
+    model: _Model
+    w: float
+    n_parameters: int
+    total: float
+    scale: np.ndarray  # (D,) per-feature spread, for comparing fitted components
+
+
+def _check_options(n_components, options: EMOptions, init_params) -> tuple[int, str]:
+    """``(K, init)``: the checked number of components and the start ``init`` resolves to."""
+    validate_params(_N_COMPONENTS, {"n_components": n_components}, "fit_em")
+    validate_params(_OPTION_CONSTRAINTS, {name: getattr(options, name) for name in _OPTION_CONSTRAINTS},
+                    "fit_em")
+    init = options.init if options.init is not None else ("given" if init_params is not None else "auto")
     if init == "given" and init_params is None:
         raise ValueError('init="given" needs init_params (a MixtureParams or its three arrays).')
-    if init == "given" and o.n_init > 1:
+    if init == "given" and options.n_init > 1:
         raise ValueError(
-            f'n_init={o.n_init} restarts from init="given" would all be identical; use n_init=1 '
+            f'n_init={options.n_init} restarts from init="given" would all be identical; use n_init=1 '
             'or init="kmeans++"/"random" (frozen parts are still taken from init_params).'
         )
+    return int(n_components), init
 
+
+def _stars(data, errors, sample_weight, k: int) -> _Stars:
+    """The stars and their weights, checked to support ``k`` components."""
+    obs = as_observations(data, errors)
+    values = np.asarray(obs.values)
+    covs = np.asarray(obs.error_covs)
+    n = values.shape[0]
     if sample_weight is None:
         sw = np.ones(n)
     else:
@@ -1059,24 +1044,57 @@ def _prepare(data, n_components, *, errors, options: EMOptions, init_params, sam
             f"n_components={k} exceeds the number of distinct star values ({n_distinct}); "
             f"duplicated stars cannot support more components: use n_components <= {n_distinct}."
         )
-
     total = float(sw.sum())
-    mean_x = (sw @ values) / total
-    dx = values - mean_x
+    dx = values - (sw @ values) / total
     obs_cov = np.einsum("i,ia,ib->ab", sw, dx, dx) / total
     err_var = np.einsum("i,iaa->a", sw, covs) / total
-    spread = np.diag(obs_cov) + err_var
-    if o.w is None:
+    return _Stars(values, covs, sw, total, obs_cov, np.diag(obs_cov) + err_var)
+
+
+def _resolve_background(background, stars: _Stars) -> _Background:
+    """The background checked against the stars, and each star's log density under it."""
+    values, d = stars.values, stars.values.shape[1]
+    if background is None:
+        return _Background(None, np.zeros(values.shape[0]), 0.0)
+    if not isinstance(background, (UniformBackground, GaussianBackground)):
+        raise ValueError("background must be a UniformBackground or a GaussianBackground.")
+    weight = float(background.weight)
+    if not 0.0 < weight < 1.0:
+        raise ValueError(f"background.weight must be in (0, 1); got {background.weight!r}.")
+    if isinstance(background, UniformBackground):
+        low = np.asarray(background.low, dtype=float).reshape(-1)
+        high = np.asarray(background.high, dtype=float).reshape(-1)
+        if low.shape != (d,) or high.shape != (d,) or not (high > low).all():
+            raise ValueError(
+                f"UniformBackground needs low and high of shape ({d},) with high > low; "
+                f"got {low.tolist()} and {high.tolist()}."
+            )
+        outside = ((values < low) | (values > high)).any(axis=1)
+        if outside.any():
+            logger.warning("%d star(s) lie outside the UniformBackground box; the constant "
+                           "density is used for them too.", int(outside.sum()))
+    else:
+        mean = np.asarray(background.mean, dtype=float).reshape(-1)
+        cov = _resolve_prior_cov("GaussianBackground.covariance", background.covariance, d)
+        if mean.shape != (d,):
+            raise ValueError(f"GaussianBackground.mean must have shape ({d},); got {mean.shape}.")
+        background = dataclasses.replace(background, mean=mean, covariance=cov)
+    log_density = np.asarray(background.log_density(Observations(jnp.asarray(values),
+                                                                 jnp.asarray(stars.error_covs))))
+    return _Background(background, log_density, weight)
+
+
+def _resolve_w(options: EMOptions, prior, spread) -> float:
+    """Bovy's ``w``: the given one, or a ridge relative to the data's spread (None)."""
+    if options.w is not None:
+        w = float(options.w)
+    else:
         w = _AUTO_W_FRACTION * float(np.mean(spread))
         if w <= 0:
             raise ValueError(
                 "every star has the same values and no measurement errors: there is no spread "
                 "to fit. Pass errors, or an explicit w > 0 to fit a point mass with width sqrt(w)."
             )
-    else:
-        w = float(o.w)
-        if not (np.isfinite(w) and w >= 0):
-            raise ValueError(f"w must be a finite number >= 0; got {o.w!r}.")
     if w == 0 and prior is None:
         flat = np.flatnonzero(spread <= 0)
         if flat.size:
@@ -1084,46 +1102,65 @@ def _prepare(data, n_components, *, errors, options: EMOptions, init_params, sam
                 f"feature(s) {flat.tolist()} have zero variance and zero errors, so a covariance "
                 "would be singular; pass w > 0 (or w=None), a MAPPrior, or drop the feature."
             )
+    return w
 
-    has_bg = background is not None
-    kb = k + int(has_bg)
+
+def _map_prior(prior, spread, kb: int, has_background: bool):
+    """``(alpha - 1, c, covariance mode)`` of a checked :class:`MAPPrior`."""
+    if not isinstance(prior, MAPPrior):
+        raise ValueError("prior must be a MAPPrior (or None for maximum likelihood).")
+    alpha = np.asarray(prior.weight_concentration, dtype=float)
+    if alpha.ndim == 0:
+        alpha = np.full(kb, float(alpha))
+    if alpha.shape != (kb,) or not np.isfinite(alpha).all() or (alpha < 1).any():
+        raise ValueError(
+            f"MAPPrior.weight_concentration must be >= 1 (below 1 the MAP is unbounded: "
+            f"a weight can run to zero), a scalar or shape ({kb},) "
+            f"(one per component{' plus the background' if has_background else ''}); got {alpha}."
+        )
+    strength = float(prior.covariance_strength)
+    if not (np.isfinite(strength) and strength > 0):
+        raise ValueError(f"MAPPrior.covariance_strength must be > 0; got {strength!r}.")
+    if prior.covariance_mode is None:
+        # A feature without spread gets a variance relative to the others' (not an absolute one).
+        unit = spread.max() if spread.max() > 0 else 1.0
+        mode = np.diag(np.where(spread > 0, 0.01 * spread, 1e-6 * unit))
+    else:
+        mode = _resolve_prior_cov("MAPPrior.covariance_mode", prior.covariance_mode, spread.shape[0])
+    return alpha - 1.0, strength, mode
+
+
+def _resolve_regularisation(options: EMOptions, prior, spread, k: int, kb: int) -> _Regularisation:
+    """The M-step's pseudo-counts from ``w`` and the MAP prior."""
+    d = spread.shape[0]
+    w = _resolve_w(options, prior, spread)
+    psi = np.zeros((k, d, d))
+    prior_count = np.zeros(k)
+    alpha_m1 = np.zeros(kb)
+    if w > 0:
+        psi += w * np.eye(d)
+        # Bovy's w prior counts one pseudo-star (denominator q + 1). The automatic ridge does
+        # not: that would shrink every covariance by q / (q + 1), 5% at 20 stars.
+        prior_count += 1.0 if options.w is not None else 0.0
+    if prior is not None:
+        alpha_m1, strength, mode = _map_prior(prior, spread, kb, kb > k)
+        psi += strength * mode
+        prior_count += strength
+    return _Regularisation(w, psi, prior_count, alpha_m1)
+
+
+def _resolve_frozen(k: int, d: int, frozen_weights, frozen_means, frozen_covariances, init_params,
+                    bg: _Background) -> _Frozen:
+    """The frozen masks, and the given start with the background's weight appended."""
     fw = _component_mask("frozen_weights", frozen_weights, k)
     fm = _component_mask("frozen_means", frozen_means, k)
     fc = _component_mask("frozen_covariances", frozen_covariances, k)
     if (fw.any() or fm.any() or fc.any()) and init_params is None:
         raise ValueError("frozen components need init_params: the values they are frozen at.")
-
-    log_bg = np.zeros(n)
-    bg_weight = 0.0
+    has_bg = bg.background is not None
     if has_bg:
-        if not isinstance(background, (UniformBackground, GaussianBackground)):
-            raise ValueError("background must be a UniformBackground or a GaussianBackground.")
-        bg_weight = float(background.weight)
-        if not 0.0 < bg_weight < 1.0:
-            raise ValueError(f"background.weight must be in (0, 1); got {background.weight!r}.")
-        if isinstance(background, UniformBackground):
-            low = np.asarray(background.low, dtype=float).reshape(-1)
-            high = np.asarray(background.high, dtype=float).reshape(-1)
-            if low.shape != (d,) or high.shape != (d,) or not (high > low).all():
-                raise ValueError(
-                    f"UniformBackground needs low and high of shape ({d},) with high > low; "
-                    f"got {low.tolist()} and {high.tolist()}."
-                )
-            outside = ((values < low) | (values > high)).any(axis=1)
-            if outside.any():
-                logger.warning("%d star(s) lie outside the UniformBackground box; the constant "
-                               "density is used for them too.", int(outside.sum()))
-        else:
-            bm = np.asarray(background.mean, dtype=float).reshape(-1)
-            bc = _resolve_prior_cov("GaussianBackground.covariance", background.covariance, d)
-            if bm.shape != (d,):
-                raise ValueError(f"GaussianBackground.mean must have shape ({d},); got {bm.shape}.")
-            background = dataclasses.replace(background, mean=bm, covariance=bc)
-        log_bg = np.asarray(background.log_density(Observations(jnp.asarray(values),
-                                                                jnp.asarray(covs))))
-        frozen_bg = not background.fit_weight
-        fw = np.concatenate([fw, [frozen_bg]])
-
+        fw = np.concatenate([fw, [not bg.background.fit_weight]])
+    bg_weight = [bg.weight] if has_bg else []
     if init_params is not None:
         given = check_params(*init_params)
         if given.n_components != k or given.n_features != d:
@@ -1131,15 +1168,10 @@ def _prepare(data, n_components, *, errors, options: EMOptions, init_params, sam
                 f"init_params has {given.n_components} components in {given.n_features} "
                 f"dimensions; expected {k} in {d}."
             )
-        gw = np.asarray(given.weights) * (1.0 - bg_weight)
-        if has_bg:
-            gw = np.concatenate([gw, [bg_weight]])
+        gw = np.concatenate([np.asarray(given.weights) * (1.0 - bg.weight), bg_weight])
         given = MixtureParams(gw, np.asarray(given.means), np.asarray(given.covariances))
     else:
-        gw = np.zeros(kb)
-        if has_bg:
-            gw[k] = bg_weight
-        given = MixtureParams(gw, np.zeros((k, d)), np.zeros((k, d, d)))
+        given = MixtureParams(np.concatenate([np.zeros(k), bg_weight]), np.zeros((k, d)), np.zeros((k, d, d)))
     frozen_mass = float(np.sum(np.asarray(given.weights)[fw]))
     if fw.all():
         bad_mass = not math.isclose(frozen_mass, 1.0, rel_tol=1e-9)
@@ -1150,85 +1182,69 @@ def _prepare(data, n_components, *, errors, options: EMOptions, init_params, sam
             f"frozen weights sum to {frozen_mass:.6g}; they must leave room for the free "
             "components (sum < 1), or all weights must be frozen."
         )
+    return _Frozen(fw, fm, fc, given)
 
-    psi = np.zeros((k, d, d))
-    prior_count = np.zeros(k)
-    alpha_m1 = np.zeros(kb)
-    if w > 0:
-        psi += w * np.eye(d)
-        # Bovy's w prior counts one pseudo-star (denominator q + 1). The automatic ridge does
-        # not: that would shrink every covariance by q / (q + 1), 5% at 20 stars.
-        prior_count += 1.0 if o.w is not None else 0.0
-    if prior is not None:
-        if not isinstance(prior, MAPPrior):
-            raise ValueError("prior must be a MAPPrior (or None for maximum likelihood).")
-        alpha = np.asarray(prior.weight_concentration, dtype=float)
-        if alpha.ndim == 0:
-            alpha = np.full(kb, float(alpha))
-        if alpha.shape != (kb,) or not np.isfinite(alpha).all() or (alpha < 1).any():
-            raise ValueError(
-                f"MAPPrior.weight_concentration must be >= 1 (below 1 the MAP is unbounded: "
-                f"a weight can run to zero), a scalar or shape ({kb},) "
-                f"(one per component{' plus the background' if has_bg else ''}); got {alpha}."
-            )
-        alpha_m1 = alpha - 1.0
-        strength = float(prior.covariance_strength)
-        if not (np.isfinite(strength) and strength > 0):
-            raise ValueError(f"MAPPrior.covariance_strength must be > 0; got {strength!r}.")
-        if prior.covariance_mode is None:
-            # A feature without spread gets a variance relative to the others' (not an absolute one).
-            unit = spread.max() if spread.max() > 0 else 1.0
-            mode = np.diag(np.where(spread > 0, 0.01 * spread, 1e-6 * unit))
-        else:
-            mode = _resolve_prior_cov("MAPPrior.covariance_mode", prior.covariance_mode, d)
-        psi += strength * mode
-        prior_count += strength
 
-    # Equal blocks of at most chunk_size stars, so that padding is a few rows at most.
-    n_blocks = -(-n // int(o.chunk_size))
+def _block(stars: _Stars, log_background, chunk_size: int) -> _Blocks:
+    """Equal blocks of at most ``chunk_size`` stars, so that padding is a few rows at most."""
+    n, d = stars.values.shape
+    n_blocks = -(-n // int(chunk_size))
     block = -(-n // n_blocks)
     if n_blocks > 1:
         block = -(-block // 8) * 8
-    pad = n_blocks * block - n
-    if pad:
-        # Padding rows copy star 0 (finite everywhere) with zero weight.
-        values_p = np.concatenate([values, np.repeat(values[:1], pad, axis=0)])
-        covs_p = np.concatenate([covs, np.repeat(covs[:1], pad, axis=0)])
-        sw_p = np.concatenate([sw, np.zeros(pad)])
-        bg_p = np.concatenate([log_bg, np.repeat(log_bg[:1], pad)])
-    else:
-        values_p, covs_p, sw_p, bg_p = values, covs, sw, log_bg
-    scale = np.sqrt(spread)
+    rows = n_blocks * block
+    # Padding rows copy star 0 (finite everywhere) with zero weight.
+    sw = np.concatenate([stars.sample_weight, np.zeros(rows - n)])
+    return _Blocks(n_blocks, block,
+                   pad_rows(stars.values, rows).reshape(n_blocks, block, d),
+                   pad_rows(stars.error_covs, rows).reshape(n_blocks, block, d, d),
+                   sw.reshape(n_blocks, block),
+                   pad_rows(log_background, rows).reshape(n_blocks, block))
+
+
+def _prepare(data, n_components, *, errors, options: EMOptions, init_params, sample_weight,
+             frozen_weights, frozen_means, frozen_covariances, background, prior) -> _Prepared:
+    """Validate everything and build the static config and the traced model."""
+    k, init = _check_options(n_components, options, init_params)
+    stars = _stars(data, errors, sample_weight, k)
+    d = stars.values.shape[1]
+    bg = _resolve_background(background, stars)
+    has_bg = bg.background is not None
+    reg = _resolve_regularisation(options, prior, stars.spread, k, k + int(has_bg))
+    frozen = _resolve_frozen(k, d, frozen_weights, frozen_means, frozen_covariances, init_params, bg)
+    blocks = _block(stars, bg.log_density, options.chunk_size)
+    scale = np.sqrt(stars.spread)
     scale = np.where(scale > 0, scale, 1.0)
 
     # "auto": k-means++ restarts, density-peak starts (a narrow component needs another one
     # beside it, so none for K = 1) and the given start when there is one.
-    static = _Static(k, d, n_blocks, block, has_bg, int(o.max_iter), init,
-                     n_init=0 if init == "given" else int(o.n_init), kmeans_iter=int(o.kmeans_iter),
-                     n_peaks=int(o.n_peaks) if init == "auto" and k > 1 else 0,
+    static = _Static(k, d, blocks.n_blocks, blocks.block, has_bg, int(options.max_iter), init,
+                     n_init=0 if init == "given" else int(options.n_init),
+                     kmeans_iter=int(options.kmeans_iter),
+                     n_peaks=int(options.n_peaks) if init == "auto" and k > 1 else 0,
                      given_start=init == "given" or (init == "auto" and init_params is not None))
     model = _Model(
-        values=jnp.asarray(values_p.reshape(n_blocks, block, d)),
-        error_covs=jnp.asarray(covs_p.reshape(n_blocks, block, d, d)),
-        sample_weight=jnp.asarray(sw_p.reshape(n_blocks, block)),
-        log_background=jnp.asarray(bg_p.reshape(n_blocks, block)),
-        frozen_weights=jnp.asarray(fw),
-        frozen_means=jnp.asarray(fm),
-        frozen_covariances=jnp.asarray(fc),
-        alpha_minus_one=jnp.asarray(alpha_m1),
-        psi=jnp.asarray(psi),
-        prior_count=jnp.asarray(prior_count),
-        tol=jnp.asarray(float(o.tol)),
-        total_weight=jnp.asarray(total),
-        given=MixtureParams(*(jnp.asarray(a, dtype=jnp.float64) for a in given)),
+        values=jnp.asarray(blocks.values),
+        error_covs=jnp.asarray(blocks.error_covs),
+        sample_weight=jnp.asarray(blocks.sample_weight),
+        log_background=jnp.asarray(blocks.log_background),
+        frozen_weights=jnp.asarray(frozen.weights),
+        frozen_means=jnp.asarray(frozen.means),
+        frozen_covariances=jnp.asarray(frozen.covariances),
+        alpha_minus_one=jnp.asarray(reg.alpha_minus_one),
+        psi=jnp.asarray(reg.psi),
+        prior_count=jnp.asarray(reg.prior_count),
+        tol=jnp.asarray(float(options.tol)),
+        total_weight=jnp.asarray(stars.total),
+        given=MixtureParams(*(jnp.asarray(a, dtype=jnp.float64) for a in frozen.given)),
         # The observed spread (errors included) plus the regularisation / prior floor,
         # so that initial covariances are positive definite whenever the fit can be.
-        global_cov=jnp.asarray(obs_cov + psi[0]),
+        global_cov=jnp.asarray(stars.obs_cov + reg.psi[0]),
         feature_scale=jnp.asarray(scale),
     )
-    n_params = n_free_parameters(k, d, frozen_weights=fw[:k], frozen_means=fm,
-                                 frozen_covariances=fc, background=background)
-    return static, model, w, n_params, total, scale
+    n_params = n_free_parameters(k, d, frozen_weights=frozen.weights[:k], frozen_means=frozen.means,
+                                 frozen_covariances=frozen.covariances, background=bg.background)
+    return _Prepared(static, model, reg.w, n_params, stars.total, scale)
 
 
 def _identical_pairs(params: MixtureParams, scale):
@@ -1386,98 +1402,127 @@ def fit_em(key, data, n_components, *, errors=None, options: EMOptions | None = 
     >>> res = fit_em(0, values, 2, errors=sigma, n_init=4)  # doctest: +SKIP
     >>> res.means, res.bic  # doctest: +SKIP
     """
-    options = options if options is not None else EMOptions()
-    if option_overrides:
-        unknown = set(option_overrides) - {f.name for f in dataclasses.fields(EMOptions)}
-        if unknown:
-            raise TypeError(f"fit_em() got unexpected keyword argument(s) {sorted(unknown)}.")
-        options = dataclasses.replace(options, **option_overrides)
-    key = _as_key(key)
-    static, model, w, n_params, total, scale = _prepare(
+    options = _merged_options(options, option_overrides)
+    key = as_key(key)
+    prepared = _prepare(
         data, n_components, errors=errors, options=options, init_params=init_params,
         sample_weight=sample_weight, frozen_weights=frozen_weights, frozen_means=frozen_means,
         frozen_covariances=frozen_covariances, background=background, prior=prior)
-    keys = jax.random.split(key, max(static.n_init + static.n_peaks, 1))
-    typed = jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
-    impl = str(jax.random.key_impl(keys)) if typed else "threefry2x32"
-    out = jax.device_get(_fit_program(static, impl)(jax.random.key_data(keys) if typed else keys, model))
-
-    n_iter_all = np.asarray(out.t)
-    status_all = np.asarray(out.status)
-    # For a restart stopped by a non-finite objective, the kept params are the
-    # previous (finite) ones.
-    last = np.where(status_all == 2, n_iter_all - 1, n_iter_all)
-    final_obj = np.array([out.hist_obj[r, i] if i >= 0 else np.nan
-                          for r, i in enumerate(last)])
-    final_ll = np.array([out.hist_ll[r, i] if i >= 0 else np.nan for r, i in enumerate(last)])
-    if not np.isfinite(final_obj).any():
-        raise FloatingPointError(
-            "every restart gave a non-finite log-likelihood (a covariance became singular). "
-            "Use w=None or w > 0, or a MAPPrior, or fewer components."
-        )
+    static = prepared.static
+    out = _run_starts(key, static, prepared.model)
+    ends = _restart_ends(out)
     kinds = _start_kinds(static)
-    optima = _distinct_optima(out.params, final_obj, final_ll, last, status_all, kinds, static)
+    optima = _distinct_optima(out.params, ends.objective, ends.log_likelihood, ends.last, ends.status,
+                              kinds, static)
     best = optima[0].starts[0]
-    n_iter = int(last[best])
+    n_iter = int(ends.last[best])
     k = static.n_components
     weights = np.asarray(out.params.weights[best])
-    params = optima[0].params
     hist_ll = np.asarray(out.hist_ll[best, : n_iter + 1])
     hist_obj = np.asarray(out.hist_obj[best, : n_iter + 1])
-    converged = bool(status_all[best] == 1)
     result = EMResult(
-        params=params,
+        params=optima[0].params,
         background_weight=float(weights[k]) if static.has_background else None,
         log_likelihood=float(hist_ll[-1]),
         log_prior=float(hist_obj[-1] - hist_ll[-1]),
         log_likelihood_history=hist_ll,
         objective_history=hist_obj,
         n_iter=n_iter,
-        converged=converged,
-        n_parameters=n_params,
-        n_effective=total,
-        w=w,
-        restart_objectives=final_obj,
+        converged=bool(ends.status[best] == 1),
+        n_parameters=prepared.n_parameters,
+        n_effective=prepared.total,
+        w=prepared.w,
+        restart_objectives=ends.objective,
         best_restart=best,
         optima=tuple(optima),
         start_kinds=kinds,
     )
-    if len(optima) > 1:
-        logger.info("EM K=%d: %d distinct optima; objectives %s", k, len(optima),
-                    [round(o.objective, 3) for o in optima])
-    logger.info("EM K=%d: log L = %.6f after %d iterations (%s), best of %d restart(s)",
-                k, result.log_likelihood, n_iter, "converged" if converged else "not converged",
-                static.n_init)
-    if not converged:
-        change = float(abs(hist_obj[-1] - hist_obj[-2])) if len(hist_obj) > 1 else float("nan")
-        if status_all[best] == 2:
-            message = (
-                f"EM stopped: the objective became non-finite after iteration {n_iter} (a "
+    _report(result, int(ends.status[best]), static, options.tol, prepared.scale)
+    return result
+
+
+def _merged_options(options: EMOptions | None, overrides: dict) -> EMOptions:
+    """``options`` (default :class:`EMOptions`) with keyword overrides of its fields."""
+    options = options if options is not None else EMOptions()
+    if not overrides:
+        return options
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(EMOptions)}
+    if unknown:
+        raise TypeError(f"fit_em() got unexpected keyword argument(s) {sorted(unknown)}.")
+    return dataclasses.replace(options, **overrides)
+
+
+def _run_starts(key, static: _Static, model: _Model) -> _Loop:
+    """Every start's EM run, on the host (one compiled program; keys travel as key data)."""
+    keys = jax.random.split(key, max(static.n_init + static.n_peaks, 1))
+    impl = str(jax.random.key_impl(keys))
+    return jax.device_get(_fit_program(static, impl)(jax.random.key_data(keys), model))
+
+
+class _RestartEnds(NamedTuple):
+    last: np.ndarray  # (n_starts,) iteration of each start's returned parameters
+    status: np.ndarray  # (n_starts,) _Loop.status at the end
+    objective: np.ndarray  # (n_starts,) objective at ``last`` (NaN when none is finite)
+    log_likelihood: np.ndarray  # (n_starts,) log-likelihood at ``last``
+
+
+def _restart_ends(out: _Loop) -> _RestartEnds:
+    """Where each start ended; raises when no start has a finite objective."""
+    status = np.asarray(out.status)
+    # For a restart stopped by a non-finite objective, the kept params are the
+    # previous (finite) ones.
+    last = np.where(status == 2, np.asarray(out.t) - 1, np.asarray(out.t))
+    objective = np.array([out.hist_obj[r, i] if i >= 0 else np.nan for r, i in enumerate(last)])
+    log_lik = np.array([out.hist_ll[r, i] if i >= 0 else np.nan for r, i in enumerate(last)])
+    if not np.isfinite(objective).any():
+        raise FloatingPointError(
+            "every restart gave a non-finite log-likelihood (a covariance became singular). "
+            "Use w=None or w > 0, or a MAPPrior, or fewer components."
+        )
+    return _RestartEnds(last, status, objective, log_lik)
+
+
+def _not_converged_message(status: int, n_iter: int, change: float, max_iter: int, tol: float) -> str:
+    if status == 2:
+        return (f"EM stopped: the objective became non-finite after iteration {n_iter} (a "
                 "covariance collapsed onto too few stars); the last finite parameters are "
                 "returned. Use w=None or w > 0, a MAPPrior, or fewer components.")
-        elif n_iter == 0:
-            message = ("no iteration was run (max_iter=0): the returned parameters are the "
-                       "initial ones.")
-        else:
-            message = (
-                f"EM did not converge: max_iter={static.max_iter} was reached and the objective "
-                f"still changed by {change:.3g} > tol={options.tol:.3g} in the last iteration. "
-                "Raise max_iter or loosen tol (slow convergence often means more components "
-                "than the data support).")
+    if n_iter == 0:
+        return "no iteration was run (max_iter=0): the returned parameters are the initial ones."
+    return (f"EM did not converge: max_iter={max_iter} was reached and the objective "
+            f"still changed by {change:.3g} > tol={tol:.3g} in the last iteration. "
+            "Raise max_iter or loosen tol (slow convergence often means more components "
+            "than the data support).")
+
+
+def _report(result: EMResult, status: int, static: _Static, tol: float, scale) -> None:
+    """Log the fit; warn when it did not converge or has identical components."""
+    k = static.n_components
+    if len(result.optima) > 1:
+        logger.info("EM K=%d: %d distinct optima; objectives %s", k, len(result.optima),
+                    [round(o.objective, 3) for o in result.optima])
+    logger.info("EM K=%d: log L = %.6f after %d iterations (%s), best of %d restart(s)",
+                k, result.log_likelihood, result.n_iter,
+                "converged" if result.converged else "not converged", static.n_init)
+    # stacklevel 3: the warnings point at fit_em's caller.
+    if not result.converged:
+        hist_obj = result.objective_history
+        change = float(abs(hist_obj[-1] - hist_obj[-2])) if len(hist_obj) > 1 else float("nan")
         warnings.warn(EMConvergenceWarning(
-            message, n_iter=n_iter, max_iter=static.max_iter, tol=options.tol,
-            last_change=change, log_likelihood=result.log_likelihood), stacklevel=2)
-    pairs = _identical_pairs(params, scale)
+            _not_converged_message(status, result.n_iter, change, static.max_iter, tol),
+            n_iter=result.n_iter, max_iter=static.max_iter, tol=tol, last_change=change,
+            log_likelihood=result.log_likelihood), stacklevel=3)
+    pairs = _identical_pairs(result.params, scale)
     if pairs:
         warnings.warn(DegenerateFitWarning(
             f"components {pairs} converged to identical means and covariances: the data "
             "support fewer components. Use a smaller n_components (or a MAPPrior).",
-            pairs=pairs), stacklevel=2)
-    empty = np.flatnonzero(weights[:k] * total < 1e-6)
+            pairs=pairs), stacklevel=3)
+    weights = np.asarray(result.params.weights)
+    empty = np.flatnonzero(weights * result.n_effective < 1e-6)
     if empty.size:
         logger.warning("component(s) %s hold no stars (weight %s)", empty.tolist(),
                        weights[empty].tolist())
-    return result
 
 
 def complete_start(data, means, *, covariances=None, weights=None, errors=None) -> MixtureParams:
@@ -1505,7 +1550,7 @@ def complete_start(data, means, *, covariances=None, weights=None, errors=None) 
     >>> start = complete_start(values, [[-45.0], [0.0]], errors=sigma)  # doctest: +SKIP
     >>> fit_em(0, values, 2, errors=sigma, init_params=start, init="auto")  # doctest: +SKIP
     """
-    obs = _observations(data, errors)
+    obs = as_observations(data, errors)
     values = np.asarray(obs.values)
     d = values.shape[1]
     means = np.asarray(means, dtype=float)
@@ -1545,7 +1590,7 @@ def em_step(params: MixtureParams, data: Observations, *, w: float = 0.0, sample
         Log-likelihood of the *input* ``params`` (computed in the E-step).
     """
     params = check_params(*params)
-    data = _observations(data, None)
+    data = as_observations(data)
     n, d = data.n_stars, data.n_features
     k = params.n_components
     if params.n_features != d:
@@ -1600,8 +1645,8 @@ def scan_n_components(key, data, k_max, *, k_min=1, errors=None, return_fits=Fal
         raise ValueError(f"k_min and k_max must be integers; got {k_min!r}, {k_max!r}.")
     if not 1 <= k_min <= k_max:
         raise ValueError(f"need 1 <= k_min <= k_max; got k_min={k_min}, k_max={k_max}.")
-    key = _as_key(key)
-    obs = _observations(data, errors)
+    key = as_key(key)
+    obs = as_observations(data, errors)
     fits = {}
     for k in range(int(k_min), int(k_max) + 1):
         fits[k] = fit_em(jax.random.fold_in(key, k), obs, k, **fit_kwargs)

@@ -13,9 +13,10 @@ for ``X_err``) and ``check_estimator`` work.
 
 Compiled shapes. JAX compiles one program per array shape, and an EM program takes
 seconds to compile. Stars are therefore padded to a few bucket sizes (powers of two from
-256 to 65536, then multiples of 16384): EM pads with zero-weight copies of star 0 (which
-:func:`~bayesmix.em.fit_em` excludes exactly, as it does for its own blocks), and the
-per-star evaluations run in padded chunks. A new sample size then rarely recompiles.
+256 to 65536, then multiples of 16384; :mod:`bayesmix._padding`): EM pads with zero-weight
+copies of star 0 (which :func:`~bayesmix.em.fit_em` excludes exactly, as it does for its
+own blocks), and the per-star evaluations run in padded chunks. A new sample size then
+rarely recompiles.
 
 Units and scaling. astropy Tables and Quantities are turned into plain numbers at the
 boundary (:func:`_as_plain_features`, :func:`_as_plain_errors`), with each feature's unit
@@ -33,6 +34,7 @@ import logging
 import math
 import numbers
 import sys
+from numbers import Integral, Real
 
 import jax
 import numpy as np
@@ -41,6 +43,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from bayesmix import _x64  # noqa: F401  (float64 before any array is made)
+from bayesmix._choices import ESTIMATOR_METHODS
+from bayesmix._constraints import Boolean, Interval, Options, validate_params
+from bayesmix._padding import bucket, chunk_rows, chunks, pad_rows
 from bayesmix.config import MAX_EM_STARTS
 from bayesmix.em import EMResult, MAPPrior, fit_em, n_free_parameters
 from bayesmix.likelihood import (
@@ -55,7 +60,6 @@ __all__ = ["DeconvolvedGaussianMixture"]
 
 logger = logging.getLogger(__name__)
 
-_METHODS = ("em", "nuts")
 # Accepted init_params spellings -> bayesmix.em's start. scikit-learn's "k-means++" (seeding
 # only) and "kmeans" (Lloyd to convergence) both map to the k-means++ seeding + Lloyd start;
 # its "random_from_data" (random stars as means) is what bayesmix calls "random".
@@ -65,49 +69,29 @@ _INIT_PARAMS = {"auto": "auto", "kmeans++": "kmeans++", "k-means++": "kmeans++",
 # max(1, mean |x|)) of 0 and every standard deviation within this of 1: rounding leaves
 # ~1e-15, while real data essentially never lie this close by chance.
 _STANDARDIZED_TOL = 1e-8
-# Most stars per compiled evaluation chunk; also the largest power-of-two bucket.
-_CHUNK = 2**16
-# Float64 numbers in the largest temporary of one evaluation chunk (64 MiB).
-_CHUNK_FLOATS = 2**23
-# Smallest bucket: small catalogues (and the check suite's tens to hundreds of rows) share one program.
-_MIN_BUCKET = 256
-# Above _CHUNK stars, EM pads to a multiple of this (<= 25% extra rows, usually far less).
-_LARGE_STEP = 2**14
 # Largest |value| and standard error accepted. The likelihood squares both (variances,
 # squared distances, sums of them over features and stars), and squares of numbers beyond
 # ~1.3e154 overflow float64; the fit itself runs in standardised units.
 _MAX_MAGNITUDE = 1e153
 # Attributes that only a posterior fit has; see __getattr__.
 _POSTERIOR_ATTRIBUTES = ("posterior_", "convergence_")
-
-
-def _bucket(n: int) -> int:
-    """Padded number of rows for ``n`` stars (few distinct values, so few compilations)."""
-    if n <= _CHUNK:
-        return max(_MIN_BUCKET, 1 << (n - 1).bit_length())
-    return -(-n // _LARGE_STEP) * _LARGE_STEP
-
-
-def _chunk_rows(floats_per_row: int) -> int:
-    """Rows per evaluation chunk: a power of two, at most ``_CHUNK``, keeping one temporary of
-    ``floats_per_row`` numbers per row within ``_CHUNK_FLOATS`` (at least one row)."""
-    rows = max(1, min(_CHUNK, _CHUNK_FLOATS // max(1, floats_per_row)))
-    return 1 << (rows.bit_length() - 1)
-
-
-def _chunks(n: int, chunk: int):
-    """``(start, stop, padded_rows)`` covering ``n`` rows; few distinct padded sizes."""
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        yield start, stop, min(_bucket(stop - start), chunk)
-
-
-def _pad_rows(a: np.ndarray, n_rows: int) -> np.ndarray:
-    """``a`` with copies of its first row appended up to ``n_rows`` (finite, harmless)."""
-    extra = n_rows - a.shape[0]
-    if extra <= 0:
-        return a
-    return np.concatenate([a, np.repeat(a[:1], extra, axis=0)])
+# What the parameters that every fit uses accept, checked at the start of fit (validate_params).
+# The sampler's settings are checked by sample_posterior when method="nuts" uses them.
+_PARAMETER_CONSTRAINTS = {
+    "n_components": Interval(Integral, 1, None),
+    "method": Options(ESTIMATOR_METHODS),
+    "tol": Interval(Real, 0, None),
+    "reg_covar": [Interval(Real, 0, None, why=(
+        " reg_covar is a variance in squared feature units; None adds the automatic ridge.")), None],
+    "max_iter": Interval(Integral, 0, None),
+    "n_init": Interval(Integral, 1, MAX_EM_STARTS, why=(
+        " All starts run at once, each with its own per-star working arrays, so memory grows with "
+        "n_init (100000 starts passed 3 GB); a few to tens of starts find the optimum.")),
+    "init_params": Options(tuple(_INIT_PARAMS), why=(
+        " 'k-means++' and 'kmeans' select 'kmeans++', 'random_from_data' selects 'random'.")),
+    "standardize": Boolean(),
+    "errors_standardized": Boolean(),
+}
 
 
 @jax.jit
@@ -629,28 +613,7 @@ default="auto"
     # ------------------------------------------------------------------ validation
 
     def _validate_params(self):
-        if self.method not in _METHODS:
-            raise ValueError(f"method={self.method!r}; use one of {_METHODS}.")
-        if not isinstance(self.init_params, str) or self.init_params not in _INIT_PARAMS:
-            raise ValueError(f"init_params={self.init_params!r}; use one of {tuple(_INIT_PARAMS)} "
-                             "('k-means++' and 'kmeans' select 'kmeans++', 'random_from_data' selects "
-                             "'random').")
-        if (isinstance(self.n_init, (bool, np.bool_)) or not isinstance(self.n_init, numbers.Integral)
-                or not 1 <= self.n_init <= MAX_EM_STARTS):
-            raise ValueError(
-                f"n_init must be an integer from 1 to {MAX_EM_STARTS}; got {self.n_init!r}. All starts run "
-                "at once, each with its own per-star working arrays, so memory grows with n_init (100000 "
-                "starts passed 3 GB); a few to tens of starts find the optimum.")
-        for name in ("standardize", "errors_standardized"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"{name} must be True or False; got {getattr(self, name)!r}.")
-        if self.reg_covar is not None and not (
-            isinstance(self.reg_covar, numbers.Real) and math.isfinite(self.reg_covar) and self.reg_covar >= 0
-        ):
-            raise ValueError(
-                f"reg_covar must be None (automatic) or a finite variance >= 0 (squared feature units); "
-                f"got {self.reg_covar!r}."
-            )
+        validate_params(_PARAMETER_CONSTRAINTS, self.get_params(deep=False), type(self).__name__)
 
     def _observations(self, X, X_err, *, reset):
         """Validated :class:`Observations` (errors zero when ``X_err`` is None), in plain numbers
@@ -755,9 +718,8 @@ default="auto"
         scaler = _Standardizer.of(np.asarray(obs.values)) if self.standardize else None
         fit_obs = obs if scaler is None else scaler.observations(obs)
         w, prior = self._regularisation(scaler)
-        n_rows = _bucket(obs.n_stars)
-        padded = Observations(_pad_rows(np.asarray(fit_obs.values), n_rows),
-                              _pad_rows(np.asarray(fit_obs.error_covs), n_rows))
+        n_rows = bucket(obs.n_stars)
+        padded = Observations(pad_rows(fit_obs.values, n_rows), pad_rows(fit_obs.error_covs, n_rows))
         start = self._given_start(fit_obs, scaler)
         init, n_init = _INIT_PARAMS[self.init_params], self.n_init
         if start is not None and init != "auto":
@@ -866,8 +828,8 @@ default="auto"
         resp = np.empty((n, k))
         params = self._params()
         # The (rows, K, D, D) total covariances bound the chunk (materialised when D is large).
-        for start, stop, rows in _chunks(n, _chunk_rows(k * d * d)):
-            ll, r = _per_star(params, _pad_rows(values[start:stop], rows), _pad_rows(covs[start:stop], rows))
+        for start, stop, rows in chunks(n, chunk_rows(k * d * d)):
+            ll, r = _per_star(params, pad_rows(values[start:stop], rows), pad_rows(covs[start:stop], rows))
             log_lik[start:stop] = np.asarray(ll)[: stop - start]
             resp[start:stop] = np.asarray(r)[: stop - start]
         return log_lik, resp
@@ -1038,10 +1000,10 @@ default="auto"
         values, covs = np.asarray(obs.values), np.asarray(obs.error_covs)
         n, k, d, n_draws = obs.n_stars, self.n_components, obs.n_features, draws.shape[0]
         mean, low, high = (np.empty((n, k)) for _ in range(3))
-        for start, stop, rows in _chunks(n, _chunk_rows(n_draws * k * d * d)):
+        for start, stop, rows in chunks(n, chunk_rows(n_draws * k * d * d)):
             resp = np.asarray(_responsibilities_over_draws(
                 site["weights"], site["means"], site["covariances"],
-                _pad_rows(values[start:stop], rows), _pad_rows(covs[start:stop], rows)))[:, : stop - start]
+                pad_rows(values[start:stop], rows), pad_rows(covs[start:stop], rows)))[:, : stop - start]
             mean[start:stop] = resp.mean(axis=0)
             low[start:stop], high[start:stop] = np.percentile(resp, interval, axis=0)
         return mean, low, high

@@ -1,10 +1,11 @@
-"""A functional NUTS core: pure JAX ``init``/``step``/``warmup`` over a flat parameter vector.
+"""The sampler core: pure JAX ``init``/``step``/``run`` over a flat parameter vector.
 
-Everything here is a pure function of explicit PRNG keys and NamedTuple states, so a
-whole run (every warmup and sampling iteration of a chain) compiles into one XLA loop:
-no Python between iterations, no per-chain recompilation. The tree building is NumPyro's
-multinomial NUTS (:func:`numpyro.infer.hmc_util.build_tree`); what is ours is the
-driver around it:
+Everything here is a pure function of explicit PRNG keys (always the first argument)
+and NamedTuple states, so a whole run (every warmup and sampling iteration of a chain)
+compiles into one XLA loop: no Python between iterations, no per-chain recompilation.
+The transition is BlackJAX's multinomial NUTS (``blackjax.mcmc.nuts.build_kernel``, a
+public, versioned kernel) with its Euclidean metric, and warmup uses BlackJAX's dual
+averaging and Welford estimator; what is ours is the driver around them:
 
 * the mass matrix starts from the **Laplace approximation** at the EM/MAP start
   (:func:`laplace`: a few safeguarded Newton steps on the unconstrained potential, then
@@ -12,16 +13,21 @@ driver around it:
 * chains start apart (:func:`start`): each at a draw from an inflated Laplace
   approximation of its own mode (several modes when EM found several optima), so R-hat
   can reveal chains that disagree;
-* warmup is dual-averaging step-size adaptation, with one optional window in which
-  the chain's own draws re-estimate the dense mass matrix, shrunk towards the Laplace
-  one by the window's size (``n / (n + n_params + 5)``);
+* warmup follows a :class:`WarmupSchedule` given as data: dual-averaging step-size
+  adaptation throughout, with one optional window in which the chain's own draws
+  re-estimate the dense mass matrix, shrunk towards the Laplace one by the window's size
+  (``n / (n + n_params + 5)``);
 * warmup and draws are one loop (:func:`run`) with traced lengths writing into a
   fixed-size buffer, so one compiled program serves the first run and every later
-  chunk, extension and checkpoint (and the NUTS step is traced once, not twice).
+  chunk, extension and checkpoint (and the NUTS step is traced once, not twice);
+* safety: a NaN potential counts as +inf (divergent, never accepted), and a kinetic
+  energy that overflows is +inf, never -inf.
 
 The potential is ``potential_fn(position, args) -> scalar`` (minus the log density in
 unconstrained space); ``args`` is passed through so data stay arguments of the
-compiled program, not constants baked into it.
+compiled program, not constants baked into it. States keep bayesmix's own field names
+(:class:`HMCState` holds the potential, not BlackJAX's log density), which checkpoints
+store; :func:`step` converts at the kernel's boundary.
 """
 
 from __future__ import annotations
@@ -30,13 +36,17 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from blackjax.adaptation.mass_matrix import WelfordAlgorithmState, welford_algorithm
+from blackjax.adaptation.step_size import DualAveragingAdaptationState, dual_averaging_adaptation
+from blackjax.mcmc import hmc as hmc_base
+from blackjax.mcmc import metrics, nuts
 from jax import lax
 from jax.scipy.linalg import solve_triangular
-from numpyro.infer.hmc_util import build_tree, euclidean_kinetic_energy, velocity_verlet
 
 from bayesmix import _x64  # noqa: F401
 
 __all__ = [
+    "STATE_TYPES",
     "AdaptState",
     "ChainState",
     "HMCState",
@@ -218,7 +228,7 @@ def laplace_log_mass(lap: LaplaceResult):
     return -lap.potential_energy + jnp.sum(jnp.log(jnp.diagonal(chol)))
 
 
-def start(potential_fn, key, modes, inverse_hessians, args, *, dispersion: float = 2.0):
+def start(key, potential_fn, modes, inverse_hessians, args, *, dispersion: float = 2.0):
     """Chains started apart: chain ``c`` at a draw from ``N(modes[c], dispersion**2 H_c^-1)``.
 
     Each chain starts at a draw from an over-dispersed (inflated) Laplace approximation of
@@ -231,8 +241,8 @@ def start(potential_fn, key, modes, inverse_hessians, args, *, dispersion: float
 
     Parameters
     ----------
-    potential_fn : callable (position, args) -> scalar
     key : jax PRNG key
+    potential_fn : callable (position, args) -> scalar
     modes : array (num_chains, n_params)
     inverse_hessians : array (num_chains, n_params, n_params)
         From :func:`laplace` at each chain's mode.
@@ -255,109 +265,188 @@ def start(potential_fn, key, modes, inverse_hessians, args, *, dispersion: float
     step_size = min(1.0, 1.5 / n_params**0.25)
     tunings = jax.vmap(lambda m: tuning_from_inverse_mass(step_size, m))(sym)
     keys = jax.random.split(key_chains, num_chains)
-    states = jax.vmap(lambda z, t, k: init(potential_fn, z, args, t, k))(positions, tunings, keys)
+    states = jax.vmap(lambda k, z, t: init(k, potential_fn, z, args, t))(keys, positions, tunings)
     # A draw where the potential or its gradient is not finite (a repaired Hessian can
     # reach far into the tails) would never move: start that chain at its mode instead.
     finite = jnp.isfinite(states.hmc.potential_energy) & jnp.all(jnp.isfinite(states.hmc.grad), axis=1)
     positions = jnp.where(finite[:, None], positions, modes)
-    states = jax.vmap(lambda z, t, k: init(potential_fn, z, args, t, k))(positions, tunings, keys)
+    states = jax.vmap(lambda k, z, t: init(k, potential_fn, z, args, t))(keys, positions, tunings)
     return states, jax.vmap(adapt_init)(states)
 
 
-def init(potential_fn, position, args, tuning: Tuning, key) -> ChainState:
-    """A chain at ``position`` (n_params,) with the given tuning and key."""
+def init(key, potential_fn, position, args, tuning: Tuning) -> ChainState:
+    """A chain at ``position`` (n_params,) with the given tuning; ``key`` drives its transitions."""
     pot, grad = jax.value_and_grad(potential_fn)(position, args)
     return ChainState(HMCState(position, pot, grad), tuning, key)
 
 
-def _kinetic_energy(inverse_mass, momentum):
-    """``r^T M^-1 r / 2``, +inf where it overflows.
+def _finite_or_inf(kinetic_energy):
+    """``kinetic_energy`` with every non-finite value read as +inf.
 
     Far in the tails (a scale pushed to 1e100 by one huge warmup step) the gradient, and
-    with it the momentum, overflows; the plain quadratic form then comes out -inf by
-    cancellation, which the tree would read as an infinitely *good* state and accept.
+    with it the momentum, overflows; the plain quadratic form then comes out -inf (or NaN)
+    by cancellation, which the trajectory would read as an infinitely *good* state and
+    accept. Its gradient (the velocity) is untouched where the energy is finite.
     """
-    ke = euclidean_kinetic_energy(inverse_mass, momentum)
-    return jnp.where(jnp.isfinite(ke), ke, jnp.inf)
+
+    def safe(momentum, position=None):
+        ke = kinetic_energy(momentum, position)
+        return jnp.where(jnp.isfinite(ke), ke, jnp.inf)
+
+    return safe
 
 
-_kinetic_energy._kinetic_grad = euclidean_kinetic_energy._kinetic_grad
+def _kinetic_energy(inverse_mass, momentum):
+    """``r^T M^-1 r / 2`` as the sampler computes it (BlackJAX's Euclidean metric), +inf where
+    it overflows; ``inverse_mass`` dense (n, n) or diagonal (n,)."""
+    return _finite_or_inf(metrics.gaussian_euclidean(inverse_mass).kinetic_energy)(momentum)
 
 
-def _safe_potential(potential_fn, args):
-    def potential(z):
+def _metric(tuning: Tuning) -> metrics.Metric:
+    """BlackJAX's Euclidean metric for ``tuning``, with the momentum drawn from the Cholesky
+    factor the tuning already holds and an overflow-safe kinetic energy.
+
+    ``gaussian_euclidean`` factorises the inverse mass itself; only its momentum sampler
+    (and ``scale``, which NUTS never calls) use that factor, so with the sampler replaced
+    XLA drops the factorisation and no step pays for it.
+    """
+    base = metrics.gaussian_euclidean(tuning.inverse_mass)
+
+    def sample_momentum(key, position):
+        noise = jax.random.normal(key, position.shape, position.dtype)
+        # M = (L L^T)^-1 for the inverse mass L L^T, so r = L^-T noise has covariance M.
+        return solve_triangular(tuning.inverse_mass_chol.T, noise, lower=False)
+
+    return base._replace(sample_momentum=sample_momentum, kinetic_energy=_finite_or_inf(base.kinetic_energy))
+
+
+def _log_density(potential_fn, args):
+    """``-potential``, with NaN read as -inf (a NaN potential counts as +inf: divergent, never
+    accepted)."""
+
+    def log_density(z):
         pe = potential_fn(z, args)
-        return jnp.where(jnp.isnan(pe), jnp.inf, pe)
+        return -jnp.where(jnp.isnan(pe), jnp.inf, pe)
 
-    return potential
+    return log_density
 
 
-def step(potential_fn, key, state: HMCState, tuning: Tuning, args, *, max_tree_depth: int = 10,
+def step(key, potential_fn, state: HMCState, tuning: Tuning, args, *, max_tree_depth: int = 10,
          max_delta_energy: float = 1000.0) -> tuple[HMCState, StepInfo]:
-    """One NUTS transition: fresh momentum ``r ~ N(0, M)``, one multinomial tree.
+    """One NUTS transition (BlackJAX's multinomial NUTS with a dense Euclidean metric).
+
+    Parameters
+    ----------
+    key : jax PRNG key
+    potential_fn : callable (position, args) -> scalar
+    state : HMCState
+    tuning : Tuning
+    args : pytree
+    max_tree_depth : int
+        Most trajectory doublings.
+    max_delta_energy : float
+        Energy error above which a trajectory is divergent.
 
     Returns
     -------
     (HMCState, StepInfo)
     """
-    vv_init, vv_update = velocity_verlet(_safe_potential(potential_fn, args), _kinetic_energy)
-    key_momentum, key_tree = jax.random.split(key)
-    noise = jax.random.normal(key_momentum, state.position.shape, state.position.dtype)
-    # M = (L L^T)^-1 for the inverse mass L L^T, so r = L^-T noise has covariance M.
-    momentum = solve_triangular(tuning.inverse_mass_chol.T, noise, lower=False)
-    tree = build_tree(vv_update, _kinetic_energy,
-                      vv_init(state.position, momentum, state.potential_energy, state.grad),
-                      tuning.inverse_mass, tuning.step_size, key_tree,
-                      max_delta_energy=max_delta_energy, max_tree_depth=max_tree_depth)
-    new = HMCState(tree.z_proposal, tree.z_proposal_pe, tree.z_proposal_grad)
-    n = jnp.maximum(tree.num_proposals, 1)
-    info = StepInfo(tree.sum_accept_probs / n, jnp.asarray(tree.num_proposals, jnp.int32), tree.diverging,
-                    tree.z_proposal_energy, tree.z_proposal_pe, jnp.asarray(tree.depth, jnp.int32))
-    return new, info
-
-
-class _DualAveraging(NamedTuple):
-    log_step: Any
-    log_step_avg: Any
-    grad_avg: Any
-    count: Any
-    prox_center: Any
-
-
-def _da_init(step_size):
-    log_step = jnp.log(step_size)
-    zero = jnp.zeros_like(log_step)
-    return _DualAveraging(log_step, log_step, zero, jnp.zeros((), jnp.int32), jnp.log(10.0) + log_step)
-
-
-def _da_update(state: _DualAveraging, statistic, t0=10.0, kappa=0.75, gamma=0.05):
-    # Nesterov's dual averaging as in Hoffman & Gelman (2014), section 3.2.
-    t = state.count + 1
-    grad_avg = (1.0 - 1.0 / (t + t0)) * state.grad_avg + statistic / (t + t0)
-    log_step = state.prox_center - jnp.sqrt(t) / gamma * grad_avg
-    weight = t ** (-kappa)
-    log_avg = (1.0 - weight) * state.log_step_avg + weight * log_step
-    return _DualAveraging(log_step, log_avg, grad_avg, t, state.prox_center)
+    kernel = nuts.build_kernel(divergence_threshold=max_delta_energy)
+    current = hmc_base.HMCState(state.position, -state.potential_energy, -state.grad)
+    new, info = kernel(key, current, _log_density(potential_fn, args), tuning.step_size, _metric(tuning),
+                       max_num_doublings=max_tree_depth)
+    potential = -new.logdensity
+    out = StepInfo(info.acceptance_rate, jnp.asarray(info.num_integration_steps, jnp.int32),
+                   info.is_divergent, info.energy, potential,
+                   jnp.asarray(info.num_trajectory_expansions, jnp.int32))
+    return HMCState(new.position, potential, -new.logdensity_grad), out
 
 
 class AdaptState(NamedTuple):
-    """Warmup bookkeeping of one chain: dual averaging, the window's Welford sums, the
-    Laplace inverse mass a window estimate is shrunk towards, divergences counted."""
+    """Warmup bookkeeping of one chain: BlackJAX's dual-averaging state, the window's Welford
+    state, the Laplace inverse mass a window estimate is shrunk towards, divergences counted."""
 
     da: Any
-    mean: Any
-    m2: Any
+    welford: Any
     laplace_inverse: Any
     divergences: Any
 
 
+STATE_TYPES = (HMCState, Tuning, ChainState, StepInfo, LaplaceResult, AdaptState,
+               DualAveragingAdaptationState, WelfordAlgorithmState)
+"""The NamedTuples in this module's states and results (what ``jax.export`` must know to store a
+program that takes or returns them)."""
+
+
+def _dual_averaging(target_accept: float = 0.8):
+    """BlackJAX's dual averaging (Hoffman & Gelman 2014, section 3.2; t0=10, gamma=0.05, kappa=0.75)."""
+    return dual_averaging_adaptation(target_accept)
+
+
+def _da_init(step_size):
+    """Fresh dual averaging at ``step_size``, with fixed dtypes (a loop carry must keep them)."""
+    da = _dual_averaging()[0](step_size)
+    real = jnp.result_type(step_size)
+    return da._replace(log_step_size=jnp.asarray(da.log_step_size, real),
+                       log_step_size_avg=jnp.asarray(da.log_step_size_avg, real),
+                       step=jnp.asarray(da.step, jnp.int32), avg_error=jnp.asarray(da.avg_error, real),
+                       mu=jnp.asarray(da.mu, real))
+
+
+def _welford_init(n_params: int, dtype):
+    """An empty dense Welford state (BlackJAX's), with the position's dtype and an int32 count
+    (BlackJAX's own ``init`` starts the count as a Python int, which a loop carry cannot keep)."""
+    return WelfordAlgorithmState(jnp.zeros(n_params, dtype), jnp.zeros((n_params, n_params), dtype),
+                                 jnp.zeros((), jnp.int32))
+
+
 def adapt_init(state: ChainState) -> AdaptState:
     """Fresh warmup bookkeeping for a chain whose tuning holds the Laplace mass matrix."""
-    n_params = state.hmc.position.shape[0]
-    dtype = state.hmc.position.dtype
-    return AdaptState(_da_init(state.tuning.step_size), jnp.zeros(n_params, dtype),
-                      jnp.zeros((n_params, n_params), dtype), state.tuning.inverse_mass,
-                      jnp.zeros((), jnp.int32))
+    position = state.hmc.position
+    return AdaptState(_da_init(state.tuning.step_size), _welford_init(position.shape[0], position.dtype),
+                      state.tuning.inverse_mass, jnp.zeros((), jnp.int32))
+
+
+def _where(flag, new, old):
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(flag, a, b), new, old)
+
+
+def _adapt(i, schedule, chain: ChainState, adapt: AdaptState, hmc: HMCState, info: StepInfo,
+           target_accept: float):
+    """The warmup bookkeeping of iteration ``i`` (inert once ``i >= num_warmup``): one
+    dual-averaging update, the window's Welford update, the window's end, the final step size.
+
+    Returns (Tuning, AdaptState).
+    """
+    num_warmup, window_start, window_end = schedule
+    _, da_update, da_final = _dual_averaging(target_accept)
+    warming = i < num_warmup
+    accept = jnp.where(jnp.isfinite(info.accept_prob), info.accept_prob, 0.0)
+    da = _where(warming, da_update(adapt.da, accept), adapt.da)
+    in_window = warming & (i >= window_start) & (i < window_end)
+    welford = _where(in_window, welford_algorithm(False)[1](adapt.welford, hmc.position), adapt.welford)
+
+    def end_window(da):
+        cov, n, _ = welford_algorithm(False)[2](welford)
+        n = n.astype(cov.dtype)
+        # Shrunk towards the Laplace inverse mass by a pseudo-count of n_params + 5 draws:
+        # BlackJAX's own imm_shrinkage_to_previous also adds a 1e-3 identity, which in the
+        # sampler's standardised coordinates (posterior variances 1e-6 at 1e6 stars) would
+        # swamp the estimate.
+        weight = n / (n + cov.shape[0] + 5.0)
+        new = tuning_from_inverse_mass(jnp.exp(da.log_step_size),
+                                       weight * cov + (1.0 - weight) * adapt.laplace_inverse)
+        # The chain has moved on a scale the old step size knew; restart averaging there.
+        return new, _da_init(new.step_size)
+
+    # Only a real window ends: with none (start == end == num_warmup) this step would be
+    # the last warmup one, and restarting averaging there left the last noisy iterate.
+    window_ends = warming & (window_end > window_start) & (i == window_end - 1)
+    tuning, da = lax.cond(window_ends, end_window, lambda da: (chain.tuning, da), da)
+    tuning = tuning._replace(step_size=jnp.where(warming & (i == num_warmup - 1), da_final(da),
+                                                 tuning.step_size))
+    divergences = adapt.divergences + (warming & info.diverging).astype(jnp.int32)
+    return tuning, AdaptState(da, welford, adapt.laplace_inverse, divergences)
 
 
 def run(potential_fn, state: ChainState, adapt: AdaptState, args, schedule, num_samples, buffer_size: int,
@@ -381,6 +470,9 @@ def run(potential_fn, state: ChainState, adapt: AdaptState, args, schedule, num_
         May be traced, like ``num_samples``: one compiled program serves every length.
     num_samples : int or int array, at most ``buffer_size``
     buffer_size : int (static)
+    target_accept : float
+        Dual averaging's target for the mean acceptance probability.
+    max_tree_depth : int
 
     Returns
     -------
@@ -388,53 +480,24 @@ def run(potential_fn, state: ChainState, adapt: AdaptState, args, schedule, num_
         Rows past ``num_samples`` are zeros. Continuing from the returned state (with
         ``num_warmup`` 0) gives exactly the draws a longer run would have given.
     """
-    num_warmup, window_start, window_end = (jnp.asarray(v) for v in schedule)
+    schedule = tuple(jnp.asarray(v) for v in schedule)
+    num_warmup = schedule[0]
     position = state.hmc.position
-    n_params, dtype = position.shape[0], position.dtype
-    draws = jnp.zeros((buffer_size, n_params), dtype)
-    real, count = jnp.zeros(buffer_size, dtype), jnp.zeros(buffer_size, jnp.int32)
+    draws = jnp.zeros((buffer_size, position.shape[0]), position.dtype)
+    real, count = jnp.zeros(buffer_size, position.dtype), jnp.zeros(buffer_size, jnp.int32)
     infos = StepInfo(real, count, jnp.zeros(buffer_size, bool), real, real, count)
 
     def body(i, carry):
         chain, adapt, draws, infos = carry
         warming = i < num_warmup
         key, key_step = jax.random.split(chain.key)
-        step_size = jnp.where(warming, jnp.exp(adapt.da.log_step), chain.tuning.step_size)
-        hmc, info = step(potential_fn, key_step, chain.hmc, chain.tuning._replace(step_size=step_size), args,
+        step_size = jnp.where(warming, jnp.exp(adapt.da.log_step_size), chain.tuning.step_size)
+        hmc, info = step(key_step, potential_fn, chain.hmc, chain.tuning._replace(step_size=step_size), args,
                          max_tree_depth=max_tree_depth)
-        # warmup bookkeeping (inert once warming is False)
-        accept = jnp.where(jnp.isfinite(info.accept_prob), info.accept_prob, 0.0)
-        da = jax.tree_util.tree_map(lambda new, old: jnp.where(warming, new, old),
-                                    _da_update(adapt.da, target_accept - accept), adapt.da)
-        in_window = warming & (i >= window_start) & (i < window_end)
-        n_seen = (i - window_start + 1).astype(dtype)
-        delta = hmc.position - adapt.mean
-        mean = jnp.where(in_window, adapt.mean + delta / n_seen, adapt.mean)
-        m2 = jnp.where(in_window, adapt.m2 + jnp.outer(delta, hmc.position - mean), adapt.m2)
-
-        def end_window(da):
-            n = (window_end - window_start).astype(dtype)
-            cov = m2 / jnp.maximum(n - 1.0, 1.0)
-            weight = n / (n + n_params + 5.0)
-            new = tuning_from_inverse_mass(jnp.exp(da.log_step), weight * cov
-                                           + (1.0 - weight) * adapt.laplace_inverse)
-            # The chain has moved on a scale the old step size knew; restart averaging there.
-            return new, _da_init(new.step_size)
-
-        # Only a real window ends: with none (start == end == num_warmup) this step would be
-        # the last warmup one, and restarting averaging there left the last noisy iterate.
-        window_ends = warming & (window_end > window_start) & (i == window_end - 1)
-        tuning, da = lax.cond(window_ends, end_window, lambda da: (chain.tuning, da), da)
-        tuning = tuning._replace(step_size=jnp.where(warming & (i == num_warmup - 1),
-                                                     jnp.exp(da.log_step_avg), tuning.step_size))
-        adapt = AdaptState(da, mean, m2, adapt.laplace_inverse,
-                           adapt.divergences + (warming & info.diverging).astype(jnp.int32))
-        # draws
+        tuning, adapt = _adapt(i, schedule, chain, adapt, hmc, info, target_accept)
         slot = jnp.where(warming, buffer_size, i - num_warmup)  # out of range: dropped
         draws = draws.at[slot].set(hmc.position, mode="drop")
         infos = jax.tree_util.tree_map(lambda buf, x: buf.at[slot].set(x, mode="drop"), infos, info)
         return ChainState(hmc, tuning, key), adapt, draws, infos
 
-    state, adapt, draws, infos = lax.fori_loop(0, num_warmup + num_samples, body,
-                                               (state, adapt, draws, infos))
-    return state, adapt, draws, infos
+    return lax.fori_loop(0, num_warmup + num_samples, body, (state, adapt, draws, infos))

@@ -1,7 +1,10 @@
 """The error-deconvolved Gaussian-mixture likelihood: the one source of the mixture math.
 
-Every later layer (EM, the NumPyro models, memberships, predictive checks) calls
-:func:`component_log_prob`, so a fix or a speed-up here reaches all of them.
+Every later layer (EM, the NumPyro models, memberships, predictive checks) gets its
+per-star, per-component terms ``log w_k + log p_k(x_i)`` from :func:`log_joint`, which
+joins the Gaussian components (:func:`component_log_prob`) and any fixed non-Gaussian
+ones (the backgrounds of :mod:`bayesmix.components`, given as per-star log densities),
+so a fix or a speed-up here reaches all of them.
 
 For star ``i`` with measured values ``x_i`` (n_features,) and error covariance ``S_i``
 (n_features, n_features), component ``k`` contributes the density of the *observed*
@@ -404,18 +407,82 @@ def component_log_prob(params: MixtureParams, data: Observations):
     return mvn_log_prob(x, params.means[None, :, :], total_cov)
 
 
-def log_joint(params: MixtureParams, data: Observations, log_weights=None):
-    """``log w_k + log N(x_i | mu_k, Sigma_k + S_i)``, shape (n_stars, n_components).
+def _extra_columns(extra_log_prob):
+    """Extra components' log densities as columns: None, or an array (n_stars, n_extra)."""
+    if extra_log_prob is None:
+        return None
+    extra = jnp.asarray(extra_log_prob)
+    return extra[:, None] if extra.ndim == 1 else extra
+
+
+def _weighted_terms(gauss_log_prob, log_weights, extra_log_prob, *, stars_first=True):
+    """Append the extra columns to the Gaussian ones and add the log weights.
 
     Parameters
     ----------
-    log_weights : array, shape (n_components,) or (n_stars, n_components), optional
-        Overrides ``log(params.weights)``; per-star weights carry e.g. a member
-        fraction that depends on projected radius.
+    gauss_log_prob : array, shape (n_stars, n_components), or (n_components, n_stars)
+        when ``stars_first`` is False (the component-major layout of the custom JVP).
+    log_weights : array, shape (n_total,) or (n_stars, n_total)
+        Gaussian components first, then the extra ones.
+    extra_log_prob : array, shape (n_stars, n_extra) or (1, n_extra), or None
+
+    Returns
+    -------
+    array, shape (n_stars, n_total); or, when ``stars_first`` is False, a list of n_total
+    arrays of shape (n_stars,), one per component
+        The custom JVP reduces the rows elementwise: measured at N = 20000, D = 1 and 2,
+        that is about 1.5 times faster than stacking them and reducing along an axis.
     """
+    if stars_first:
+        if extra_log_prob is not None:
+            extra = jnp.broadcast_to(extra_log_prob, (gauss_log_prob.shape[0], extra_log_prob.shape[-1]))
+            gauss_log_prob = jnp.concatenate([gauss_log_prob, extra], axis=1)
+        return gauss_log_prob + log_weights
+    n_components = gauss_log_prob.shape[0]
+    lw = log_weights.T if log_weights.ndim == 2 else log_weights[:, None]  # (n_total, n_stars or 1)
+    rows = [gauss_log_prob[k] + lw[k] for k in range(n_components)]
+    if extra_log_prob is not None:
+        rows += [extra_log_prob[:, j] + lw[n_components + j] for j in range(extra_log_prob.shape[-1])]
+    return rows
+
+
+def log_joint(params: MixtureParams, data: Observations, log_weights=None, extra_log_prob=None):
+    """``log w_k + log p_k(x_i)`` of every component: the one place components are joined.
+
+    Columns ``0..n_components-1`` are the Gaussian components,
+    ``log N(x_i | mu_k, Sigma_k + S_i)``; the extra (non-Gaussian) components follow, with
+    their log densities given per star (a background's
+    :meth:`~bayesmix.components.UniformBackground.log_density`). EM's E-step, the NumPyro
+    models, the memberships, the pointwise log-likelihood and the sampler's
+    :func:`total_log_likelihood` (value and custom gradient) all reduce these terms.
+
+    Parameters
+    ----------
+    params : MixtureParams
+    data : Observations
+    log_weights : array, shape (n_total,) or (n_stars, n_total), optional
+        Log weights of the Gaussian components followed by the extra ones; overrides
+        ``log(params.weights)`` (the default, only without extra components). Per-star
+        weights carry e.g. a member fraction that depends on projected radius.
+    extra_log_prob : array, shape (n_stars,) or (n_stars, n_extra), optional
+        Log densities of fixed extra components (a background), per star.
+
+    Returns
+    -------
+    array, shape (n_stars, n_total)
+        ``n_total = n_components + n_extra``.
+
+    Raises
+    ------
+    ValueError
+        ``extra_log_prob`` without ``log_weights`` (the extra components' weights are unknown).
+    """
+    extra = _extra_columns(extra_log_prob)
     if log_weights is None:
+        if extra is not None and extra.shape[1]:
+            raise ValueError("extra_log_prob needs log_weights for the extra components.")
         log_weights = jnp.log(params.weights)
-    return component_log_prob(params, data) + log_weights
+    return _weighted_terms(component_log_prob(params, data), jnp.asarray(log_weights), extra)
 
 
 def log_likelihood_per_star(params: MixtureParams, data: Observations, log_weights=None):
@@ -476,9 +543,8 @@ def _score_terms(means, covariances, values, error_covs):
 
 
 def _total_log_likelihood_impl(means, covariances, log_weights, values, error_covs, extra_log_prob):
-    lj = component_log_prob(MixtureParams(None, means, covariances), Observations(values, error_covs))
-    lj = jnp.concatenate([lj, jnp.broadcast_to(extra_log_prob, (lj.shape[0], extra_log_prob.shape[-1]))],
-                         axis=1) + log_weights
+    lj = log_joint(MixtureParams(None, means, covariances), Observations(values, error_covs),
+                   log_weights, extra_log_prob)
     return jnp.sum(logsumexp(lj, axis=1))
 
 
@@ -489,6 +555,65 @@ def _is_zero(t):
     return type(t) is jax.custom_derivatives.SymbolicZero
 
 
+def _per_star_and_responsibilities(log_prob, log_w, extra):
+    """Per-star log-likelihood (n_stars,) and responsibilities (n_total, n_stars), component-major.
+
+    The same terms as :func:`log_joint` (through its :func:`_weighted_terms`), laid out
+    with stars along the minor axis like :func:`_score_terms`; ``exp`` runs once per
+    term and serves both the logsumexp and the responsibilities.
+    """
+    rows = _weighted_terms(log_prob, log_w, extra, stars_first=False)
+    top = lax.stop_gradient(functools.reduce(jnp.maximum, rows))
+    expd = [jnp.exp(row - top) for row in rows]
+    norm = functools.reduce(jnp.add, expd)
+    inv_norm = 1.0 / norm
+    return top + jnp.log(norm), jnp.stack([e * inv_norm for e in expd])
+
+
+def _weights_tangent(resp, log_w, d_log_w, d_extra, n_components):
+    """Tangent of the total from the log weights (d/dlog w_ik = r_ik) and the extra columns."""
+    out = 0.0
+    if not _is_zero(d_log_w):
+        out = out + (jnp.sum(resp * d_log_w.T) if log_w.ndim == 2 else jnp.sum(resp, axis=1) @ d_log_w)
+    if not _is_zero(d_extra):
+        out = out + jnp.sum(resp[n_components:] * d_extra.T)
+    return out
+
+
+def _location_tangent(r, u, tangent, axis):
+    """Tangent from the means (``axis`` 1: d/dmu_k = sum_i r_ik u_ik) or the values
+    (``axis`` 0: d/dx_i = -sum_k r_ik u_ik); ``r`` (K, N), ``u`` as from :func:`_score_terms`."""
+    if _is_zero(tangent):
+        return 0.0
+    if isinstance(u, list):
+        g = jnp.stack([jnp.sum(r * u_a, axis=axis) for u_a in u], axis=-1)
+    else:
+        g = jnp.einsum("kn,kna->" + ("ka" if axis == 1 else "na"), r, u)
+    return (1.0 if axis == 1 else -1.0) * jnp.sum(g * tangent)
+
+
+def _covariance_tangent(r, u, tinv, tangent, axis):
+    """Tangent from the covariances (``axis`` 1) or the error covariances (``axis`` 0):
+    d/dSigma_k = 1/2 sum_i r_ik (u u^T - T^-1)_ik, summed over the other axis."""
+    if _is_zero(tangent):
+        return 0.0
+    if not isinstance(u, list):
+        g = 0.5 * jnp.einsum("kn,knab->" + ("kab" if axis == 1 else "nab"), r,
+                             u[..., :, None] * u[..., None, :] - tinv)
+        return jnp.sum(g * tangent)
+    # The unrolled factorisation reads only the lower triangle, so that is where the
+    # derivative lives (off-diagonal entries count twice); for the symmetric tangents of
+    # any real use this equals the symmetric gradient.
+    d = len(u)
+    zero = jnp.zeros(tangent.shape[:-2], r.dtype)
+    g = [[zero] * d for _ in range(d)]
+    for a in range(d):
+        for b in range(a + 1):
+            g[a][b] = (0.5 if a == b else 1.0) * jnp.sum(r * (u[a] * u[b] - tinv[a][b]), axis=axis)
+    g = jnp.stack([jnp.stack(row, axis=-1) for row in g], axis=-2)
+    return jnp.sum(g * tangent)
+
+
 def _total_log_likelihood_jvp(primals, tangents):
     # The gradient of a deconvolved mixture is known in closed form (the EM statistics):
     # d/dmu_k = sum_i r_ik u_ik, d/dSigma_k = 1/2 sum_i r_ik (u u^T - T^-1)_ik,
@@ -497,54 +622,15 @@ def _total_log_likelihood_jvp(primals, tangents):
     means, covs, log_w, values, error_covs, extra = primals
     d_means, d_covs, d_log_w, d_values, d_error_covs, d_extra = tangents
     log_prob, u, tinv = _score_terms(means, covs, values, error_covs)  # (K, N)
-    n_components, _n_stars = log_prob.shape
-    n_extra = extra.shape[-1]
-    lw = log_w.T if log_w.ndim == 2 else log_w[:, None]  # (K_total, N) or (K_total, 1)
-    rows = [log_prob[k] + lw[k] for k in range(n_components)]
-    rows += [extra[:, j] + lw[n_components + j] for j in range(n_extra)]
-    top = lax.stop_gradient(functools.reduce(jnp.maximum, rows))
-    expd = [jnp.exp(row - top) for row in rows]
-    norm = functools.reduce(jnp.add, expd)
-    per_star = top + jnp.log(norm)
-    inv_norm = 1.0 / norm
-    resp = jnp.stack([e * inv_norm for e in expd])  # (K_total, N)
+    n_components = log_prob.shape[0]
+    per_star, resp = _per_star_and_responsibilities(log_prob, log_w, extra)
     r = resp[:n_components]
-    d = means.shape[-1]
-    unrolled = isinstance(u, list)
-    out = jnp.zeros((), per_star.dtype)
-    if not _is_zero(d_log_w):
-        out = out + (jnp.sum(resp * d_log_w.T) if log_w.ndim == 2 else jnp.sum(resp, axis=1) @ d_log_w)
-    if not _is_zero(d_extra):
-        out = out + jnp.sum(resp[n_components:] * d_extra.T)
-    if not _is_zero(d_means):
-        if unrolled:
-            g_mu = jnp.stack([jnp.sum(r * u[a], axis=1) for a in range(d)], axis=-1)
-        else:
-            g_mu = jnp.einsum("kn,kna->ka", r, u)
-        out = out + jnp.sum(g_mu * d_means)
-    if not _is_zero(d_values):
-        if unrolled:
-            g_x = -jnp.stack([jnp.sum(r * u[a], axis=0) for a in range(d)], axis=-1)
-        else:
-            g_x = -jnp.einsum("kn,kna->na", r, u)
-        out = out + jnp.sum(g_x * d_values)
-    for axis, tangent in ((1, d_covs), (0, d_error_covs)):
-        if _is_zero(tangent):
-            continue
-        if unrolled:
-            # The unrolled factorisation reads only the lower triangle, so that is where
-            # the derivative lives (off-diagonal entries count twice); for the symmetric
-            # tangents of any real use this equals the symmetric gradient.
-            zero = jnp.zeros(tangent.shape[:-2], per_star.dtype)
-            g = [[zero] * d for _ in range(d)]
-            for a in range(d):
-                for b in range(a + 1):
-                    g[a][b] = (0.5 if a == b else 1.0) * jnp.sum(r * (u[a] * u[b] - tinv[a][b]), axis=axis)
-            g = jnp.stack([jnp.stack(row, axis=-1) for row in g], axis=-2)
-        else:
-            g = 0.5 * jnp.einsum("kn,knab->" + ("kab" if axis == 1 else "nab"), r,
-                                 u[..., :, None] * u[..., None, :] - tinv)
-        out = out + jnp.sum(g * tangent)
+    out = (jnp.zeros((), per_star.dtype)
+           + _weights_tangent(resp, log_w, d_log_w, d_extra, n_components)
+           + _location_tangent(r, u, d_means, axis=1)
+           + _location_tangent(r, u, d_values, axis=0)
+           + _covariance_tangent(r, u, tinv, d_covs, axis=1)
+           + _covariance_tangent(r, u, tinv, d_error_covs, axis=0))
     return jnp.sum(per_star), out
 
 
@@ -575,16 +661,13 @@ def total_log_likelihood(params: MixtureParams, data: Observations, log_weights=
     -------
     scalar
     """
-    n_stars = data.values.shape[0]
-    if extra_log_prob is None:
-        extra = jnp.zeros((n_stars, 0), data.values.dtype)
-    else:
-        extra = jnp.asarray(extra_log_prob)
-        extra = extra[:, None] if extra.ndim == 1 else extra
+    extra = _extra_columns(extra_log_prob)
     if log_weights is None:
-        if extra.shape[1]:
+        if extra is not None and extra.shape[1]:
             raise ValueError("extra_log_prob needs log_weights for the extra components.")
         log_weights = jnp.log(params.weights)
+    if extra is None:  # the custom JVP takes arrays only: no extra component is zero columns
+        extra = jnp.zeros((data.values.shape[0], 0), data.values.dtype)
     return _total_log_likelihood(params.means, params.covariances, jnp.asarray(log_weights),
                                  data.values, data.error_covs, extra)
 
@@ -606,15 +689,79 @@ def _first_bad_rows(mask, limit=5):
     return f"{rows.size} row(s), e.g. {shown}" if rows.size > limit else f"row(s) {shown}"
 
 
+def _standard_error_covariances(err, n_stars, n_features):
+    """Diagonal covariances (n_stars, n_features, n_features) from standard errors, checked."""
+    bad = ~np.isfinite(err).all(axis=1)
+    if bad.any():
+        raise ValueError(f"errors has NaN or infinite entries in {_first_bad_rows(bad)}.")
+    bad = (err < 0).any(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"errors must be standard deviations >= 0; negative in {_first_bad_rows(bad)}."
+        )
+    covs = np.zeros((n_stars, n_features, n_features))
+    idx = np.arange(n_features)
+    covs[:, idx, idx] = err**2
+    return covs
+
+
+def _checked_error_covariances(covs):
+    """``covs`` (n_stars, n_features, n_features), after checking each is finite, symmetric
+    and positive semi-definite."""
+    bad = ~np.isfinite(covs).all(axis=(1, 2))
+    if bad.any():
+        raise ValueError(
+            f"errors (covariances) has NaN or infinite entries in {_first_bad_rows(bad)}."
+        )
+    scale = np.maximum(np.abs(covs).max(axis=(1, 2)), np.finfo(float).tiny)
+    asym = np.abs(covs - np.swapaxes(covs, 1, 2)).max(axis=(1, 2)) > 1e-10 * scale
+    if asym.any():
+        raise ValueError(
+            f"error covariances must be symmetric; not in {_first_bad_rows(asym)}."
+        )
+    eig_min = np.linalg.eigvalsh(covs)[:, 0]
+    bad = eig_min < -1e-12 * scale
+    if bad.any():
+        raise ValueError(
+            "error covariances must be positive semi-definite; "
+            f"{_first_bad_rows(bad)} have a negative eigenvalue (check correlation "
+            "coefficients lie in (-1, 1))."
+        )
+    return covs
+
+
+def _error_covariances(errors, n_stars, n_features):
+    """Error covariances (n_stars, n_features, n_features) from ``errors`` as
+    :func:`as_observations` takes them (None, standard errors or covariances)."""
+    if errors is None:
+        return np.zeros((n_stars, n_features, n_features))
+    err = _as_float_array("errors", errors)
+    if err.ndim == 1 and n_features == 1:
+        err = err[:, None]
+    if err.shape == (n_stars, n_features):
+        return _standard_error_covariances(err, n_stars, n_features)
+    if err.shape == (n_stars, n_features, n_features):
+        return _checked_error_covariances(err)
+    raise ValueError(
+        f"errors must have shape (n_stars, n_features) = {(n_stars, n_features)} "
+        f"(standard errors) or {(n_stars, n_features, n_features)} (covariances); "
+        f"got {err.shape}."
+    )
+
+
 def as_observations(values, errors=None) -> Observations:
     """Validate measured values and errors and pack them as :class:`Observations`.
 
+    Arrays, a catalogue and an :class:`Observations` (checked like any other input) all
+    come out as float64 :class:`Observations`, so one call coerces any user data.
+
     Parameters
     ----------
-    values : array_like, shape (n_stars, n_features) or (n_stars,), or a catalogue
-        Measured values. A 1-D array is one feature. Any object with ``values``
-        and ``error_covs`` attributes (a :class:`bayesmix.catalogue.Catalogue`)
-        is accepted as a whole, with ``errors`` left as None.
+    values : array_like, shape (n_stars, n_features) or (n_stars,), Observations, or a catalogue
+        Measured values. A 1-D array is one feature. An :class:`Observations`, or any
+        object with ``values`` and ``error_covs`` attributes (a
+        :class:`bayesmix.catalogue.Catalogue`), is accepted as a whole, with ``errors``
+        left as None.
     errors : array_like, optional
         None (no measurement error), standard errors of shape (n_stars, n_features)
         (or (n_stars,) for one feature), or full error covariances of shape
@@ -623,16 +770,23 @@ def as_observations(values, errors=None) -> Observations:
     Returns
     -------
     Observations
-        Float64 JAX arrays.
+        Float64 JAX arrays: ``values`` (n_stars, n_features), ``error_covs``
+        (n_stars, n_features, n_features).
 
     Raises
     ------
     ValueError
         Naming the argument, the offending rows, and the fix.
     """
-    if hasattr(values, "values") and hasattr(values, "error_covs") and not isinstance(
-        values, np.ndarray
-    ):
+    if isinstance(values, Observations):
+        if errors is not None:
+            raise ValueError("errors must be None when data is an Observations (it has error_covs).")
+        # Its error_covs are covariances: (n_stars, n_features) must not pass as standard errors.
+        if np.ndim(values.error_covs) != 3:
+            raise ValueError("Observations.error_covs must have shape (n_stars, n_features, n_features); "
+                             f"got {np.shape(values.error_covs)}.")
+        values, errors = values.values, values.error_covs
+    elif hasattr(values, "values") and hasattr(values, "error_covs") and not isinstance(values, np.ndarray):
         if errors is not None:
             raise ValueError("errors must be None when a catalogue is passed: it carries its own.")
         values, errors = values.values, values.error_covs
@@ -652,51 +806,7 @@ def as_observations(values, errors=None) -> Observations:
             f"values has NaN or infinite entries in {_first_bad_rows(bad)}; remove those stars "
             "(read_catalogue(..., drop_nonfinite=True) drops and reports them)."
         )
-    if errors is None:
-        covs = np.zeros((n_stars, n_features, n_features))
-    else:
-        err = _as_float_array("errors", errors)
-        if err.ndim == 1 and n_features == 1:
-            err = err[:, None]
-        if err.shape == (n_stars, n_features):
-            bad = ~np.isfinite(err).all(axis=1)
-            if bad.any():
-                raise ValueError(f"errors has NaN or infinite entries in {_first_bad_rows(bad)}.")
-            bad = (err < 0).any(axis=1)
-            if bad.any():
-                raise ValueError(
-                    f"errors must be standard deviations >= 0; negative in {_first_bad_rows(bad)}."
-                )
-            covs = np.zeros((n_stars, n_features, n_features))
-            idx = np.arange(n_features)
-            covs[:, idx, idx] = err**2
-        elif err.shape == (n_stars, n_features, n_features):
-            covs = err
-            bad = ~np.isfinite(covs).all(axis=(1, 2))
-            if bad.any():
-                raise ValueError(
-                    f"errors (covariances) has NaN or infinite entries in {_first_bad_rows(bad)}."
-                )
-            scale = np.maximum(np.abs(covs).max(axis=(1, 2)), np.finfo(float).tiny)
-            asym = np.abs(covs - np.swapaxes(covs, 1, 2)).max(axis=(1, 2)) > 1e-10 * scale
-            if asym.any():
-                raise ValueError(
-                    f"error covariances must be symmetric; not in {_first_bad_rows(asym)}."
-                )
-            eig_min = np.linalg.eigvalsh(covs)[:, 0]
-            bad = eig_min < -1e-12 * scale
-            if bad.any():
-                raise ValueError(
-                    "error covariances must be positive semi-definite; "
-                    f"{_first_bad_rows(bad)} have a negative eigenvalue (check correlation "
-                    "coefficients lie in (-1, 1))."
-                )
-        else:
-            raise ValueError(
-                f"errors must have shape (n_stars, n_features) = {(n_stars, n_features)} "
-                f"(standard errors) or {(n_stars, n_features, n_features)} (covariances); "
-                f"got {err.shape}."
-            )
+    covs = _error_covariances(errors, n_stars, n_features)
     return Observations(jnp.asarray(x), jnp.asarray(covs))
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from jax import lax
 
 from bayesmix import _x64  # noqa: F401  (float64 before any array is made)
+from bayesmix._random import as_key
 from bayesmix.likelihood import (
     MixtureParams,
     Observations,
@@ -130,14 +131,6 @@ class MembershipResult:
 # --------------------------------------------------------------------------- boundary helpers
 
 
-def _as_key(key):
-    if isinstance(key, (int, np.integer)):
-        return jax.random.key(int(key))
-    if isinstance(key, jax.Array):
-        return key
-    raise ValueError(f"key must be an integer seed or a JAX PRNG key (jax.random.key(0)); got {type(key)}.")
-
-
 def _check_fit(fit, parameter="fit"):
     missing = [a for a in ("idata", "model", "data") if not hasattr(fit, a)]
     if missing:
@@ -150,10 +143,8 @@ def _check_fit(fit, parameter="fit"):
 
 
 def _observations(fit) -> Observations:
-    data = fit.data
-    if isinstance(data, Observations):
-        return Observations(jnp.asarray(data.values, jnp.float64), jnp.asarray(data.error_covs, jnp.float64))
-    return as_observations(data)
+    """``fit.data`` checked, as float64 :class:`Observations`."""
+    return as_observations(fit.data)
 
 
 def _covariates(fit, n_stars) -> dict[str, np.ndarray]:
@@ -200,7 +191,7 @@ def select_draws(n_chains: int, n_draws: int, max_draws: int, key=None) -> np.nd
     elif key is None:
         flat = np.unique(np.round(np.linspace(0, total - 1, max_draws)).astype(int))
     else:
-        flat = np.sort(np.asarray(jax.random.choice(_as_key(key), total, (max_draws,), replace=False)))
+        flat = np.sort(np.asarray(jax.random.choice(as_key(key), total, (max_draws,), replace=False)))
     return np.stack(np.divmod(flat, int(n_draws)), axis=1)
 
 
@@ -241,14 +232,13 @@ def _percentiles_16_84(block):
 
 
 def _memberships_one_draw(model, sample, data: Observations, covariates, log_background):
-    """Responsibilities of one draw for a chunk of stars, (n_chunk, n_total)."""
-    params = model.params(sample)
-    n_gauss = params.means.shape[0]
+    """Responsibilities of one draw for a chunk of stars, (n_chunk, n_total).
+
+    ``log_background`` (n_chunk,) or None: the background's log densities, the extra
+    column of :func:`bayesmix.likelihood.log_joint`.
+    """
     log_w = jnp.asarray(model.log_weights(sample, covariates or None))
-    logits = log_joint(params, data, log_w[..., :n_gauss])
-    if log_background is not None:
-        logits = jnp.concatenate([logits, (log_w[..., n_gauss] + log_background)[:, None]], axis=1)
-    return jax.nn.softmax(logits, axis=-1)
+    return jax.nn.softmax(log_joint(model.params(sample), data, log_w, log_background), axis=-1)
 
 
 def membership_probabilities(fit, *, max_draws: int = 1000, star_chunk: int = 20000,
@@ -422,7 +412,7 @@ def responsibilities_at(params_or_em_result, data, log_weights=None, *, backgrou
         Overrides the weights (e.g. a radius-dependent member fraction); ``n_total``
         counts the background.
     background : array (n_stars,) of log densities, or an object with
-        ``log_density(data)`` (``UniformBackground``, ``GaussianBackground``), optional
+        ``log_density(data)`` (:mod:`bayesmix.components`), optional
         Required when the EM result has a background.
 
     Returns
@@ -434,7 +424,7 @@ def responsibilities_at(params_or_em_result, data, log_weights=None, *, backgrou
         raise ValueError("params_or_em_result must be a MixtureParams or an EMResult; "
                          f"got {type(params_or_em_result).__name__}.")
     background_weight = getattr(params_or_em_result, "background_weight", None)
-    obs = data if isinstance(data, Observations) else as_observations(data)
+    obs = as_observations(data)
     n_gauss = params.n_components
     log_background = None
     if background is not None:
@@ -457,10 +447,7 @@ def responsibilities_at(params_or_em_result, data, log_weights=None, *, backgrou
                          "(the UniformBackground/GaussianBackground of the fit, or log densities per star)."
                          if log_background is None else
                          "background= was given but the weights have no background column.")
-    logits = log_joint(params, obs, log_weights[..., :n_gauss])
-    if log_background is not None:
-        logits = jnp.concatenate([logits, (log_weights[..., n_gauss] + log_background)[:, None]], axis=1)
-    return np.asarray(jax.nn.softmax(logits, axis=-1))
+    return np.asarray(jax.nn.softmax(log_joint(params, obs, log_weights, log_background), axis=-1))
 
 
 # --------------------------------------------------------------------------- posterior predictive
@@ -588,7 +575,7 @@ def posterior_predictive(key, fit, n_draws: int = 100) -> np.ndarray:
     -------
     ndarray, shape (n_draws, n_stars, n_features)
     """
-    key = _as_key(key)
+    key = as_key(key)
     _check_fit(fit)
     n_draws = _positive_int("n_draws", n_draws)
     programs = _Predictive(fit)
@@ -617,7 +604,7 @@ def posterior_predictive_counts(key, fit, edges, n_draws: int = 500) -> np.ndarr
     ndarray of int, shape (n_draws, n_features, max_bins)
         Counts; a feature with fewer bins has zeros beyond its last one.
     """
-    key = _as_key(key)
+    key = as_key(key)
     _check_fit(fit)
     n_draws = _positive_int("n_draws", n_draws)
     n_features = _observations(fit).n_features

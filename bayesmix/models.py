@@ -34,7 +34,14 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from bayesmix import _x64  # noqa: F401
-from bayesmix.likelihood import MixtureParams, Observations, log_joint, mvn_log_prob, total_log_likelihood
+from bayesmix._choices import ORDERINGS, RADIUS_LAWS
+from bayesmix.likelihood import (
+    MixtureParams,
+    Observations,
+    as_observations,
+    log_joint,
+    total_log_likelihood,
+)
 
 __all__ = [
     "ComponentPrior",
@@ -46,7 +53,6 @@ __all__ = [
     "mixture_model",
 ]
 
-_ORDER_KINDS = ("scale", "mean", "weight")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +71,8 @@ class Ordering:
     feature: int = 0
 
     def __post_init__(self):
-        if self.kind not in _ORDER_KINDS:
-            raise ValueError(f"Ordering kind={self.kind!r}; use one of {_ORDER_KINDS}.")
+        if self.kind not in ORDERINGS:
+            raise ValueError(f"Ordering kind={self.kind!r}; use one of {ORDERINGS}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +164,71 @@ class RadiusFraction:
     reference_radius: float | None = None
 
     def __post_init__(self):
-        if self.kind not in ("logistic", "plummer"):
-            raise ValueError(f"RadiusFraction kind={self.kind!r}; use 'logistic' or 'plummer'.")
+        if self.kind not in RADIUS_LAWS:
+            raise ValueError(f"RadiusFraction kind={self.kind!r}; use one of {RADIUS_LAWS}.")
+
+    def sample_law(self, hyper: dict, n_field: int) -> dict:
+        """Sample the law's sites in a NumPyro program (their priors live here).
+
+        Parameters
+        ----------
+        hyper : dict
+            :meth:`MixtureModel.hyperparameters`: ``frac_loc``, ``frac_scale``,
+            ``reference_radius`` and ``alpha`` (the Dirichlet concentration of the field
+            shares).
+        n_field : int
+            Field columns (field Gaussians and a background); with more than one, their
+            shares are a ``field_weights`` site.
+
+        Returns
+        -------
+        dict of str to array
+            The sites :meth:`log_weights` reads.
+        """
+        h = hyper
+        if self.kind == "logistic":
+            law = {"frac_intercept": numpyro.sample("frac_intercept",
+                                                    dist.Normal(h["frac_loc"], h["frac_scale"])),
+                   "frac_slope": numpyro.sample("frac_slope", dist.Normal(0.0, h["frac_scale"]))}
+        else:
+            law = {"frac_log_ratio": numpyro.sample("frac_log_ratio",
+                                                    dist.Normal(h["frac_loc"], 2.0 * h["frac_scale"])),
+                   "frac_radius": numpyro.sample("frac_radius",
+                                                 dist.LogNormal(jnp.log(h["reference_radius"]), 1.0))}
+        if n_field > 1:
+            law["field_weights"] = numpyro.sample("field_weights",
+                                                  dist.Dirichlet(jnp.full(n_field, h["alpha"])))
+        return law
+
+    def log_weights(self, law: dict, radius, reference_radius, n_field: int):
+        """Per-star log weights under the law: the one place the models write it down.
+
+        The cluster gets ``log f(R)``; every field column gets ``log(1 - f(R)) + log share``.
+
+        Parameters
+        ----------
+        law : mapping of str to array
+            The law's sites (``frac_intercept`` and ``frac_slope``, or ``frac_log_ratio`` and
+            ``frac_radius``) and, when ``n_field > 1``, ``field_weights`` (n_field,): the
+            values of one draw, or the sites being sampled.
+        radius : array, shape (n_stars,)
+            Projected radius of every star, > 0.
+        reference_radius : float or array, shape ()
+            ``R_ref`` of the logistic law.
+        n_field : int
+            Field columns, background last.
+
+        Returns
+        -------
+        array, shape (n_stars, 1 + n_field)
+        """
+        if self.kind == "logistic":
+            logit = law["frac_intercept"] + law["frac_slope"] * jnp.log(radius / reference_radius)
+        else:
+            logit = law["frac_log_ratio"] - 2.0 * jnp.log1p((radius / law["frac_radius"]) ** 2)
+        field_shares = law["field_weights"] if n_field > 1 else jnp.ones(1)
+        return jnp.concatenate([jax.nn.log_sigmoid(logit)[:, None],
+                                jax.nn.log_sigmoid(-logit)[:, None] + jnp.log(field_shares)[None, :]], axis=1)
 
 
 def _ordered_site(name, shape_k, log_prob_fn, positive):
@@ -196,7 +265,7 @@ class MixtureModel:
         The resolved priors of each component's mean and dispersion (shared defaults,
         replaced per component by :class:`ComponentPrior`).
     background : UniformBackground, GaussianBackground or None
-        From :mod:`bayesmix.em`; its shape is fixed, its weight sampled.
+        From :mod:`bayesmix.components`; its shape is fixed, its weight sampled.
     radius_fraction : RadiusFraction or None
     frozen : MixtureParams or None, with ``frozen_means`` / ``frozen_covariances`` /
         ``frozen_weights``
@@ -375,21 +444,40 @@ class MixtureModel:
     def total_log_likelihood(self, params: MixtureParams, log_w, data: Observations):
         """``sum_i logsumexp_k`` of :meth:`joint_log_prob`, with its closed-form gradient.
 
-        The sampler's hot path (:func:`bayesmix.likelihood.total_log_likelihood`).
+        The sampler's hot path (:func:`bayesmix.likelihood.total_log_likelihood`, whose
+        value and gradient come from the same terms as :func:`bayesmix.likelihood.log_joint`).
+
+        Parameters
+        ----------
+        params : MixtureParams
+            Gaussian components (``weights`` unused).
+        log_w : array, shape (n_total,) or (n_stars, n_total)
+        data : Observations
+
+        Returns
+        -------
+        scalar
         """
         return total_log_likelihood(params, data, log_w, self.log_background(data))
 
     def joint_log_prob(self, params: MixtureParams, log_w, data: Observations):
-        """``log w_k + log p_k(x_i)`` for every component, background last: (n_stars, n_total).
+        """``log w_k + log p_k(x_i)`` for every component, background last.
 
-        The one place where the background joins the shared Gaussian likelihood; the
-        program, the pointwise log-likelihood and the memberships all reduce this.
+        :func:`bayesmix.likelihood.log_joint` with the background's log density as the
+        extra column; the pointwise log-likelihood reduces this.
+
+        Parameters
+        ----------
+        params : MixtureParams
+            Gaussian components (``weights`` unused).
+        log_w : array, shape (n_total,) or (n_stars, n_total)
+        data : Observations
+
+        Returns
+        -------
+        array, shape (n_stars, n_total)
         """
-        k = self.n_components
-        lj = log_joint(params, data, log_w[..., :k])
-        if self.background is not None:
-            lj = jnp.concatenate([lj, (log_w[..., k] + self.log_background(data))[:, None]], axis=1)
-        return lj
+        return log_joint(params, data, log_w, self.log_background(data))
 
     def _mean_weights(self, log_w):
         return jnp.exp(log_w) if log_w.ndim == 1 else jnp.mean(jnp.exp(log_w), axis=0)
@@ -400,19 +488,8 @@ class MixtureModel:
         if self.radius_fraction is not None:
             rf = self.radius_fraction
             radius = jnp.asarray((covariates or {})[rf.covariate])
-            if rf.kind == "logistic":
-                law = {"frac_intercept": numpyro.sample("frac_intercept",
-                                                        dist.Normal(h["frac_loc"], h["frac_scale"])),
-                       "frac_slope": numpyro.sample("frac_slope", dist.Normal(0.0, h["frac_scale"]))}
-            else:
-                law = {"frac_log_ratio": numpyro.sample("frac_log_ratio",
-                                                        dist.Normal(h["frac_loc"], 2.0 * h["frac_scale"])),
-                       "frac_radius": numpyro.sample("frac_radius",
-                                                     dist.LogNormal(jnp.log(h["reference_radius"]), 1.0))}
-            if k_total > 2:
-                law["field_weights"] = numpyro.sample("field_weights",
-                                                      dist.Dirichlet(jnp.full(k_total - 1, alpha)))
-            log_w = self._radius_log_weights(law, radius, h["reference_radius"])
+            law = rf.sample_law(h, k_total - 1)
+            log_w = rf.log_weights(law, radius, h["reference_radius"], k_total - 1)
             mean_w = jnp.mean(jnp.exp(log_w), axis=0)
             numpyro.deterministic("weights", mean_w[: self.n_components])
             if self.background is not None:
@@ -448,15 +525,16 @@ class MixtureModel:
         return jnp.log(w)
 
     def log_background(self, data: Observations):
-        """Log density of each star under the fixed background, (n_stars,); None without one."""
-        bg = self.background
-        if bg is None:
-            return None
-        if hasattr(bg, "low"):
-            low, high = np.asarray(bg.low, float), np.asarray(bg.high, float)
-            return jnp.full(data.values.shape[0], -float(np.sum(np.log(high - low))))
-        return mvn_log_prob(data.values, jnp.asarray(bg.mean, jnp.float64),
-                            jnp.asarray(bg.covariance, jnp.float64) + data.error_covs)
+        """Log density of each star under the fixed background; None without one.
+
+        The component's own :meth:`~bayesmix.components.UniformBackground.log_density`
+        (part of the model protocol that :mod:`bayesmix.membership` reads).
+
+        Returns
+        -------
+        array, shape (n_stars,), or None
+        """
+        return None if self.background is None else self.background.log_density(data)
 
     # ------------------------------------------------------------------ draws -> parameters
 
@@ -475,24 +553,9 @@ class MixtureModel:
             if self.background is not None:
                 return jnp.log(jnp.append(jnp.asarray(sample["weights"]), sample["background_weight"]))
             return jnp.log(jnp.asarray(sample["weights"]))
-        radius = jnp.asarray((covariates or {})[self.radius_fraction.covariate])
-        return self._radius_log_weights(sample, radius, self.reference_radius)
-
-    def _radius_log_weights(self, law: dict, radius, reference_radius):
-        """(n_stars, n_total) log weights under the radius law: the cluster's ``log f(R)``, and
-        ``log(1 - f(R)) + log share`` for every field column (background last).
-
-        ``law`` holds the law's sites (``frac_intercept`` and ``frac_slope``, or
-        ``frac_log_ratio`` and ``frac_radius``) and, with several field columns,
-        ``field_weights``; the one place the law is written down.
-        """
-        if self.radius_fraction.kind == "logistic":
-            logit = law["frac_intercept"] + law["frac_slope"] * jnp.log(radius / reference_radius)
-        else:
-            logit = law["frac_log_ratio"] - 2.0 * jnp.log1p((radius / law["frac_radius"]) ** 2)
-        field_shares = law["field_weights"] if self.n_total > 2 else jnp.ones(1)
-        return jnp.concatenate([jax.nn.log_sigmoid(logit)[:, None],
-                                jax.nn.log_sigmoid(-logit)[:, None] + jnp.log(field_shares)[None, :]], axis=1)
+        rf = self.radius_fraction
+        radius = jnp.asarray((covariates or {})[rf.covariate])
+        return rf.log_weights(sample, radius, self.reference_radius, self.n_total - 1)
 
     # ------------------------------------------------------------------ initial values
 
@@ -777,6 +840,55 @@ def _check_radius_fraction(radius_fraction: RadiusFraction, covariates, n_stars:
     return float(radius_fraction.reference_radius or np.median(radius))
 
 
+def _resolve_ordering(ordering: Ordering | str | None, n_features: int, background) -> Ordering:
+    """The ordering as an :class:`Ordering` (default: by the dispersion of feature 0), checked
+    against the features and the background."""
+    if isinstance(ordering, str):
+        ordering = Ordering(ordering)
+    ordering = ordering or Ordering("scale", 0)
+    if ordering.kind != "weight" and not 0 <= ordering.feature < n_features:
+        raise ValueError(f"ordering.feature={ordering.feature} is not a feature index (0..{n_features - 1}).")
+    if ordering.kind == "weight" and background is not None:
+        raise ValueError("ordering by weight cannot be combined with a background; order by scale or mean.")
+    return ordering
+
+
+def _component_names(component_names, n_components: int, background) -> tuple[str, ...]:
+    """One name per component, the background last (default ``c0, c1, ..., background``)."""
+    n_total = n_components + (background is not None)
+    names = tuple(component_names) if component_names is not None else (
+        tuple(f"c{k}" for k in range(n_components)) + (("background",) if background is not None else ()))
+    if len(names) != n_total:
+        raise ValueError(f"component_names has {len(names)} names for {n_total} components.")
+    return names
+
+
+def _frozen_masks(frozen, masks: dict, n_components: int) -> dict:
+    """Each mask of ``masks`` (label -> array_like or None) as a tuple of n_components bools."""
+    out = {}
+    for label, mask in masks.items():
+        if mask is not None:
+            mask = tuple(bool(m) for m in np.broadcast_to(np.asarray(mask, bool), (n_components,)))
+            if frozen is None:
+                raise ValueError(f"{label} needs frozen= (a MixtureParams with the fixed values).")
+        out[label] = mask
+    return out
+
+
+def _check_frozen_weights(frozen, mask, n_total: int, radius_fraction, ordering: Ordering) -> None:
+    """Frozen weights must leave a free component and sum to less than one."""
+    if mask is None or not any(mask):
+        return
+    if radius_fraction is not None or ordering.kind == "weight":
+        raise ValueError("frozen_weights cannot be combined with radius_fraction or ordering by weight.")
+    fixed_sum = float(np.sum(np.asarray(frozen.weights)[np.asarray(mask)]))
+    n_free = n_total - int(np.sum(mask))
+    if not (0.0 <= fixed_sum < 1.0) or n_free < 1:
+        raise ValueError(f"frozen weights sum to {fixed_sum:.6g} with {n_free} free components; they "
+                         "must sum to less than 1 and leave at least one component (or the "
+                         "background) free.")
+
+
 def mixture_model(data, n_components: int, *, priors: Priors | None = None,
                   ordering: Ordering | str | None = None, background=None,
                   radius_fraction: RadiusFraction | None = None, covariates: dict | None = None,
@@ -794,7 +906,8 @@ def mixture_model(data, n_components: int, *, priors: Priors | None = None,
     priors : Priors, optional
     ordering : Ordering or {"scale", "mean", "weight"}, optional
         Default: by the dispersion of feature 0.
-    background : bayesmix.em.UniformBackground or GaussianBackground, optional
+    background : bayesmix.components.UniformBackground or GaussianBackground, optional
+        A fixed component (anything with ``log_density(data)`` and ``weight``).
     radius_fraction : RadiusFraction, optional
         Component 0 is the cluster, the other components and the background the field
         (at least one field column is needed); ``covariates`` (or the catalogue's) must
@@ -811,34 +924,22 @@ def mixture_model(data, n_components: int, *, priors: Priors | None = None,
     -------
     MixtureModel
     """
-    from bayesmix.likelihood import as_observations
-
     if hasattr(data, "covariates") and covariates is None:
         covariates = data.covariates
     if feature_names is None and hasattr(data, "feature_names"):
         feature_names = data.feature_names
-    obs = data if isinstance(data, Observations) else as_observations(data)
-    x = np.asarray(obs.values)
+    x = np.asarray(as_observations(data).values)
     n_stars, n_features = x.shape
     if not isinstance(n_components, (int, np.integer)) or n_components < 1:
         raise ValueError(f"n_components must be a positive integer; got {n_components!r}.")
     if n_components > n_stars:
         raise ValueError(f"n_components={n_components} exceeds the number of stars ({n_stars}).")
     priors = priors or Priors()
-    if isinstance(ordering, str):
-        ordering = Ordering(ordering)
-    ordering = ordering or Ordering("scale", 0)
-    if ordering.kind != "weight" and not 0 <= ordering.feature < n_features:
-        raise ValueError(f"ordering.feature={ordering.feature} is not a feature index (0..{n_features - 1}).")
-    if ordering.kind == "weight" and background is not None:
-        raise ValueError("ordering by weight cannot be combined with a background; order by scale or mean.")
+    ordering = _resolve_ordering(ordering, n_features, background)
     if priors.weight_concentration <= 0 or priors.lkj_concentration <= 0:
         raise ValueError("priors.weight_concentration and priors.lkj_concentration must be > 0.")
     n_total = n_components + (background is not None)
-    names = tuple(component_names) if component_names is not None else (
-        tuple(f"c{k}" for k in range(n_components)) + (("background",) if background is not None else ()))
-    if len(names) != n_total:
-        raise ValueError(f"component_names has {len(names)} names for {n_total} components.")
+    names = _component_names(component_names, n_components, background)
     mean_loc, mean_scale, scale_scale = _resolve_priors(priors, x, names[:n_components])
     reference_radius = None
     if radius_fraction is not None:
@@ -846,23 +947,9 @@ def mixture_model(data, n_components: int, *, priors: Priors | None = None,
     if tutorial_names and (n_components != 2 or n_features != 1):
         raise ValueError("tutorial_names needs a 1-D, 2-component model.")
     feats = tuple(feature_names) if feature_names is not None else tuple(f"x{j}" for j in range(n_features))
-    masks = {}
-    for label, mask in (("frozen_means", frozen_means), ("frozen_covariances", frozen_covariances),
-                        ("frozen_weights", frozen_weights)):
-        if mask is not None:
-            mask = tuple(bool(m) for m in np.broadcast_to(np.asarray(mask, bool), (n_components,)))
-            if frozen is None:
-                raise ValueError(f"{label} needs frozen= (a MixtureParams with the fixed values).")
-        masks[label] = mask
-    if masks["frozen_weights"] is not None and any(masks["frozen_weights"]):
-        if radius_fraction is not None or ordering.kind == "weight":
-            raise ValueError("frozen_weights cannot be combined with radius_fraction or ordering by weight.")
-        fixed_sum = float(np.sum(np.asarray(frozen.weights)[np.asarray(masks["frozen_weights"])]))
-        n_free = n_total - int(np.sum(masks["frozen_weights"]))
-        if not (0.0 <= fixed_sum < 1.0) or n_free < 1:
-            raise ValueError(f"frozen weights sum to {fixed_sum:.6g} with {n_free} free components; they "
-                             "must sum to less than 1 and leave at least one component (or the "
-                             "background) free.")
+    masks = _frozen_masks(frozen, {"frozen_means": frozen_means, "frozen_covariances": frozen_covariances,
+                                   "frozen_weights": frozen_weights}, n_components)
+    _check_frozen_weights(frozen, masks["frozen_weights"], n_total, radius_fraction, ordering)
     return MixtureModel(
         n_components=n_components, n_features=n_features, feature_names=feats, component_names=names,
         ordering=ordering, weight_concentration=float(priors.weight_concentration),

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from bayesmix.likelihood import as_observations
+from bayesmix.likelihood import Observations, as_observations
 
 __all__ = ["posterior_from_draws"]
 
@@ -151,7 +151,7 @@ def posterior_from_draws(draws, data, errors=None, *, rename: Mapping[str, str] 
         Your site name -> the protocol's name, e.g. ``{"mu": "means", "sigma": "scales"}``.
     component_names, feature_names : sequence of str, optional
         Default ``comp0, comp1, ...`` and the catalogue's columns (or ``x0, x1, ...``).
-    background : bayesmix.em.UniformBackground or GaussianBackground, optional
+    background : bayesmix.components.UniformBackground or GaussianBackground, optional
         A fixed background component of your program (its weight site: ``background_weight``).
     sample_stats : mapping of str to array, optional
         NumPyro's sampler statistics, (chain, draw) each, for the diagnostics:
@@ -188,7 +188,9 @@ def posterior_from_draws(draws, data, errors=None, *, rename: Mapping[str, str] 
     from bayesmix.models import mixture_model
     from bayesmix.sampling import PosteriorFit, _to_idata
 
-    catalogue = data if hasattr(data, "error_covs") and not isinstance(data, np.ndarray) else None
+    # A catalogue carries its rows and feature names; an Observations or an array does not.
+    catalogue = (data if hasattr(data, "error_covs") and not isinstance(data, (np.ndarray, Observations))
+                 else None)
     obs = as_observations(data, errors)
     arrays = _renamed(_posterior_arrays(draws), rename)
     sites = _sites(arrays, obs.n_features, background)

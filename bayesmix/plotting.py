@@ -18,12 +18,15 @@ module is cheap.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from bayesmix._files import atomic_write
 
 __all__ = [
     "corner_plot",
@@ -611,7 +614,7 @@ def ppc_plot_fit(key, fit, *, n_draws: int = 200, feature: int = 0, ax=None, bin
     -------
     matplotlib.figure.Figure
     """
-    from bayesmix.membership import posterior_predictive
+    from bayesmix.membership import posterior_predictive  # lazy: JAX (see the module docstring)
 
     if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 2:
         raise ValueError(f"n_draws must be an integer >= 2 (mock catalogues for the band); got {n_draws!r}.")
@@ -823,15 +826,7 @@ def em_history_plot(em_result, *, ax=None):
     lines = [f"{em_result.n_iter} iteration{plural}, {status}", f"final log L = {ll[-1]:.6g}"]
     if restarts.size > 1:
         finite = restarts[np.isfinite(restarts)]
-        best = finite.max() if finite.size else np.nan
-        n_best = int(np.sum(np.abs(finite - best) <= 1e-3 * max(1.0, abs(best))))
-        kinds = list(getattr(em_result, "start_kinds", ()) or ())
-        mix = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
-        n_optima = len(getattr(em_result, "optima", ()) or ())
-        lines.append(f"{restarts.size} starts{f' ({mix})' if mix else ''}: {n_best} reached the best "
-                     "objective"
-                     + (f", {restarts.size - finite.size} failed" if finite.size < restarts.size else "")
-                     + (f"; {n_optima} distinct optima" if n_optima > 1 else ""))
+        lines.append(_starts_text(em_result, restarts, finite))
         ax.plot(np.full(finite.size, it[-1] + 0.03 * max(it[-1], 1)), finite, marker="_", ms=14, mew=1.5,
                 color="C3", ls="none", label="final objective of each start", clip_on=False)
     ax.text(0.98, 0.04, "\n".join(lines), transform=ax.transAxes, ha="right", va="bottom", fontsize="small",
@@ -840,6 +835,18 @@ def em_history_plot(em_result, *, ax=None):
     ax.set_ylabel("log-likelihood (nats)")
     ax.legend(fontsize="small", loc="center right")
     return fig
+
+
+def _starts_text(em_result, restarts, finite) -> str:
+    """One line on the starts of an EM fit: how many of each kind, how many reached the best objective."""
+    best = finite.max() if finite.size else np.nan
+    n_best = int(np.sum(np.abs(finite - best) <= 1e-3 * max(1.0, abs(best))))
+    kinds = list(getattr(em_result, "start_kinds", ()) or ())
+    mix = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
+    n_optima = len(getattr(em_result, "optima", ()) or ())
+    return (f"{restarts.size} starts{f' ({mix})' if mix else ''}: {n_best} reached the best objective"
+            + (f", {restarts.size - finite.size} failed" if finite.size < restarts.size else "")
+            + (f"; {n_optima} distinct optima" if n_optima > 1 else ""))
 
 
 def information_criterion_plot(scan_table, *, ax=None):
@@ -951,8 +958,7 @@ def em_animation(key, data, n_components: int, path, *, errors=None, features=(0
     Path
         ``path``.
     """
-    from bayesmix.catalogue import atomic_write
-    from bayesmix.likelihood import Observations, as_observations
+    from bayesmix.likelihood import as_observations  # lazy: JAX (see the module docstring)
 
     path = Path(path)
     if path.suffix.lower() != ".gif":
@@ -971,7 +977,7 @@ def em_animation(key, data, n_components: int, path, *, errors=None, features=(0
         raise ValueError("init='auto' runs several starts (k-means++ and density peaks); the animation "
                          "follows one: pass init='kmeans++' (the default here), 'random' or 'given'.")
 
-    obs = data if isinstance(data, Observations) else as_observations(data, errors)
+    obs = as_observations(data, errors)
     values = np.asarray(obs.values)
     n_features = values.shape[1]
     pair = _check_features_pair(features, n_features) if n_features > 1 else (0, 0)
@@ -997,7 +1003,7 @@ def em_animation(key, data, n_components: int, path, *, errors=None, features=(0
 def _em_path(key, obs, n_components, fit_kwargs):
     """[(MixtureParams, log-likelihood)] after 0, 1, ..., n_iter M-steps of ``fit_em``'s run (from one
     start: k-means++ unless ``fit_kwargs`` names another)."""
-    from bayesmix.em import EMConvergenceWarning, fit_em
+    from bayesmix.em import EMConvergenceWarning, fit_em  # lazy: JAX (see the module docstring)
 
     if fit_kwargs.get("init", getattr(fit_kwargs.get("options"), "init", None)) is None:
         single = "given" if fit_kwargs.get("init_params") is not None else "kmeans++"
@@ -1017,8 +1023,6 @@ def _em_path(key, obs, n_components, fit_kwargs):
 
 def _continue_kwargs(state, fit_kwargs):
     """fit_em keywords for one more M-step from ``state`` (the background's weight carried over)."""
-    import dataclasses
-
     weights = np.asarray(state.params.weights)
     kwargs = {**fit_kwargs, "init": "given", "n_init": 1, "max_iter": 1}
     background = fit_kwargs.get("background")

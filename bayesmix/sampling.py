@@ -1,13 +1,22 @@
 """NUTS from the EM start: chains, warmup, draws, extension, checkpoints; results as InferenceData.
 
-The sampler is NUTS with a dense mass matrix (:mod:`bayesmix.hmc`); every stage is one
-compiled program for all chains. Chains start apart: when EM found several distinct
-optima (:attr:`bayesmix.em.EMResult.optima`), each optimum that holds a non-negligible
-share of the posterior mass (Laplace approximation, at least 0.1% of the best one's)
-gets its own chains; every chain starts at a draw from its mode's Laplace approximation
-inflated two-fold in standard deviation. So R-hat keeps its power to detect chains that
-disagree, and chains that settle in different modes are reported by
-:func:`bayesmix.diagnostics.check_modes`.
+The sampler is :mod:`bayesmix.hmc`: BlackJAX's NUTS kernel with a dense mass matrix,
+driven by bayesmix's own loop in which warmup and draws are one compiled program with
+traced lengths. :class:`_Sampler` compiles that loop once per run for all chains, as
+``chain_method`` says: one after the other in one program (``"sequential"``), batched
+(``"vectorized"``) or spread over local devices (``"parallel"``), ``"auto"`` choosing by
+backend and problem size; with :func:`enable_compilation_cache` the programs are also
+stored on disk (:mod:`bayesmix._programs`), so a repeated run neither traces nor compiles.
+The key is an integer seed or a JAX key (:func:`bayesmix._random.as_key`); each chain
+carries its own key in its state.
+
+Chains start apart: when EM found several distinct optima
+(:attr:`bayesmix.em.EMResult.optima`), each optimum that holds a non-negligible share of
+the posterior mass (Laplace approximation, at least 0.1% of the best one's) gets its own
+chains; every chain starts at a draw from its mode's Laplace approximation inflated
+two-fold in standard deviation, with the mode's inverse Hessian as its mass matrix. So
+R-hat keeps its power to detect chains that disagree, and chains that settle in
+different modes are reported by :func:`bayesmix.diagnostics.check_modes`.
 
 The chains move in standardised coordinates (each mean in units of its feature's spread
 around the EM start, see :class:`_Sampler`), so the same run in other units (1e-150 to
@@ -28,6 +37,7 @@ import math
 import os
 import sys
 import tempfile
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,6 +47,9 @@ import numpy as np
 from jax import lax
 
 from bayesmix import _programs, _x64, hmc  # noqa: F401
+from bayesmix._choices import CHAIN_METHODS
+from bayesmix._constraints import Interval, Options, validate_params
+from bayesmix._random import as_key
 from bayesmix.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from bayesmix.likelihood import MixtureParams, Observations, as_observations
 from bayesmix.models import MixtureModel
@@ -61,7 +74,6 @@ logger = logging.getLogger(__name__)
 
 _STAT_NAMES = {"diverging": "diverging", "num_steps": "n_steps", "accept_prob": "acceptance_rate",
                "energy": "energy", "step_size": "step_size", "tree_depth": "tree_depth"}
-CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
 
 
 class _RunState(NamedTuple):
@@ -181,7 +193,7 @@ def _resolve_data(data, covariates):
         catalogue = data
         if covariates is None:
             covariates = data.covariates
-    obs = data if isinstance(data, Observations) else as_observations(data)
+    obs = as_observations(data)
     covariates = {name: np.asarray(v, float) for name, v in (covariates or {}).items()}
     for name, v in covariates.items():
         if v.shape != (obs.n_stars,):
@@ -290,13 +302,12 @@ class _Sampler:
         fingerprint = (f"{model.program_key()}|{_template_structure(template)}|chains={self.num_chains}|"
                        f"method={chain_method}|block={self.block}|accept={target_accept}|"
                        f"depth={max_tree_depth}")
-        classes = (Observations, MixtureParams, hmc.HMCState, hmc.Tuning, hmc.ChainState, hmc.StepInfo,
-                   hmc.LaplaceResult, hmc.AdaptState, hmc._DualAveraging)
+        classes = (Observations, MixtureParams, *hmc.STATE_TYPES)
         self._laplace = _programs.Program("laplace", jax.jit(lambda z, args: hmc.laplace(potential, z, args)),
                                           fingerprint, classes)
         self._start = _programs.Program("start", jax.jit(
             lambda key, modes, inverse_hessians, dispersion, args: hmc.start(
-                potential, key, modes, inverse_hessians, args, dispersion=dispersion)),
+                key, potential, modes, inverse_hessians, args, dispersion=dispersion)),
             fingerprint, classes)
         self._run = self._over_chains(lambda st, args, extra: hmc.run(
             potential, st[0], st[1], args, extra[0], extra[1], self.block, target_accept=target_accept,
@@ -319,15 +330,27 @@ class _Sampler:
         if method == "sequential":
             return jax.jit(per_device)
         n_dev = _n_parallel_devices(n_chains)
-        mapped = jax.pmap(per_device, in_axes=(0, None, None), devices=jax.local_devices()[:n_dev])
+
+        # Typed PRNG keys have no NumPy form: across the host copies below they travel as
+        # their raw uint32 data.
+        def with_keys(convert, states):
+            return (states[0]._replace(key=convert(states[0].key)), *states[1:])
+
+        def per_device_raw(states, args, extra):
+            return with_keys(jax.random.key_data,
+                             per_device(with_keys(jax.random.wrap_key_data, states), args, extra))
+
+        mapped = jax.pmap(per_device_raw, in_axes=(0, None, None), devices=jax.local_devices()[:n_dev])
 
         def run(states, args, extra):
             # Host copies: pmap places them itself (arrays committed to one device, as a
             # stored program returns them, would be refused).
             split = jax.tree_util.tree_map(
-                lambda x: np.asarray(x).reshape((n_dev, n_chains // n_dev, *np.shape(x)[1:])), states)
+                lambda x: np.asarray(x).reshape((n_dev, n_chains // n_dev, *np.shape(x)[1:])),
+                with_keys(jax.random.key_data, states))
             out = mapped(split, args, extra)
-            return jax.tree_util.tree_map(lambda x: x.reshape((n_chains, *x.shape[2:])), out)
+            out = jax.tree_util.tree_map(lambda x: x.reshape((n_chains, *x.shape[2:])), out)
+            return with_keys(jax.random.wrap_key_data, out)
 
         return run
 
@@ -365,19 +388,8 @@ class _Sampler:
             raise ValueError("the posterior density is not finite at any EM optimum: check the priors "
                              "(e.g. a component's mean prior far from the data, [model.priors.<component>]) "
                              "and the data.")
-        found.sort(key=lambda item: -item[0])
-        kept = []
-        for mass, lap in found:
-            same = any(_mahalanobis2(lap.mode, other.mode, other.inverse_hessian) < 1.0 for _, other in kept)
-            if not same:
-                kept.append((mass, lap))
+        kept = _distinct_modes(found)
         best_mass = kept[0][0]
-        dropped = [m for m, _ in kept if m < best_mass + math.log(_MODE_MIN_MASS)]
-        if dropped:
-            logger.info("%d EM optimum(s) hold under %.1g of the best mode's posterior mass (log ratios %s); "
-                        "no chain starts there", len(dropped), _MODE_MIN_MASS,
-                        [round(m - best_mass, 1) for m in dropped])
-        kept = [(m, lap) for m, lap in kept if m >= best_mass + math.log(_MODE_MIN_MASS)]
         info = {"laplace_hessian_ok": all(bool(lap.hessian_ok) for _, lap in kept),
                 "laplace_potential": float(kept[0][1].potential_energy),
                 "n_modes": len(kept),
@@ -419,7 +431,8 @@ class _Sampler:
                 adapt, schedule = self._pending
                 self._pending = None
             else:
-                adapt, schedule = self._idle_adapt(states), (zero, zero, zero)
+                # No warmup: the bookkeeping only fills the program's argument.
+                adapt, schedule = jax.vmap(hmc.adapt_init)(states), (zero, zero, zero)
             n_now = jnp.asarray(m, jnp.int32)
             states, adapt, z, info = self._run((states, adapt), self.args, (schedule, n_now))
             if int(np.asarray(schedule[0])) > 0:
@@ -431,13 +444,6 @@ class _Sampler:
         z = np.concatenate([p[0] for p in parts], axis=1)
         stats = {k: np.concatenate([p[1][k] for p in parts], axis=1) for k in parts[0][1]}
         return states, self.constrained(z), stats
-
-    def _idle_adapt(self, states):
-        n_chains, n_params = self.num_chains, self.n_params
-        da = hmc._DualAveraging(*(jnp.zeros(n_chains) for _ in range(3)), jnp.zeros(n_chains, jnp.int32),
-                                jnp.zeros(n_chains))
-        return hmc.AdaptState(da, jnp.zeros((n_chains, n_params)), jnp.zeros((n_chains, n_params, n_params)),
-                              states.tuning.inverse_mass, jnp.zeros(n_chains, jnp.int32))
 
     def constrained(self, z):
         """Sites (and deterministics) for unconstrained draws (chain, draw, n_params).
@@ -457,6 +463,26 @@ class _Sampler:
             parts.append({k: np.asarray(v)[: min(chunk, total - begin)] for k, v in out.items()})
         return {k: np.concatenate([p[k] for p in parts]).reshape((n_chains, n_draws, *parts[0][k].shape[1:]))
                 for k in parts[0]}
+
+
+def _distinct_modes(found: list[tuple]) -> list[tuple]:
+    """``(log mass, LaplaceResult)`` pairs, best first, one per mode, without negligible ones.
+
+    A mode within one standard deviation (Mahalanobis distance 1 under the better mode's
+    Hessian) of a better one is that mode; one whose Laplace mass is below
+    ``_MODE_MIN_MASS`` of the best one's is dropped (logged).
+    """
+    kept = []
+    for mass, lap in sorted(found, key=lambda item: -item[0]):
+        if not any(_mahalanobis2(lap.mode, other.mode, other.inverse_hessian) < 1.0 for _, other in kept):
+            kept.append((mass, lap))
+    best_mass = kept[0][0]
+    dropped = [m for m, _ in kept if m < best_mass + math.log(_MODE_MIN_MASS)]
+    if dropped:
+        logger.info("%d EM optimum(s) hold under %.1g of the best mode's posterior mass (log ratios %s); "
+                    "no chain starts there", len(dropped), _MODE_MIN_MASS,
+                    [round(m - best_mass, 1) for m in dropped])
+    return [(m, lap) for m, lap in kept if m >= best_mass + math.log(_MODE_MIN_MASS)]
 
 
 def _mahalanobis2(a, b, inverse_covariance) -> float:
@@ -711,29 +737,13 @@ def sample_posterior(
     """
     from bayesmix import __version__
 
-    for name, value in (("num_chains", num_chains), ("num_samples", num_samples)):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be at least 1; got {value}.")
-    if int(num_warmup) < 0:
-        raise ValueError(f"num_warmup must be >= 0; got {num_warmup}.")
-    if not 0.0 < target_accept < 1.0:
-        raise ValueError(f"target_accept must lie in (0, 1); got {target_accept}.")
-    if int(max_tree_depth) < 1:
-        raise ValueError(f"max_tree_depth must be >= 1; got {max_tree_depth}.")
-    if chunk_size is not None and int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}.")
-    if not (math.isfinite(start_dispersion) and start_dispersion > 0):
-        raise ValueError(f"start_dispersion must be a positive number; got {start_dispersion}.")
-    if isinstance(key, (int, np.integer)):
-        seed, key = int(key), jax.random.PRNGKey(int(key))
-    else:
-        seed = None
+    _check_sampler_args(num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples,
+                        target_accept=target_accept, max_tree_depth=max_tree_depth, chunk_size=chunk_size,
+                        start_dispersion=start_dispersion, chain_method=chain_method)
+    seed = int(key) if isinstance(key, (int, np.integer)) else None
+    key = as_key(key)
     obs, covariates, catalogue = _resolve_data(data, covariates)
-    if obs.n_features != model.n_features:
-        raise ValueError(f"data have {obs.n_features} features; the model has {model.n_features}.")
-    if model.radius_fraction is not None and model.radius_fraction.covariate not in covariates:
-        raise ValueError(f"the model's radius law needs covariate {model.radius_fraction.covariate!r}; "
-                         f"got {sorted(covariates)}.")
+    _check_data_fits_model(model, obs, covariates)
     method = _resolve_chain_method(chain_method, int(num_chains), obs.n_stars * model.n_total)
     progress_bar = _default_progress_bar() if progress_bar is None else progress_bar
     settings = {"seed": seed, "num_chains": int(num_chains), "num_warmup": int(num_warmup),
@@ -746,65 +756,131 @@ def sample_posterior(
     ckpt = Path(checkpoint) if checkpoint is not None else None
     saved = _saved_run(ckpt, settings, num_samples) if ckpt is not None and ckpt.exists() else None
     if saved is not None:
-        params, background_weight, em_result = saved.params, saved.background_weight, saved.em
+        start = (saved.params, saved.background_weight, saved.em)
     else:
-        params, background_weight, em_result = _initial_point(k_em, model, obs, init, em_kwargs)
-
-    if ckpt is not None:
-        block = int(chunk_size or max(num_samples // 10, 1))
-    elif progress_bar:
-        block = max(num_samples // 20, 1)
-    else:
-        block = int(num_samples)
+        start = _initial_point(k_em, model, obs, init, em_kwargs)
     template = _unconstrained(model, obs, covariates,
-                              model.init_values(params, background_weight, data=obs, covariates=covariates))
+                              model.init_values(start[0], start[1], data=obs, covariates=covariates))
     sampler = _Sampler(model, obs, covariates, template, num_chains=int(num_chains), chain_method=method,
-                       block=block, target_accept=target_accept, max_tree_depth=int(max_tree_depth))
+                       block=_block_size(int(num_samples), ckpt, chunk_size, progress_bar),
+                       target_accept=target_accept, max_tree_depth=int(max_tree_depth))
+    states, parts, start_info = _start_or_resume(
+        k_start, sampler, saved, start, template, warmup=hmc.warmup_schedule(num_warmup, adapt_mass),
+        dispersion=start_dispersion)
+    if saved is not None:
+        logger.info("resuming from %s: %d of %d draws per chain done", ckpt, saved.n_draws, num_samples)
+
+    def save(states, samples, stats, done):
+        write_checkpoint(ckpt, Checkpoint(settings, *start, jax.device_get(states), samples, stats,
+                                          start_info))
+        logger.info("checkpoint %s: %d of %d draws per chain", ckpt, done, num_samples)
+
+    states, parts = _draw_loop(sampler, states, parts, start_info, num_samples,
+                               save=save if ckpt is not None else None,
+                               progress=_progress(num_samples, progress_bar, "sampling"))
+    samples, stats = _concat([p[0] for p in parts]), _concat([p[1] for p in parts])
+    fit = _finish(model, obs, covariates, catalogue, start[2], settings, samples, stats, states, sampler,
+                  start_info, method)
+    n_div = int(np.sum(stats["diverging"]))
+    if n_div:
+        logger.warning("%d divergent transitions; consider target_accept closer to 1", n_div)
+    return fit
+
+
+# The sampler's settings, declared once (bayesmix._constraints words every refusal alike).
+_SAMPLER_CONSTRAINTS = {
+    "num_chains": Interval(Integral, 1, None),
+    "num_warmup": Interval(Integral, 0, None),
+    "num_samples": Interval(Integral, 1, None),
+    "target_accept": Interval(Real, 0, 1, closed="neither"),
+    "max_tree_depth": Interval(Integral, 1, None),
+    "chunk_size": [Interval(Integral, 1, None), None],
+    "start_dispersion": Interval(Real, 0, None, closed="neither"),
+    "chain_method": Options(CHAIN_METHODS),
+}
+
+
+def _check_sampler_args(**settings) -> None:
+    """Refuse sampler settings that cannot run, before any work is done."""
+    validate_params(_SAMPLER_CONSTRAINTS, settings, "sample_posterior")
+
+
+def _check_data_fits_model(model: MixtureModel, obs: Observations, covariates: dict) -> None:
+    """The data have the model's features and the covariate its radius law needs."""
+    if obs.n_features != model.n_features:
+        raise ValueError(f"data have {obs.n_features} features; the model has {model.n_features}.")
+    if model.radius_fraction is not None and model.radius_fraction.covariate not in covariates:
+        raise ValueError(f"the model's radius law needs covariate {model.radius_fraction.covariate!r}; "
+                         f"got {sorted(covariates)}.")
+
+
+def _block_size(num_samples: int, ckpt: Path | None, chunk_size: int | None, progress_bar: bool) -> int:
+    """Draws per compiled call: a checkpoint's chunk, a twentieth of the run for a progress bar
+    to move, else the whole run."""
+    if ckpt is not None:
+        return int(chunk_size or max(num_samples // 10, 1))
+    if progress_bar:
+        return max(num_samples // 20, 1)
+    return num_samples
+
+
+def _restored_states(state: hmc.ChainState) -> hmc.ChainState:
+    """Chain states read from a checkpoint as the sampler holds them: JAX arrays, typed PRNG keys
+    (a checkpoint stores each key's raw uint32 data)."""
+    state = jax.tree_util.tree_map(jnp.asarray, state)
+    return state._replace(key=jax.random.wrap_key_data(state.key))
+
+
+def _start_or_resume(key, sampler: _Sampler, saved: Checkpoint | None, start: tuple, template: dict, *,
+                     warmup: hmc.WarmupSchedule, dispersion: float):
+    """(chain states, draws so far as ``[(samples, stats)]``, start information).
+
+    From a checkpoint: its states and draws, with no new warmup. Otherwise chains start in
+    the modes of the EM optima (``start`` is the best one: ``(params, background_weight,
+    em_result)``), and the warmup is left pending in ``sampler`` for its first draws.
+    """
     from jax.flatten_util import ravel_pytree
 
     if saved is not None:
-        states = jax.tree_util.tree_map(jnp.asarray, saved.state)
-        parts, start_info, done = [(saved.samples, saved.stats)], dict(saved.start_info), saved.n_draws
-        logger.info("resuming from %s: %d of %d draws per chain done", ckpt, done, num_samples)
-    else:
-        # The first candidate is the best optimum, whose unconstrained values are the template.
-        others = _candidate_starts(params, background_weight, em_result, int(num_chains))[1:]
-        starts = [np.asarray(ravel_pytree(values)[0]) for values in [template, *(
-            _unconstrained(model, obs, covariates, model.init_values(p, bw, data=obs, covariates=covariates))
-            for p, bw in others)]]
-        states, start_info = sampler.start(k_start, starts, hmc.warmup_schedule(num_warmup, adapt_mass),
-                                           start_dispersion)
-        parts, done = [], 0
-        if not start_info["laplace_hessian_ok"]:
-            logger.warning("the posterior Hessian at the EM start was not positive definite (a "
-                           "component at a boundary?); warmup started from a repaired mass matrix")
-    progress = _progress(num_samples, progress_bar, "sampling")
+        return _restored_states(saved.state), [(saved.samples, saved.stats)], dict(saved.start_info)
+    model, (obs, covariates) = sampler.model, sampler.args[:2]
+    # The first candidate is the best optimum, whose unconstrained values are the template.
+    others = _candidate_starts(*start, sampler.num_chains)[1:]
+    starts = [np.asarray(ravel_pytree(values)[0]) for values in [template, *(
+        _unconstrained(model, obs, covariates, model.init_values(p, bw, data=obs, covariates=covariates))
+        for p, bw in others)]]
+    states, start_info = sampler.start(key, starts, warmup, dispersion)
+    if not start_info["laplace_hessian_ok"]:
+        logger.warning("the posterior Hessian at the EM start was not positive definite (a "
+                       "component at a boundary?); warmup started from a repaired mass matrix")
+    return states, [], start_info
+
+
+def _draw_loop(sampler: _Sampler, states, parts: list, start_info: dict, num_samples: int, *, save,
+               progress):
+    """Draw until every chain has ``num_samples`` (counting the draws in ``parts``).
+
+    With ``save`` (a checkpointed run) the draws come one block at a time, and after each
+    ``save(states, samples, stats, done)`` writes everything so far; otherwise in one call.
+    Returns (states, parts).
+    """
+    done = sum(next(iter(p[1].values())).shape[1] for p in parts)
     if progress is not None:
         progress.update(done)
     while done < num_samples:
-        n = min(block, num_samples - done) if ckpt is not None else num_samples - done
+        n = min(sampler.block, num_samples - done) if save is not None else num_samples - done
         states, samples_part, stats_part = sampler.draws(states, n, progress)
         if sampler.warmup_divergences is not None:
             start_info["warmup_divergences"] = sampler.warmup_divergences
             sampler.warmup_divergences = None
         parts.append((samples_part, stats_part))
         done += n
-        if ckpt is not None:
+        if save is not None:
             parts = [(_concat([p[0] for p in parts]), _concat([p[1] for p in parts]))]
-            write_checkpoint(ckpt, Checkpoint(settings, params, background_weight, em_result,
-                                              jax.device_get(states), *parts[0], start_info))
-            logger.info("checkpoint %s: %d of %d draws per chain", ckpt, done, num_samples)
+            save(states, *parts[0], done)
     if progress is not None:
         progress.close()
-
-    samples = _concat([p[0] for p in parts])
-    stats = _concat([p[1] for p in parts])
-    fit = _finish(model, obs, covariates, catalogue, em_result, settings, samples, stats, states,
-                  sampler, start_info, method)
-    n_div = int(np.sum(stats["diverging"]))
-    if n_div:
-        logger.warning("%d divergent transitions; consider target_accept closer to 1", n_div)
-    return fit
+    return states, parts
 
 
 def _unconstrained(model: MixtureModel, obs, covariates, values: dict) -> dict:
@@ -824,7 +900,7 @@ def _finish(model, obs, covariates, catalogue, em_result, settings, samples, sta
     stats["step_size"] = np.broadcast_to(np.asarray(states.tuning.step_size)[:, None],
                                          stats["accept_prob"].shape).copy()
     # netCDF stores no booleans: flags become 0/1 so the InferenceData can be saved.
-    attrs = {"bayesmix_version": __version__, "sampler": "bayesmix NUTS (numpyro tree building)",
+    attrs = {"bayesmix_version": __version__, "sampler": "bayesmix NUTS (BlackJAX kernel)",
              "chain_method": method,
              **{f"setting_{k}": (int(v) if isinstance(v, bool) else v) for k, v in settings.items()
                 if v is not None},
@@ -881,7 +957,7 @@ def load_fit(checkpoint, model: MixtureModel, data, *, covariates: dict | None =
     sampler = _Sampler(model, obs, covariates, template, num_chains=n_chains, chain_method=method,
                        block=max(saved.n_draws // 10, 1), target_accept=settings["target_accept"],
                        max_tree_depth=int(settings["max_tree_depth"]))
-    states = jax.tree_util.tree_map(jnp.asarray, saved.state)
+    states = _restored_states(saved.state)
     return _finish(model, obs, covariates, catalogue, saved.em, {**settings, "num_samples": saved.n_draws},
                    saved.samples, saved.stats, states, sampler, dict(saved.start_info), method)
 

@@ -28,6 +28,7 @@ import numpy as np
 from astropy.table import Table
 
 from bayesmix import _x64  # noqa: F401
+from bayesmix._random import as_key
 from bayesmix.catalogue import Catalogue, read_catalogue
 from bayesmix.config import simulated_stars_problem
 from bayesmix.likelihood import MixtureParams, check_params
@@ -46,13 +47,6 @@ __all__ = [
 ]
 
 NAMED_SIMULATIONS = {"cluster-field": 386, "contaminated-field": 400, "disc": 2000}  # name -> default stars
-
-
-def _as_key(key):
-    """A JAX PRNG key from a key or an integer seed."""
-    if isinstance(key, (int, np.integer)):
-        return jax.random.PRNGKey(int(key))
-    return key
 
 
 def _n_stars(n_stars, n_features: int = 1) -> int:
@@ -203,7 +197,7 @@ def simulate_cluster_field(
     truth = ClusterFieldTruth(float(cluster_mean), float(cluster_dispersion), float(field_mean),
                               float(field_dispersion), float(member_fraction),
                               float(plummer_radius), float(max_radius))
-    k_member, k_vel, k_err, k_noise, k_rad = jax.random.split(_as_key(key), 5)
+    k_member, k_vel, k_err, k_noise, k_rad = jax.random.split(as_key(key), 5)
     is_member = np.asarray(jax.random.bernoulli(k_member, member_fraction, (n_stars,)))
     z = np.asarray(jax.random.normal(k_vel, (n_stars,)))
     true_rv = np.where(is_member, cluster_mean + cluster_dispersion * z,
@@ -302,6 +296,39 @@ class ContaminatedFieldSimulation(NamedTuple):
     labels: np.ndarray
 
 
+def _halo(halo_dispersions, halo_weights) -> tuple[tuple[float, ...], np.ndarray]:
+    """The halo Gaussians' dispersions and weights, checked: one of each per Gaussian, all positive."""
+    halo_dispersions = tuple(float(s) for s in halo_dispersions)
+    halo_weights = np.asarray(halo_weights, dtype=float)
+    if len(halo_dispersions) < 1 or halo_weights.shape != (len(halo_dispersions),):
+        raise ValueError("halo_dispersions and halo_weights need one entry per halo Gaussian (at least one); "
+                         f"got {len(halo_dispersions)} and {halo_weights.shape}.")
+    for s in halo_dispersions:
+        _positive("halo_dispersions", s)
+    if np.any(halo_weights <= 0) or not np.all(np.isfinite(halo_weights)):
+        raise ValueError(f"halo_weights must be positive; got {halo_weights.tolist()}.")
+    return halo_dispersions, halo_weights
+
+
+def _field_means(key, cluster_mean, stream_offset, halo_means, n_halo):
+    """``cluster_mean``, ``stream_offset`` and ``halo_means``, each drawn from ``key`` when None.
+
+    One draw of uniforms serves all three, so a quantity given explicitly leaves the others as
+    they would be without it.
+    """
+    u = np.asarray(jax.random.uniform(key, (4 + n_halo,)))
+    if cluster_mean is None:
+        cluster_mean = -120.0 + 240.0 * u[0]
+    if stream_offset is None:
+        stream_offset = (1.0 if u[1] < 0.5 else -1.0) * (80.0 + 40.0 * u[2])
+    if halo_means is None:
+        halo_means = tuple(-40.0 + 80.0 * u[4:])
+    halo_means = tuple(float(m) for m in halo_means)
+    if len(halo_means) != n_halo:
+        raise ValueError(f"halo_means has {len(halo_means)} entries for {n_halo} halo Gaussians.")
+    return cluster_mean, stream_offset, halo_means
+
+
 def simulate_contaminated_field(
     key=0,
     n_stars: int = 400,
@@ -358,33 +385,16 @@ def simulate_contaminated_field(
                         ("error_median", error_median), ("plummer_radius", plummer_radius),
                         ("max_radius", max_radius)):
         _positive(name, value)
-    halo_dispersions = tuple(float(s) for s in halo_dispersions)
-    halo_weights = np.asarray(halo_weights, dtype=float)
-    if len(halo_dispersions) < 1 or halo_weights.shape != (len(halo_dispersions),):
-        raise ValueError("halo_dispersions and halo_weights need one entry per halo Gaussian (at least one); "
-                         f"got {len(halo_dispersions)} and {halo_weights.shape}.")
-    for s in halo_dispersions:
-        _positive("halo_dispersions", s)
-    if np.any(halo_weights <= 0) or not np.all(np.isfinite(halo_weights)):
-        raise ValueError(f"halo_weights must be positive; got {halo_weights.tolist()}.")
+    halo_dispersions, halo_weights = _halo(halo_dispersions, halo_weights)
     if not (0.0 < member_fraction < 1.0 and 0.0 <= stream_fraction < 1.0
             and member_fraction + stream_fraction < 1.0):
         raise ValueError("member_fraction must lie in (0, 1), stream_fraction in [0, 1), and their sum "
                          f"below 1; got {member_fraction} and {stream_fraction}.")
     if error_log_sd < 0 or not 0 < error_range[0] < error_range[1]:
         raise ValueError("error_log_sd must be >= 0 and error_range an increasing positive pair.")
-    keys = jax.random.split(_as_key(key), 9)
-    u = np.asarray(jax.random.uniform(keys[0], (4 + len(halo_dispersions),)))
-    if cluster_mean is None:
-        cluster_mean = -120.0 + 240.0 * u[0]
-    if stream_offset is None:
-        stream_offset = (1.0 if u[1] < 0.5 else -1.0) * (80.0 + 40.0 * u[2])
-    if halo_means is None:
-        halo_means = tuple(-40.0 + 80.0 * u[4:])
-    halo_means = tuple(float(m) for m in halo_means)
-    if len(halo_means) != len(halo_dispersions):
-        raise ValueError(f"halo_means has {len(halo_means)} entries for {len(halo_dispersions)} halo "
-                         "Gaussians.")
+    keys = jax.random.split(as_key(key), 9)
+    cluster_mean, stream_offset, halo_means = _field_means(keys[0], cluster_mean, stream_offset, halo_means,
+                                                           len(halo_dispersions))
     halo_fractions = tuple((1.0 - member_fraction - stream_fraction) * halo_weights / halo_weights.sum())
     truth = ContaminatedFieldTruth(
         float(cluster_mean), float(cluster_dispersion), halo_means, halo_dispersions,
@@ -450,6 +460,55 @@ def thin_thick_disc_params() -> MixtureParams:
     )
 
 
+def _error_scale(error_scale, n_features: int) -> np.ndarray:
+    """``error_scale`` per feature, checked: all positive, or all zero for error-free data."""
+    scale = np.broadcast_to(np.asarray(error_scale, dtype=float), (n_features,))
+    if not np.all(np.isfinite(scale)) or not (np.all(scale == 0) or np.all(scale > 0)):
+        raise ValueError(f"error_scale must be > 0 for every feature, or 0 for error-free data; "
+                         f"got {error_scale!r}.")
+    return scale
+
+
+def _error_correlations(key, n_stars: int, n_features: int, max_error_correlation: float) -> np.ndarray:
+    """Per-star error correlation matrices (n_stars, D, D): the identity mixed with a random
+    correlation matrix in the proportion ``max_error_correlation``, so each stays positive definite."""
+    corr = np.broadcast_to(np.eye(n_features), (n_stars, n_features, n_features)).copy()
+    if max_error_correlation > 0 and n_features > 1:
+        w = np.asarray(jax.random.normal(key, (n_stars, n_features, n_features)))
+        a = np.einsum("nij,nkj->nik", w, w) + 1e-3 * np.eye(n_features)
+        d = np.sqrt(np.diagonal(a, axis1=1, axis2=2))
+        random_corr = a / d[:, :, None] / d[:, None, :]
+        corr = (1.0 - max_error_correlation) * corr + max_error_correlation * random_corr
+    return corr
+
+
+def _mixture_table(names, values, sig, corr, true_values, labels, params):
+    """:attr:`MixtureSimulation.table` and its correlation columns ``{(a, b): column}``."""
+    n_features = len(names)
+    table = Table({"star_id": np.arange(len(values))})
+    for j, name in enumerate(names):
+        table[name] = values[:, j]
+    for j, name in enumerate(names):
+        table[f"{name}_err"] = sig[:, j]
+    # Flat correlation columns (not one (D, D) column) so that every format, CSV included, holds them.
+    correlations = {}
+    for i in range(n_features):
+        for j in range(i + 1, n_features):
+            col = f"corr_{names[i]}_{names[j]}"
+            table[col] = corr[:, i, j]
+            correlations[(names[i], names[j])] = col
+    for j, name in enumerate(names):
+        table[f"{name}_true"] = true_values[:, j]
+    table["component"] = labels
+    table.meta["bayesmix_simulation"] = {
+        "kind": "mixture",
+        "weights": np.asarray(params.weights).tolist(),
+        "means": np.asarray(params.means).tolist(),
+        "covariances": np.asarray(params.covariances).tolist(),
+    }
+    return table, correlations
+
+
 def simulate_mixture(
     key,
     params: MixtureParams,
@@ -487,11 +546,8 @@ def simulate_mixture(
     params = check_params(*params)
     n_features = params.n_features
     n_stars = _n_stars(n_stars, n_features)
-    scale = np.broadcast_to(np.asarray(error_scale, dtype=float), (n_features,))
+    scale = _error_scale(error_scale, n_features)
     error_free = bool(np.all(scale == 0))
-    if not np.all(np.isfinite(scale)) or not (error_free or np.all(scale > 0)):
-        raise ValueError(f"error_scale must be > 0 for every feature, or 0 for error-free data; "
-                         f"got {error_scale!r}.")
     if not 0.0 <= max_error_correlation < 1.0:
         raise ValueError(f"max_error_correlation must lie in [0, 1); got {max_error_correlation}.")
     if error_log_sd < 0:
@@ -500,20 +556,14 @@ def simulate_mixture(
     if len(names) != n_features:
         raise ValueError(f"feature_names has {len(names)} names for {n_features} features.")
 
-    k_lab, k_val, k_err, k_corr, k_noise = jax.random.split(_as_key(key), 5)
+    k_lab, k_val, k_err, k_corr, k_noise = jax.random.split(as_key(key), 5)
     labels = np.asarray(jax.random.categorical(k_lab, jnp.log(params.weights), shape=(n_stars,)))
     chol = np.linalg.cholesky(np.asarray(params.covariances))
     z = np.asarray(jax.random.normal(k_val, (n_stars, n_features)))
     true_values = np.asarray(params.means)[labels] + np.einsum("nij,nj->ni", chol[labels], z)
 
     sig = scale * np.exp(error_log_sd * np.asarray(jax.random.normal(k_err, (n_stars, n_features))))
-    corr = np.broadcast_to(np.eye(n_features), (n_stars, n_features, n_features)).copy()
-    if max_error_correlation > 0 and n_features > 1:
-        w = np.asarray(jax.random.normal(k_corr, (n_stars, n_features, n_features)))
-        a = np.einsum("nij,nkj->nik", w, w) + 1e-3 * np.eye(n_features)
-        d = np.sqrt(np.diagonal(a, axis1=1, axis2=2))
-        random_corr = a / d[:, :, None] / d[:, None, :]
-        corr = (1.0 - max_error_correlation) * corr + max_error_correlation * random_corr
+    corr = _error_correlations(k_corr, n_stars, n_features, max_error_correlation)
     error_covs = sig[:, :, None] * corr * sig[:, None, :]
     eps = np.asarray(jax.random.normal(k_noise, (n_stars, n_features)))
     if error_free:
@@ -521,27 +571,7 @@ def simulate_mixture(
     else:
         values = true_values + np.einsum("nij,nj->ni", np.linalg.cholesky(error_covs), eps)
 
-    table = Table({"star_id": np.arange(n_stars)})
-    for j, name in enumerate(names):
-        table[name] = values[:, j]
-    for j, name in enumerate(names):
-        table[f"{name}_err"] = sig[:, j]
-    # Flat correlation columns (not one (D, D) column) so that every format, CSV included, holds them.
-    correlations = {}
-    for i in range(n_features):
-        for j in range(i + 1, n_features):
-            col = f"corr_{names[i]}_{names[j]}"
-            table[col] = corr[:, i, j]
-            correlations[(names[i], names[j])] = col
-    for j, name in enumerate(names):
-        table[f"{name}_true"] = true_values[:, j]
-    table["component"] = labels
-    table.meta["bayesmix_simulation"] = {
-        "kind": "mixture",
-        "weights": np.asarray(params.weights).tolist(),
-        "means": np.asarray(params.means).tolist(),
-        "covariances": np.asarray(params.covariances).tolist(),
-    }
+    table, correlations = _mixture_table(names, values, sig, corr, true_values, labels, params)
     if error_free:
         catalogue = read_catalogue(table, values=names, id_column="star_id")
     else:

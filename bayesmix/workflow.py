@@ -35,17 +35,52 @@ posterior predictive model check. Their verdicts are in every output's provenanc
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
 import json
 import logging
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+from astropy.table import Table
 
-from bayesmix.catalogue import atomic_write, make_provenance, provenance_sidecar, read_catalogue, write_table
+from bayesmix import _arviz, plotting, sampling  # sampling.<name>, looked up when called (patchable)
+from bayesmix._files import atomic_write
+from bayesmix._random import as_key
+from bayesmix.catalogue import (
+    check_output_names,
+    make_provenance,
+    provenance_sidecar,
+    read_catalogue,
+    write_table,
+)
+from bayesmix.checkpoint import CheckpointError, checkpoint_draws, read_checkpoint
+from bayesmix.components import GaussianBackground, UniformBackground
 from bayesmix.config import RunSpec
+from bayesmix.diagnostics import (
+    ConvergenceWarning,
+    ModeDisagreementWarning,
+    ModelMisfitWarning,
+    check_convergence,
+    check_model_fit,
+    summary,
+)
+from bayesmix.em import complete_start, fit_em
+from bayesmix.membership import membership_probabilities, membership_table
+from bayesmix.models import (
+    ComponentPrior,
+    Ordering,
+    Priors,
+    RadiusFraction,
+    cluster_field_model,
+    mixture_model,
+)
 from bayesmix.runfolder import CHECKPOINT, LOCK, PARTIAL, RUN_RECORD, locked, publish
+from bayesmix.simulate import simulate_named
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +177,6 @@ def load_catalogue(spec: RunSpec):
     """
     data = spec.data
     if data.simulate is not None:
-        from bayesmix.simulate import simulate_named
-
         sim, truth = simulate_named(data.simulate, spec.seed, data.n_stars)
         return sim.catalogue, truth
     path = spec.catalogue_path()
@@ -166,8 +199,6 @@ def load_catalogue(spec: RunSpec):
                     catalogue.report.n_input, catalogue.report.counts())
     # The membership table carries every input column; a name FITS cannot hold would
     # otherwise fail only when it is written, after the whole fit.
-    from bayesmix.catalogue import check_output_names
-
     check_output_names(catalogue.table.colnames, spec.output.formats, table=catalogue.table)
     return catalogue, None
 
@@ -186,8 +217,6 @@ def _feature_index(spec: RunSpec, catalogue) -> int:
 
 
 def _background(spec: RunSpec, n_features: int):
-    from bayesmix.em import GaussianBackground, UniformBackground
-
     bg = spec.model.background
     if bg is None:
         return None
@@ -206,8 +235,6 @@ def _background(spec: RunSpec, n_features: int):
 
 def _priors(spec: RunSpec, k: int):
     """:class:`~bayesmix.models.Priors` of ``[model.priors]`` (component priors only at the spec's own K)."""
-    from bayesmix.models import ComponentPrior, Priors
-
     p = spec.model.priors
     shared = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name != "components"}
     components = None
@@ -220,8 +247,6 @@ def _priors(spec: RunSpec, k: int):
 def build_model(spec: RunSpec, catalogue, n_components: int | None = None):
     """The spec's :class:`~bayesmix.models.MixtureModel` (``n_components`` overrides K for scans;
     component names and component priors then apply only at the spec's own K)."""
-    from bayesmix.models import Ordering, RadiusFraction, cluster_field_model, mixture_model
-
     m = spec.model
     k = n_components or m.k
     priors = _priors(spec, k)
@@ -255,8 +280,6 @@ def em_kwargs(spec: RunSpec, model=None, catalogue=None) -> dict[str, Any]:
         kwargs["background"] = model.background
     k = model.n_components if model is not None else spec.model.k
     if e.init_means is not None and catalogue is not None and k == spec.model.k:
-        from bayesmix.em import complete_start
-
         covariances = None
         if e.init_scales is not None:
             scales = np.asarray(e.init_scales, float)
@@ -307,8 +330,6 @@ def _comparable(spec_dict: dict) -> dict:
 
 def _spec_digest(spec_dict: dict) -> str:
     """SHA-256 of the parts of a spec that a resume must match (:func:`_comparable`)."""
-    import hashlib
-
     text = json.dumps(_comparable(spec_dict), sort_keys=True, default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -352,9 +373,6 @@ def _prepare_resume(out: Path, spec_dict: dict, catalogue) -> int:
 
     Returns the draws per chain already done.
     """
-    from bayesmix.checkpoint import read_checkpoint
-    from bayesmix.sampling import data_digest
-
     folder = _saved_run_folder(out)
     if folder is None:
         legacy = (" (the checkpoint.pkl there, from an earlier bayesmix, is never loaded: a pickle can run "
@@ -368,7 +386,7 @@ def _prepare_resume(out: Path, spec_dict: dict, catalogue) -> int:
         raise ValueError(f"--resume: the saved run in {out} was made from a different spec (sections "
                          f"{changed} differ); only [sampler] num_samples and [output] may change.")
     checkpoint = read_checkpoint(folder / CHECKPOINT)  # a damaged checkpoint stops here, named
-    digest = data_digest(catalogue)
+    digest = sampling.data_digest(catalogue)
     if checkpoint.settings.get("data_sha256") != digest:
         raise ValueError(f"--resume: the saved run in {out} sampled other data (sha256 "
                          f"{str(checkpoint.settings.get('data_sha256'))[:12]}..., the catalogue now gives "
@@ -386,8 +404,6 @@ def _prepare_resume(out: Path, spec_dict: dict, catalogue) -> int:
 
 def _prepare_fresh(out: Path) -> None:
     """An empty staging folder; an interrupted run left there is discarded, saying so."""
-    from bayesmix.checkpoint import CheckpointError, checkpoint_draws
-
     partial = out / PARTIAL
     if partial.exists():
         try:
@@ -406,8 +422,6 @@ def _abandon(out: Path, created: bool, discard_up_to: int) -> None:
     The staged checkpoint is kept when it holds more than ``discard_up_to`` draws per
     chain (0, or the draws of the finished run it was copied from).
     """
-    from bayesmix.checkpoint import CheckpointError, checkpoint_draws
-
     partial = out / PARTIAL
     if partial.is_dir():
         try:
@@ -475,17 +489,13 @@ def run_spec(spec: RunSpec, *, directory=None, resume: bool = False, progress_ba
 
 
 def _run_in_staging(spec, out, catalogue, truth, model, progress_bar, figures) -> RunResult:
-    from bayesmix.diagnostics import summary
-    from bayesmix.membership import membership_probabilities, membership_table
-    from bayesmix.sampling import sample_posterior
-
     stage = out / PARTIAL
     spec_dict = spec.to_dict()
     record = {"spec": spec_dict, "spec_sha256": _spec_digest(spec_dict), "status": "running",
               "provenance": make_provenance(spec=spec_dict, seed=spec.seed)}
     _write_json(stage / RUN_RECORD, record)
     s = spec.sampler
-    fit = sample_posterior(
+    fit = sampling.sample_posterior(
         spec.seed, model, catalogue, num_chains=s.num_chains, num_warmup=s.num_warmup,
         num_samples=s.num_samples, target_accept=s.target_accept, adapt_mass=s.adapt_mass,
         max_tree_depth=s.max_tree_depth, chain_method=s.chain_method, progress_bar=progress_bar,
@@ -493,9 +503,7 @@ def _run_in_staging(spec, out, catalogue, truth, model, progress_bar, figures) -
         em_kwargs=em_kwargs(spec, model, catalogue),
     )
     if spec.output.loo:
-        from bayesmix.sampling import add_log_likelihood
-
-        fit = add_log_likelihood(fit)
+        fit = sampling.add_log_likelihood(fit)
     var_names = corner_variables(fit) if model.tutorial_names else None
     table = summary(fit, var_names=var_names)
     report, model_check = run_checks(spec, fit, var_names)
@@ -533,16 +541,6 @@ def run_checks(spec: RunSpec, fit, var_names=None):
     -------
     (ConvergenceReport, ModelCheckReport or None)
     """
-    import warnings
-
-    from bayesmix.diagnostics import (
-        ConvergenceWarning,
-        ModeDisagreementWarning,
-        ModelMisfitWarning,
-        check_convergence,
-        check_model_fit,
-    )
-
     c = spec.checks
     report = check_convergence(fit, var_names=var_names, mode_tolerance=c.mode_tolerance, warn=False)
     model_check = None
@@ -584,12 +582,8 @@ def _table_files(path: Path) -> list[Path]:
 
 def _published_idata(spec, fit):
     """``posterior.nc``: the fit's InferenceData made ArviZ-complete (log likelihood, mock catalogues)."""
-    import jax
-
-    from bayesmix.sampling import arviz_complete
-
     # Its own random stream: the mock catalogues of the model check use the seed itself.
-    return arviz_complete(jax.random.fold_in(jax.random.key(spec.seed), 1), fit)
+    return sampling.arviz_complete(jax.random.fold_in(as_key(spec.seed), 1), fit)
 
 
 def _check_free_space(folder: Path, idata, name: str) -> None:
@@ -599,10 +593,6 @@ def _check_free_space(folder: Path, idata, name: str) -> None:
     (segmentation fault) when it could not close the file. Its size is about the arrays'
     bytes, so ask for that plus a margin first.
     """
-    import errno
-
-    from bayesmix import _arviz
-
     needed = sum(int(v.nbytes) for g in _arviz.group_names(idata)
                  for v in _arviz.group_dataset(idata, g).variables.values())
     needed = int(needed * 1.1) + 1_000_000
@@ -614,8 +604,6 @@ def _check_free_space(folder: Path, idata, name: str) -> None:
 
 def _write_run_outputs(spec, out, fit, table, members, catalogue, provenance, stars,
                        model_check=None) -> list[Path]:
-    from astropy.table import Table
-
     written = []
     summary_table = Table.from_pandas(table.reset_index())
     written += _table_files(write_table(summary_table, out / "summary.csv", provenance=provenance))
@@ -669,11 +657,6 @@ def scan_spec(spec: RunSpec, *, k_range: tuple[int, int] | None = None, loo: boo
     -------
     ScanResult
     """
-    import jax
-    from astropy.table import Table
-
-    from bayesmix.em import fit_em
-
     k_min, k_max = k_range or spec.scan.k
     loo = spec.scan.loo if loo is None else loo
     out = Path(directory) if directory is not None else Path(
@@ -681,7 +664,7 @@ def scan_spec(spec: RunSpec, *, k_range: tuple[int, int] | None = None, loo: boo
     catalogue, truth = load_catalogue(spec)
     if k_max > catalogue.n_stars:
         raise ValueError(f"--k: k_max={k_max} exceeds the number of stars ({catalogue.n_stars}).")
-    key = jax.random.PRNGKey(spec.seed)
+    key = as_key(spec.seed)
     fits, rows = {}, []
     for k in range(k_min, k_max + 1):
         model = build_model(spec, catalogue, n_components=k)
@@ -712,15 +695,12 @@ def scan_spec(spec: RunSpec, *, k_range: tuple[int, int] | None = None, loo: boo
 
 
 def _loo_columns(spec, model, catalogue, em, progress_bar) -> dict[str, float]:
-    from bayesmix import _arviz
-    from bayesmix.sampling import add_log_likelihood, sample_posterior
-
     s = spec.sampler
-    fit = sample_posterior(spec.seed, model, catalogue, init=em, num_chains=s.num_chains,
+    fit = sampling.sample_posterior(spec.seed, model, catalogue, init=em, num_chains=s.num_chains,
                            num_warmup=s.num_warmup, num_samples=s.num_samples,
                            target_accept=s.target_accept, chain_method=s.chain_method,
                            progress_bar=progress_bar)
-    with_log_lik = add_log_likelihood(fit, max_draws=min(4000, fit.n_chains * fit.n_draws))
+    with_log_lik = sampling.add_log_likelihood(fit, max_draws=min(4000, fit.n_chains * fit.n_draws))
     loo = _arviz.loo(with_log_lik.idata)
     return {"elpd_loo": loo.elpd, "se_elpd_loo": loo.se, "p_loo": loo.p_loo,
             "max_pareto_k": float(np.max(loo.pareto_k))}
@@ -730,7 +710,7 @@ def _loo_columns(spec, model, catalogue, em, progress_bar) -> dict[str, float]:
 
 
 def _save(path: Path, fig) -> Path:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # pyplot only once a figure exists: run_figures picks the backend first
 
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
@@ -739,9 +719,7 @@ def _save(path: Path, fig) -> Path:
 
 
 def _scan_plot(table):
-    from bayesmix.plotting import information_criterion_plot
-
-    return information_criterion_plot(table)
+    return plotting.information_criterion_plot(table)
 
 
 TUTORIAL = ("mean1", "sigma1", "mean2", "sigma2", "frac1")
@@ -765,12 +743,10 @@ def run_figures(out: Path, fit, members, catalogue, *, truth=None, key=0) -> lis
     component ellipses (D >= 2), membership against radius (with a radius covariate)
     and the EM log-likelihood per iteration.
     """
-    import matplotlib
+    import matplotlib  # here, not at the top: the backend is set before pyplot is first loaded
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from bayesmix import plotting
 
     model = fit.model
     names = corner_variables(fit)

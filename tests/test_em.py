@@ -387,7 +387,7 @@ def test_identical_components_are_never_silent():
 
 
 @pytest.mark.parametrize(("args", "kwargs", "match"), [
-    (([[0.0], [1.0]], 0), {}, "n_components must be at least 1"),
+    (([[0.0], [1.0]], 0), {}, "n_components must be a positive integer; got 0"),
     (([[0.0], [1.0]], 2.5), {}, "n_components must be a positive integer"),
     (([[0.0], [np.nan]], 1), {}, "NaN"),
     ((np.zeros((3, 2, 2)), 1), {}, "values must have shape"),

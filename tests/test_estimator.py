@@ -20,7 +20,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from bayesmix import estimator as estimator_module
+from bayesmix import _padding
 from bayesmix.diagnostics import ConvergenceReport
 from bayesmix.em import EMResult, n_free_parameters
 from bayesmix.estimator import DeconvolvedGaussianMixture
@@ -208,11 +208,11 @@ def test_evaluation_in_padded_chunks_matches_one_chunk(fitted, monkeypatch):
     est, x, sigma = fitted
     whole = est.score_samples(x, sigma), est.predict_proba(x, sigma)
     # 64-row chunks: 240 stars in three full chunks and a padded one of 48.
-    monkeypatch.setattr(estimator_module, "_CHUNK_FLOATS", 64 * 2 * 2 * 2)
-    assert [c[2] for c in estimator_module._chunks(240, estimator_module._chunk_rows(8))] == [64] * 4
+    monkeypatch.setattr(_padding, "CHUNK_FLOATS", 64 * 2 * 2 * 2)
+    assert [c[2] for c in _padding.chunks(240, _padding.chunk_rows(8))] == [64] * 4
     np.testing.assert_allclose(est.score_samples(x, sigma), whole[0], rtol=1e-13)
     np.testing.assert_allclose(est.predict_proba(x, sigma), whole[1], rtol=1e-12, atol=1e-15)
-    assert [estimator_module._bucket(n) for n in (1, 256, 257, 65536, 65537)] == [256, 256, 512, 65536, 81920]
+    assert [_padding.bucket(n) for n in (1, 256, 257, 65536, 65537)] == [256, 256, 512, 65536, 81920]
 
 
 def test_fit_predict_equals_fit_then_predict(fitted):
@@ -334,10 +334,10 @@ def test_given_start_is_one_more_start_with_auto_or_the_only_one_otherwise():
     ("negative_err", {}, "X_err.*>= 0"),
     ("err_shape", {}, r"X_err.*shape"),
     ("none", {"n_components": 300}, "n_components=300 exceeds the number of stars"),
-    ("none", {"method": "mcmc"}, "method='mcmc'"),
+    ("none", {"method": "mcmc"}, re.escape("method must be one of ('em', 'nuts'); got 'mcmc'")),
     ("none", {"init_params": "gmm"},
-     re.escape("init_params='gmm'; use one of ('auto', 'kmeans++', 'k-means++', 'kmeans', 'random', "
-               "'random_from_data')")),
+     re.escape("init_params must be one of ('auto', 'kmeans++', 'k-means++', 'kmeans', 'random', "
+               "'random_from_data'); got 'gmm'")),
     ("none", {"standardize": "yes"}, "standardize must be True or False"),
     ("none", {"errors_standardized": None}, "errors_standardized must be True or False"),
     ("none", {"reg_covar": -1.0}, "reg_covar must be"),
@@ -642,7 +642,7 @@ def test_nuts_predict_proba_interval_training_and_new_data(nuts_fit):
         np.testing.assert_allclose(a, b, atol=1e-12)
     # ... also when the stars are split into padded chunks (16 rows of 300 draws).
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(estimator_module, "_CHUNK_FLOATS", 16 * 300 * 2 * 2 * 2)
+        patch.setattr(_padding, "CHUNK_FLOATS", 16 * 300 * 2 * 2 * 2)
         chunked = est.predict_proba_interval(values, errors)
     for a, b in zip(again, chunked, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-13)

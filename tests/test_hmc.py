@@ -33,7 +33,7 @@ def _start(key, position, args):
     lap = hmc.laplace(gaussian_potential, position, args)
     modes = jnp.broadcast_to(lap.mode, (NUM_CHAINS, *lap.mode.shape))
     inverse = jnp.broadcast_to(lap.inverse_hessian, (NUM_CHAINS, *lap.inverse_hessian.shape))
-    states, adapts = hmc.start(gaussian_potential, key, modes, inverse, args)
+    states, adapts = hmc.start(key, gaussian_potential, modes, inverse, args)
     return states, adapts, lap
 
 
@@ -51,7 +51,7 @@ def _run(states, adapts, args, schedule, num_samples):
 def _init_at(position, args, key, inverse_mass):
     """Chains at one given position with the given inverse mass (and Laplace inverse)."""
     tuning = hmc.tuning_from_inverse_mass(0.5, inverse_mass)
-    states = jax.vmap(lambda k: hmc.init(gaussian_potential, position, args, tuning, k))(
+    states = jax.vmap(lambda k: hmc.init(k, gaussian_potential, position, args, tuning))(
         jax.random.split(key, NUM_CHAINS))
     return states, jax.vmap(hmc.adapt_init)(states)
 
@@ -77,7 +77,7 @@ def test_starts_are_overdispersed_draws_around_each_chains_own_mode():
     key = jax.random.PRNGKey(0)
     modes = jnp.asarray(np.where(np.arange(n)[:, None] % 2 == 0, MEAN, MEAN + 10.0))
     inverse = jnp.broadcast_to(jnp.asarray(COV), (n, 3, 3))
-    states, _ = jax.jit(lambda k, m, h, a: hmc.start(gaussian_potential, k, m, h, a, dispersion=2.0))(
+    states, _ = jax.jit(lambda k, m, h, a: hmc.start(k, gaussian_potential, m, h, a, dispersion=2.0))(
         key, modes, inverse, args)
     z = np.asarray(states.hmc.position)
     even, odd = z[0::2], z[1::2]
@@ -87,7 +87,7 @@ def test_starts_are_overdispersed_draws_around_each_chains_own_mode():
     # Standard deviations twice the Laplace ones (sampling error of a 200-draw sd is about 5%).
     np.testing.assert_allclose(even.std(axis=0), 2.0 * np.sqrt(np.diag(COV)), rtol=0.2)
     np.testing.assert_allclose(np.asarray(states.tuning.inverse_mass[0]), COV, rtol=1e-12)
-    narrow, _ = jax.jit(lambda k, m, h, a: hmc.start(gaussian_potential, k, m, h, a, dispersion=1.0))(
+    narrow, _ = jax.jit(lambda k, m, h, a: hmc.start(k, gaussian_potential, m, h, a, dispersion=1.0))(
         key, modes, inverse, args)
     np.testing.assert_allclose(np.asarray(narrow.hmc.position)[0::2].std(axis=0), np.sqrt(np.diag(COV)),
                                rtol=0.2)
@@ -232,7 +232,7 @@ def test_nuts_draws_match_a_correlated_gaussian():
         inv_mass = np.asarray(out_states.tuning.inverse_mass[c])
         np.testing.assert_array_less(np.abs(inv_mass - COV), 0.3 * np.outer(sd, sd))
     np.testing.assert_allclose(np.asarray(out_states.tuning.step_size),
-                               np.exp(np.asarray(out_adapts.da.log_step_avg)), rtol=1e-14)
+                               np.exp(np.asarray(out_adapts.da.log_step_size_avg)), rtol=1e-14)
     assert np.all(np.asarray(out_states.tuning.step_size) > 0)
 
 
@@ -269,9 +269,10 @@ def test_final_step_size_is_the_dual_averaging_average(num_warmup, adapt_mass, a
     args = gaussian_args()
     states, adapts = _init_at(jnp.asarray(MEAN), args, jax.random.PRNGKey(5), jnp.asarray(COV))
     out_states, out_adapt, _, _ = _run(states, adapts, args, _schedule(num_warmup, adapt_mass), 1)
-    np.testing.assert_array_equal(np.asarray(out_adapt.da.count), averaged)
+    # BlackJAX's dual averaging counts from 1: ``step - 1`` updates since the last restart.
+    np.testing.assert_array_equal(np.asarray(out_adapt.da.step) - 1, averaged)
     np.testing.assert_allclose(np.asarray(out_states.tuning.step_size),
-                               np.exp(np.asarray(out_adapt.da.log_step_avg)), rtol=1e-12)
+                               np.exp(np.asarray(out_adapt.da.log_step_size_avg)), rtol=1e-12)
 
 
 def test_one_compiled_program_serves_every_warmup_and_run_length():
@@ -339,20 +340,41 @@ def test_nan_region_of_the_potential_is_never_entered():
     assert all(np.unique(draws[c, :, 0]).size > 10 for c in range(draws.shape[0]))
 
 
-def test_numpyro_private_tree_builder_is_what_hmc_uses():
-    """bayesmix.hmc builds on NumPyro's undocumented NUTS pieces; pyproject.toml pins
-    ``numpyro<0.23`` for that. This test fails when they change, so that the pin is lifted only
-    after hmc.py is checked against the new release."""
+def test_blackjax_public_pieces_are_what_hmc_uses():
+    """bayesmix.hmc builds on BlackJAX's public NUTS kernel, Euclidean metric, dual averaging and
+    Welford estimator (``blackjax>=1.2,<2`` in pyproject.toml). This test fails loudly when the
+    signatures or field names the code relies on change, so a new BlackJAX major is taken only
+    after hmc.py is checked against it."""
     import inspect
 
-    from numpyro.infer import hmc_util
+    from blackjax.adaptation.mass_matrix import WelfordAlgorithmState, welford_algorithm
+    from blackjax.adaptation.step_size import DualAveragingAdaptationState, dual_averaging_adaptation
+    from blackjax.mcmc import hmc as hmc_base
+    from blackjax.mcmc import metrics, nuts
 
-    params = list(inspect.signature(hmc_util.build_tree).parameters)
-    assert params == ["verlet_update", "kinetic_fn", "verlet_state", "inverse_mass_matrix", "step_size",
-                      "rng_key", "max_delta_energy", "max_tree_depth"]
-    read_by_hmc = {"z_proposal", "z_proposal_pe", "z_proposal_grad", "z_proposal_energy", "num_proposals",
-                   "sum_accept_probs", "diverging", "depth"}
-    assert read_by_hmc <= set(hmc_util.TreeInfo._fields)
-    assert callable(hmc_util.euclidean_kinetic_energy._kinetic_grad)
-    init, update = hmc_util.velocity_verlet(lambda z: 0.5 * jnp.sum(z**2), hmc_util.euclidean_kinetic_energy)
-    assert callable(init) and callable(update)
+    assert list(inspect.signature(nuts.build_kernel).parameters)[:2] == ["integrator", "divergence_threshold"]
+    kernel = nuts.build_kernel(divergence_threshold=1000.0)
+    assert list(inspect.signature(kernel).parameters) == ["rng_key", "state", "logdensity_fn", "step_size",
+                                                          "inverse_mass_matrix", "max_num_doublings"]
+    assert hmc_base.HMCState._fields == ("position", "logdensity", "logdensity_grad")
+    read_by_hmc = {"is_divergent", "energy", "num_trajectory_expansions", "num_integration_steps",
+                   "acceptance_rate"}
+    assert read_by_hmc <= set(nuts.NUTSInfo._fields)
+    assert {"sample_momentum", "kinetic_energy", "check_turning"} <= set(metrics.Metric._fields)
+    # The kernel takes a Metric object as it is (so hmc passes its own momentum sampler and
+    # overflow-safe kinetic energy, and nothing is refactorised per step).
+    metric = metrics.gaussian_euclidean(jnp.eye(2))
+    assert metrics.default_metric(metric) is metric
+    assert DualAveragingAdaptationState._fields == ("log_step_size", "log_step_size_avg", "step", "avg_error",
+                                                    "mu")
+    da_init, da_update, da_final = dual_averaging_adaptation(0.8)
+    da = da_update(da_init(0.5), 0.7)
+    assert int(da.step) == 2 and float(da_final(da)) > 0
+    assert WelfordAlgorithmState._fields == ("mean", "m2", "sample_size")
+    w_init, w_update, w_final = welford_algorithm(False)
+    cov, n, _ = w_final(w_update(w_update(w_init(2), jnp.zeros(2)), jnp.ones(2)))
+    assert int(n) == 2 and cov.shape == (2, 2)
+    # A NUTS step through the public kernel runs and returns the state bayesmix converts back.
+    state = hmc_base.init(jnp.zeros(2), lambda z: -0.5 * jnp.sum(z**2))
+    new, info = kernel(jax.random.key(0), state, lambda z: -0.5 * jnp.sum(z**2), 0.5, metric, 3)
+    assert new.position.shape == (2,) and int(info.num_trajectory_expansions) <= 3

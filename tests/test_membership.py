@@ -388,7 +388,7 @@ def test_posterior_predictive_idata(background_fit):
     assert list(idata.posterior_predictive["feature"].values) == ["RV"]
     with pytest.raises(ValueError, match="n_draws must be a positive integer"):
         posterior_predictive(0, background_fit, n_draws=0)
-    with pytest.raises(ValueError, match="key must be an integer seed or a JAX PRNG key"):
+    with pytest.raises(ValueError, match="key must be an integer seed or one JAX PRNG key"):
         posterior_predictive("seed", background_fit)
 
 

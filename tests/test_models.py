@@ -7,7 +7,7 @@ import pytest
 from numpyro.infer.util import log_density, unconstrain_fn
 from scipy import stats
 
-from bayesmix.em import GaussianBackground, UniformBackground
+from bayesmix.components import GaussianBackground, UniformBackground
 from bayesmix.likelihood import as_observations, check_params, log_likelihood
 from bayesmix.models import (
     ComponentPrior,

@@ -219,11 +219,13 @@ def test_interrupted_checkpointed_run_resumes_to_the_same_draws(tmp_path, monkey
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"num_chains": 0}, "num_chains must be at least 1"),
-        ({"num_warmup": -1}, "num_warmup must be >= 0"),
-        ({"target_accept": 1.5}, "target_accept must lie in"),
+        ({"num_chains": 0}, "num_chains must be a positive integer; got 0"),
+        ({"num_warmup": -1}, "num_warmup must be a non-negative integer; got -1"),
+        ({"target_accept": 1.5}, r"target_accept must be a finite number in \(0, 1\); got 1.5"),
+        ({"num_samples": 10.5}, "num_samples must be a positive integer; got 10.5"),
+        ({"chain_method": "threads"}, "chain_method must be one of"),
         ({"init": "em"}, "init must be None, an EMResult or MixtureParams"),
-        ({"start_dispersion": 0.0}, "start_dispersion must be a positive number"),
+        ({"start_dispersion": 0.0}, "start_dispersion must be a finite number > 0; got 0.0"),
     ],
 )
 def test_bad_sampler_settings(kwargs, match):

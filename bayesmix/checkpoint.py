@@ -39,8 +39,8 @@ from bayesmix._files import atomic_write
 from bayesmix.em import EMOptimum, EMResult
 from bayesmix.likelihood import MixtureParams
 
-__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "checkpoint_draws", "read_checkpoint",
-           "write_checkpoint"]
+__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "check_continues", "checkpoint_draws",
+           "read_checkpoint", "write_checkpoint"]
 
 FORMAT = "bayesmix-checkpoint"
 VERSION = 3
@@ -300,3 +300,46 @@ def checkpoint_draws(path) -> int:
     """
     path = Path(path)
     return read_checkpoint(path).n_draws if path.exists() else 0
+
+
+def check_continues(saved: Checkpoint, what: str, *, data_sha256: str, settings: dict | None = None,
+                    num_samples: int | None = None) -> None:
+    """Refuse to continue a saved run unless it sampled these data, with these settings.
+
+    The one resume check: :func:`bayesmix.sampling.sample_posterior` (a checkpoint file),
+    :func:`bayesmix.sampling.load_fit` and ``bayesmix fit --resume`` (a run folder) all call it.
+
+    Parameters
+    ----------
+    saved : Checkpoint
+        From :func:`read_checkpoint`.
+    what : str
+        Names the saved run in the message, e.g. ``"checkpoint run.npz"``.
+    data_sha256 : str
+        :func:`bayesmix.sampling.data_digest` of the data to continue on.
+    settings : dict, optional
+        Sampler settings that must match the saved ones (``num_samples`` may grow).
+    num_samples : int, optional
+        Draws per chain wanted in all: at least the saved ones.
+
+    Raises
+    ------
+    ValueError
+        Naming ``what`` and what differs.
+    """
+    saved_digest = str(saved.settings.get("data_sha256"))
+    if saved_digest != data_sha256:
+        raise ValueError(f"{what} was made from other data (sha256 {saved_digest[:12]}..., now "
+                         f"{data_sha256[:12]}...): the catalogue, its cuts, errors or covariates changed "
+                         "since; restore the data, or start afresh without resuming (the saved run stays "
+                         "until a new one finishes).")
+    changed = sorted(k for k in set(settings or {}) | set(saved.settings if settings else ())
+                     if k != "num_samples" and settings.get(k) != saved.settings.get(k))
+    if changed:
+        raise ValueError(f"{what} was written with other settings ("
+                         + ", ".join(f"{k}: saved {saved.settings.get(k)!r}, now {settings.get(k)!r}"
+                                     for k in changed)
+                         + "); use the same settings, or start afresh without the checkpoint.")
+    if num_samples is not None and saved.n_draws > num_samples:
+        raise ValueError(f"{what} already holds {saved.n_draws} draws per chain, more than "
+                         f"num_samples={num_samples}; ask for at least {saved.n_draws}.")

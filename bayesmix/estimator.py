@@ -47,7 +47,7 @@ from bayesmix._choices import ESTIMATOR_METHODS
 from bayesmix._constraints import Boolean, Interval, Options, validate_params
 from bayesmix._padding import bucket, chunk_rows, chunks, pad_rows
 from bayesmix.config import MAX_EM_STARTS
-from bayesmix.em import EMResult, MAPPrior, fit_em, n_free_parameters
+from bayesmix.em import EMResult, MAPPrior, complete_start, fit_em, n_free_parameters
 from bayesmix.likelihood import (
     MixtureParams,
     Observations,
@@ -745,7 +745,6 @@ default="auto"
     def _given_start(self, obs, scaler=None):
         """The start of ``weights_init`` / ``means_init`` / ``precisions_init`` (given in the
         original units; mapped by ``scaler`` to those of ``obs``), or None."""
-        from bayesmix.em import complete_start
 
         given = {"weights_init": self.weights_init, "means_init": self.means_init,
                  "precisions_init": self.precisions_init}
@@ -785,6 +784,7 @@ default="auto"
                              f"{exc}") from exc
 
     def _fit_posterior(self, obs, em, seed):
+        # Lazy: NumPyro, BlackJAX and ArviZ load only when method='nuts' is fitted.
         from bayesmix.diagnostics import check_convergence
         from bayesmix.models import mixture_model
         from bayesmix.sampling import sample_posterior
@@ -945,7 +945,7 @@ default="auto"
         -------
         pandas.DataFrame
         """
-        from bayesmix.diagnostics import summary
+        from bayesmix.diagnostics import summary  # lazy: ArviZ, for posterior fits only
 
         self._check_posterior("summary()")
         return summary(self.posterior_, var_names=var_names, hdi_prob=hdi_prob)
@@ -981,7 +981,7 @@ default="auto"
             if X_err is not None:
                 raise ValueError("X_err needs X: without X the training rows and their errors are used.")
             if (low_q, high_q) == (16.0, 84.0):
-                from bayesmix.membership import membership_probabilities
+                from bayesmix.membership import membership_probabilities  # lazy: posterior fits only
 
                 result = membership_probabilities(self.posterior_, max_draws=max_draws)
                 return result.mean, result.p16, result.p84
@@ -991,7 +991,7 @@ default="auto"
         return self._proba_over_draws(obs, (low_q, high_q), max_draws)
 
     def _proba_over_draws(self, obs: Observations, interval, max_draws):
-        from bayesmix.membership import select_draws
+        from bayesmix.membership import select_draws  # lazy: posterior fits only
 
         post = self.posterior_.idata.posterior
         draws = select_draws(post.sizes["chain"], post.sizes["draw"], max_draws)

@@ -35,8 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bayesmix import _x64  # noqa: F401  (float64 before any array is made)
+from bayesmix import (
+    _arviz,
+    _programs,
+    _x64,  # noqa: F401  (float64 before any array is made)
+)
 from bayesmix._random import as_key
+from bayesmix.catalogue import PROVENANCE_KEY, make_provenance
 from bayesmix.likelihood import (
     MixtureParams,
     Observations,
@@ -351,7 +356,6 @@ def membership_table(fit, result: MembershipResult, prefix: str = "p_", *, label
     """
     from astropy.table import Table
 
-    from bayesmix.catalogue import PROVENANCE_KEY, make_provenance
 
     _check_fit(fit)
     catalogue = getattr(fit, "catalogue", None)
@@ -514,7 +518,6 @@ class _Predictive:
     """
 
     def __init__(self, fit):
-        from bayesmix import _programs
 
         model = fit.model
         data = _observations(fit)
@@ -631,7 +634,6 @@ def posterior_predictive_idata(key, fit, n_draws: int = 100):
         ``posterior_predictive`` with ``values`` (chain=1, draw=n_draws, star, feature),
         and the fit's ``observed_data`` when it has one.
     """
-    from bayesmix import _arviz
 
     draws = posterior_predictive(key, fit, n_draws)
     feature_names = list(getattr(fit.model, "feature_names", ()) or [])

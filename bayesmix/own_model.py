@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from bayesmix.likelihood import Observations, as_observations
+from bayesmix.models import mixture_model
+from bayesmix.sampling import PosteriorFit, _to_idata
 
 __all__ = ["posterior_from_draws"]
 
@@ -185,8 +187,6 @@ def posterior_from_draws(draws, data, errors=None, *, rename: Mapping[str, str] 
     ...                            component_names=["cluster", "field"])  # doctest: +SKIP
     >>> membership_probabilities(fit).mean[:, 0]  # doctest: +SKIP
     """
-    from bayesmix.models import mixture_model
-    from bayesmix.sampling import PosteriorFit, _to_idata
 
     # A catalogue carries its rows and feature names; an Observations or an array does not.
     catalogue = (data if hasattr(data, "error_covs") and not isinstance(data, (np.ndarray, Observations))

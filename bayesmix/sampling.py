@@ -46,12 +46,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bayesmix import _programs, _x64, hmc  # noqa: F401
+from bayesmix import __version__, _arviz, _programs, _x64, hmc  # noqa: F401
 from bayesmix._choices import CHAIN_METHODS
 from bayesmix._constraints import Interval, Options, validate_params
 from bayesmix._random import as_key
-from bayesmix.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+from bayesmix.checkpoint import Checkpoint, check_continues, read_checkpoint, write_checkpoint
+from bayesmix.checkpoint import checkpoint_draws as _checkpoint_draws
+from bayesmix.em import EMResult, fit_em
 from bayesmix.likelihood import MixtureParams, Observations, as_observations
+from bayesmix.membership import posterior_predictive
 from bayesmix.models import MixtureModel
 
 __all__ = [
@@ -127,7 +130,6 @@ class PosteriorFit:
         Under ArviZ 1.x ``idata.posterior`` is a DataTree node, which lacks some Dataset
         methods (``stack``, selecting a list of variables); this is always a Dataset.
         """
-        from bayesmix import _arviz
 
         return _arviz.group_dataset(self.idata, "posterior")
 
@@ -214,7 +216,6 @@ START_DISPERSION = 2.0
 
 def _initial_point(key, model: MixtureModel, obs: Observations, init, em_kwargs):
     """(MixtureParams, background_weight, EMResult or None) to start the chains from."""
-    from bayesmix.em import EMResult, fit_em
 
     if init is None:
         kwargs = {"n_init": 4, **(em_kwargs or {})}
@@ -550,7 +551,6 @@ def _concat(parts: list[dict]) -> dict:
 
 
 def _to_idata(model: MixtureModel, obs: Observations, covariates, samples, extra, catalogue, attrs):
-    from bayesmix import _arviz
 
     k, d = model.n_components, model.n_features
     coords = {"component": list(model.component_names[:k]), "feature": list(model.feature_names),
@@ -624,35 +624,15 @@ def data_digest(data, covariates: dict | None = None) -> str:
 
 def checkpoint_draws(path) -> int:
     """Draws per chain saved in a checkpoint written by :func:`sample_posterior` (0 if none)."""
-    from bayesmix.checkpoint import checkpoint_draws as draws
-
-    return draws(path)
-
-
-def _check_same_data(ckpt: Path, saved: Checkpoint, digest: str) -> None:
-    """Refuse to continue a saved run on data other than the ones it sampled."""
-    saved_digest = saved.settings.get("data_sha256")
-    if saved_digest != digest:
-        raise ValueError(f"checkpoint {ckpt} was made from other data (sha256 {str(saved_digest)[:12]}..., "
-                         f"now {digest[:12]}...): the catalogue, its errors or covariates changed since; "
-                         "start afresh (without resume) or restore the data.")
+    return _checkpoint_draws(path)
 
 
 def _saved_run(ckpt: Path, settings: dict, num_samples: int) -> Checkpoint:
     """The checkpoint at ``ckpt``, if it continues a run with these settings on these data."""
     saved = read_checkpoint(ckpt)
-    _check_same_data(ckpt, saved, settings["data_sha256"])
     # num_samples may grow: resuming a finished run with more draws extends it.
-    changed = sorted(k for k in set(settings) | set(saved.settings)
-                     if k != "num_samples" and settings.get(k) != saved.settings.get(k))
-    if changed:
-        raise ValueError(f"checkpoint {ckpt} was written with other settings ("
-                         + ", ".join(f"{k}: saved {saved.settings.get(k)!r}, now {settings.get(k)!r}"
-                                     for k in changed)
-                         + "); use the same settings, or start afresh without the checkpoint.")
-    if saved.n_draws > num_samples:
-        raise ValueError(f"checkpoint {ckpt} already holds {saved.n_draws} draws per chain, more than "
-                         f"num_samples={num_samples}; ask for at least {saved.n_draws}.")
+    check_continues(saved, f"checkpoint {ckpt}", data_sha256=settings["data_sha256"], settings=settings,
+                    num_samples=num_samples)
     return saved
 
 
@@ -735,7 +715,6 @@ def sample_posterior(
     -------
     PosteriorFit
     """
-    from bayesmix import __version__
 
     _check_sampler_args(num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples,
                         target_accept=target_accept, max_tree_depth=max_tree_depth, chunk_size=chunk_size,
@@ -894,7 +873,6 @@ def _unconstrained(model: MixtureModel, obs, covariates, values: dict) -> dict:
 
 def _finish(model, obs, covariates, catalogue, em_result, settings, samples, stats, states, sampler,
             start_info, method):
-    from bayesmix import __version__
 
     stats = dict(stats)
     stats["step_size"] = np.broadcast_to(np.asarray(states.tuning.step_size)[:, None],
@@ -948,7 +926,7 @@ def load_fit(checkpoint, model: MixtureModel, data, *, covariates: dict | None =
     ckpt = Path(checkpoint)
     saved = read_checkpoint(ckpt)
     obs, covariates, catalogue = _resolve_data(data, covariates)
-    _check_same_data(ckpt, saved, _data_digest(obs, covariates))
+    check_continues(saved, f"checkpoint {ckpt}", data_sha256=_data_digest(obs, covariates))
     settings = saved.settings
     n_chains = int(np.shape(saved.state.hmc.position)[0])
     method = _resolve_chain_method(chain_method, n_chains, obs.n_stars * model.n_total)
@@ -1023,7 +1001,6 @@ def add_log_likelihood(fit: PosteriorFit, *, max_draws: int | None = None,
     import xarray as xr
     from jax.scipy.special import logsumexp
 
-    from bayesmix import _arviz
 
     if star_chunk < 1 or (max_draws is not None and max_draws < fit.n_chains):
         raise ValueError("star_chunk must be >= 1 and max_draws >= the number of chains.")
@@ -1137,8 +1114,6 @@ def arviz_complete(key, fit: PosteriorFit, *, log_likelihood_draws: int = LOG_LI
     """
     import xarray as xr
 
-    from bayesmix import _arviz
-    from bayesmix.membership import posterior_predictive
 
     for name, value in (("log_likelihood_draws", log_likelihood_draws),
                         ("predictive_draws", predictive_draws), ("max_values", max_values)):

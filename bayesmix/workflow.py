@@ -58,7 +58,7 @@ from bayesmix.catalogue import (
     read_catalogue,
     write_table,
 )
-from bayesmix.checkpoint import CheckpointError, checkpoint_draws, read_checkpoint
+from bayesmix.checkpoint import CheckpointError, check_continues, checkpoint_draws, read_checkpoint
 from bayesmix.components import GaussianBackground, UniformBackground
 from bayesmix.config import RunSpec
 from bayesmix.diagnostics import (
@@ -386,13 +386,9 @@ def _prepare_resume(out: Path, spec_dict: dict, catalogue) -> int:
         raise ValueError(f"--resume: the saved run in {out} was made from a different spec (sections "
                          f"{changed} differ); only [sampler] num_samples and [output] may change.")
     checkpoint = read_checkpoint(folder / CHECKPOINT)  # a damaged checkpoint stops here, named
-    digest = sampling.data_digest(catalogue)
-    if checkpoint.settings.get("data_sha256") != digest:
-        raise ValueError(f"--resume: the saved run in {out} sampled other data (sha256 "
-                         f"{str(checkpoint.settings.get('data_sha256'))[:12]}..., the catalogue now gives "
-                         f"{digest[:12]}...): the catalogue file, its cuts or its errors changed. Restore "
-                         "the data, or start afresh without --resume (the saved run stays until the new "
-                         "one finishes).")
+    # Its sampler settings and draws are checked by sample_posterior, with the same function.
+    check_continues(checkpoint, f"--resume: the saved run in {out}",
+                    data_sha256=sampling.data_digest(catalogue))
     partial = out / PARTIAL
     if folder != partial:  # extending a finished run: it stays whole until the new set replaces it
         if partial.exists():

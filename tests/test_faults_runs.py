@@ -165,7 +165,7 @@ RESUME_CASES = [
     ("row126-run-json-corrupt", _run_json_corrupt, [], EXIT_INPUT_ERROR, ["run.json is damaged"]),
     ("row126-run-json-empty", _run_json_empty, [], EXIT_INPUT_ERROR, ["no run specification"]),
     ("row129-catalogue-changed", _catalogue_changed, [], EXIT_INPUT_ERROR,
-     ["sampled other data", "sha256", "catalogue"]),
+     ["made from other data", "sha256", "catalogue"]),
     ("row128-seed-changed", lambda run, marker: None, ["--seed", "4"], EXIT_INPUT_ERROR,
      ["different spec", "seed"]),
     ("row127-fewer-draws", lambda run, marker: None, ["--num-samples", "30"], EXIT_INPUT_ERROR,

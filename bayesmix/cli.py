@@ -332,7 +332,7 @@ def _simulate(args) -> int:
         raise ValueError(f"--out {args.out}: the file name must end in one of {', '.join(suffixes)} "
                          "(the table's format follows its extension).")
     try:
-        sim, truth = simulate_named(args.kind, args.seed, args.n_stars)
+        sim, truth = simulate_named(args.seed, args.kind, args.n_stars)
     except ValueError as exc:  # the library names its argument n_stars; here it is --n-stars
         raise ValueError(str(exc).replace("n_stars", "--n-stars")) from exc
     provenance = make_provenance(command=["simulate", args.kind], seed=args.seed,

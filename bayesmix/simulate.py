@@ -580,17 +580,18 @@ def simulate_mixture(
     return MixtureSimulation(catalogue, table, params, labels, true_values)
 
 
-def simulate_named(kind: str, key=0, n_stars: int | None = None):
+def simulate_named(key, kind: str, n_stars: int | None = None):
     """The simulations behind ``bayesmix simulate`` and ``[data] simulate`` in a model file.
 
     Parameters
     ----------
+    key : int or jax PRNG key
+        First, as in every stochastic function of bayesmix.
     kind : {"cluster-field", "contaminated-field", "disc"}
         NGC 288-like velocities with radii (:func:`simulate_cluster_field`); a faint
         cluster in a broad, lumpy field with a cold stream
         (:func:`simulate_contaminated_field`); or the thin and thick disc in
         ([Fe/H], [Mg/Fe]) with correlated errors (:func:`simulate_mixture`).
-    key : int or jax PRNG key
     n_stars : int, optional
         Default 386 (cluster-field), 400 (contaminated-field) or 2000 (disc); at most 1e8.
 

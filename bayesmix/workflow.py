@@ -177,7 +177,7 @@ def load_catalogue(spec: RunSpec):
     """
     data = spec.data
     if data.simulate is not None:
-        sim, truth = simulate_named(data.simulate, spec.seed, data.n_stars)
+        sim, truth = simulate_named(spec.seed, data.simulate, data.n_stars)
         return sim.catalogue, truth
     path = spec.catalogue_path()
     if not path.is_file():

@@ -112,7 +112,7 @@ def fields(n_fields, out):
 
     rows = []
     for seed in range(n_fields):
-        sim, truth = simulate_named("contaminated-field", seed, 400)
+        sim, truth = simulate_named(seed, "contaminated-field", 400)
         row = {"seed": seed, "cluster_mean": truth["cluster_mean"], "stream_mean": truth["stream_mean"]}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -149,7 +149,7 @@ def timing(n_stars, out):
     from bayesmix.simulate import simulate_named
     from bayesmix.workflow import run_spec
 
-    sim, _ = simulate_named("contaminated-field", 7, n_stars)
+    sim, _ = simulate_named(7, "contaminated-field", n_stars)
     spec = _spec(7, n_stars, False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -191,9 +191,9 @@ def test_estimator_refuses_bad_input_before_fitting(params, X, X_err, error, wor
 # (id, simulator, arguments, words in the ValueError): the library functions behind [data] simulate
 # and `bayesmix simulate --n-stars`.
 SIMULATION_CASES = [
-    ("row107-named-cluster-field-1e11", simulate.simulate_named, ("cluster-field", 0, 10**11),
+    ("row107-named-cluster-field-1e11", simulate.simulate_named, (0, "cluster-field", 10**11),
      ("n_stars must be at most 100000000", "got 100000000000", "22 TB")),
-    ("row107-named-disc-1e9", simulate.simulate_named, ("disc", 0, 10**9), ("580 GB",)),
+    ("row107-named-disc-1e9", simulate.simulate_named, (0, "disc", 10**9), ("580 GB",)),
     ("row107-cluster-field-float", simulate.simulate_cluster_field, (0, 1e11), ("at most 100000000",)),
     ("row107-contaminated-field", simulate.simulate_contaminated_field, (0, 10**9), ("at most 100000000",)),
     ("row107-mixture", simulate.simulate_mixture, (0, simulate.thin_thick_disc_params(), 10**9),

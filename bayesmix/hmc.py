@@ -32,21 +32,40 @@ store; :func:`step` converts at the kernel's boundary.
 
 from __future__ import annotations
 
+import functools
+import types
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from blackjax.adaptation.mass_matrix import WelfordAlgorithmState, welford_algorithm
-from blackjax.adaptation.step_size import DualAveragingAdaptationState, dual_averaging_adaptation
-from blackjax.mcmc import hmc as hmc_base
-from blackjax.mcmc import metrics, nuts
 from jax import lax
 from jax.scipy.linalg import solve_triangular
 
 from bayesmix import _x64  # noqa: F401
 
+
+@functools.cache
+def _blackjax() -> types.SimpleNamespace:
+    """The BlackJAX pieces this module uses, imported on first use.
+
+    ``import blackjax`` starts JAX's backend, and the backend's device count is fixed from
+    then on: importing it with this module would make
+    :func:`bayesmix.sampling.set_host_device_count` (which must run first) useless, and
+    chains would lose their parallel CPU devices.
+    """
+    from blackjax.adaptation import mass_matrix, step_size
+    from blackjax.mcmc import hmc as hmc_base
+    from blackjax.mcmc import metrics, nuts
+
+    return types.SimpleNamespace(
+        WelfordAlgorithmState=mass_matrix.WelfordAlgorithmState,
+        welford_algorithm=mass_matrix.welford_algorithm,
+        DualAveragingAdaptationState=step_size.DualAveragingAdaptationState,
+        dual_averaging_adaptation=step_size.dual_averaging_adaptation, HMCState=hmc_base.HMCState,
+        metrics=metrics, nuts=nuts)
+
+
 __all__ = [
-    "STATE_TYPES",
     "AdaptState",
     "ChainState",
     "HMCState",
@@ -60,6 +79,7 @@ __all__ = [
     "laplace_log_mass",
     "run",
     "start",
+    "state_types",
     "step",
     "tuning_from_inverse_mass",
     "warmup_schedule",
@@ -299,10 +319,10 @@ def _finite_or_inf(kinetic_energy):
 def _kinetic_energy(inverse_mass, momentum):
     """``r^T M^-1 r / 2`` as the sampler computes it (BlackJAX's Euclidean metric), +inf where
     it overflows; ``inverse_mass`` dense (n, n) or diagonal (n,)."""
-    return _finite_or_inf(metrics.gaussian_euclidean(inverse_mass).kinetic_energy)(momentum)
+    return _finite_or_inf(_blackjax().metrics.gaussian_euclidean(inverse_mass).kinetic_energy)(momentum)
 
 
-def _metric(tuning: Tuning) -> metrics.Metric:
+def _metric(tuning: Tuning):
     """BlackJAX's Euclidean metric for ``tuning``, with the momentum drawn from the Cholesky
     factor the tuning already holds and an overflow-safe kinetic energy.
 
@@ -310,7 +330,7 @@ def _metric(tuning: Tuning) -> metrics.Metric:
     (and ``scale``, which NUTS never calls) use that factor, so with the sampler replaced
     XLA drops the factorisation and no step pays for it.
     """
-    base = metrics.gaussian_euclidean(tuning.inverse_mass)
+    base = _blackjax().metrics.gaussian_euclidean(tuning.inverse_mass)
 
     def sample_momentum(key, position):
         noise = jax.random.normal(key, position.shape, position.dtype)
@@ -351,8 +371,8 @@ def step(key, potential_fn, state: HMCState, tuning: Tuning, args, *, max_tree_d
     -------
     (HMCState, StepInfo)
     """
-    kernel = nuts.build_kernel(divergence_threshold=max_delta_energy)
-    current = hmc_base.HMCState(state.position, -state.potential_energy, -state.grad)
+    kernel = _blackjax().nuts.build_kernel(divergence_threshold=max_delta_energy)
+    current = _blackjax().HMCState(state.position, -state.potential_energy, -state.grad)
     new, info = kernel(key, current, _log_density(potential_fn, args), tuning.step_size, _metric(tuning),
                        max_num_doublings=max_tree_depth)
     potential = -new.logdensity
@@ -372,15 +392,16 @@ class AdaptState(NamedTuple):
     divergences: Any
 
 
-STATE_TYPES = (HMCState, Tuning, ChainState, StepInfo, LaplaceResult, AdaptState,
-               DualAveragingAdaptationState, WelfordAlgorithmState)
-"""The NamedTuples in this module's states and results (what ``jax.export`` must know to store a
-program that takes or returns them)."""
+def state_types() -> tuple[type, ...]:
+    """The NamedTuples in this module's states and results (what ``jax.export`` must know to
+    store a program that takes or returns them)."""
+    return (HMCState, Tuning, ChainState, StepInfo, LaplaceResult, AdaptState,
+            _blackjax().DualAveragingAdaptationState, _blackjax().WelfordAlgorithmState)
 
 
 def _dual_averaging(target_accept: float = 0.8):
     """BlackJAX's dual averaging (Hoffman & Gelman 2014, section 3.2; t0=10, gamma=0.05, kappa=0.75)."""
-    return dual_averaging_adaptation(target_accept)
+    return _blackjax().dual_averaging_adaptation(target_accept)
 
 
 def _da_init(step_size):
@@ -396,8 +417,8 @@ def _da_init(step_size):
 def _welford_init(n_params: int, dtype):
     """An empty dense Welford state (BlackJAX's), with the position's dtype and an int32 count
     (BlackJAX's own ``init`` starts the count as a Python int, which a loop carry cannot keep)."""
-    return WelfordAlgorithmState(jnp.zeros(n_params, dtype), jnp.zeros((n_params, n_params), dtype),
-                                 jnp.zeros((), jnp.int32))
+    return _blackjax().WelfordAlgorithmState(jnp.zeros(n_params, dtype),
+                                             jnp.zeros((n_params, n_params), dtype), jnp.zeros((), jnp.int32))
 
 
 def adapt_init(state: ChainState) -> AdaptState:
@@ -424,10 +445,11 @@ def _adapt(i, schedule, chain: ChainState, adapt: AdaptState, hmc: HMCState, inf
     accept = jnp.where(jnp.isfinite(info.accept_prob), info.accept_prob, 0.0)
     da = _where(warming, da_update(adapt.da, accept), adapt.da)
     in_window = warming & (i >= window_start) & (i < window_end)
-    welford = _where(in_window, welford_algorithm(False)[1](adapt.welford, hmc.position), adapt.welford)
+    welford_update = _blackjax().welford_algorithm(False)[1]
+    welford = _where(in_window, welford_update(adapt.welford, hmc.position), adapt.welford)
 
     def end_window(da):
-        cov, n, _ = welford_algorithm(False)[2](welford)
+        cov, n, _ = _blackjax().welford_algorithm(False)[2](welford)
         n = n.astype(cov.dtype)
         # Shrunk towards the Laplace inverse mass by a pseudo-count of n_params + 5 draws:
         # BlackJAX's own imm_shrinkage_to_previous also adds a 1e-3 identity, which in the

@@ -303,7 +303,7 @@ class _Sampler:
         fingerprint = (f"{model.program_key()}|{_template_structure(template)}|chains={self.num_chains}|"
                        f"method={chain_method}|block={self.block}|accept={target_accept}|"
                        f"depth={max_tree_depth}")
-        classes = (Observations, MixtureParams, *hmc.STATE_TYPES)
+        classes = (Observations, MixtureParams, *hmc.state_types())
         self._laplace = _programs.Program("laplace", jax.jit(lambda z, args: hmc.laplace(potential, z, args)),
                                           fingerprint, classes)
         self._start = _programs.Program("start", jax.jit(

@@ -1,5 +1,6 @@
 """The project as a user meets it: README commands, CI script, import cost, command line."""
 
+import os
 import re
 import subprocess
 import sys
@@ -77,6 +78,16 @@ def test_import_bayesmix_is_light():
     code = "import sys, bayesmix; bayesmix.read_catalogue; print('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_importing_the_sampler_leaves_the_device_count_settable():
+    # set_host_device_count must run before JAX starts its backend; importing the sampler (or
+    # BlackJAX through it) must not start it, or chains lose their parallel CPU devices.
+    code = ("from bayesmix.sampling import set_host_device_count; import bayesmix.workflow; "
+            "set_host_device_count(2); import jax; print(jax.local_device_count())")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip().splitlines()[-1] == "2"
 
 
 def test_lazy_exports_resolve():

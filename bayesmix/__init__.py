@@ -16,12 +16,17 @@ _EXPORTS = {
     "read_table": "catalogue",
     "write_table": "catalogue",
     "read_provenance": "catalogue",
+    "combine_epochs": "catalogue",
+    # sky positions -> tangent-plane offsets and radii (numpy + astropy)
+    "SkyOffsets": "sky",
+    "sky_offsets": "sky",
     # likelihood core (JAX)
     "MixtureParams": "likelihood",
     "Observations": "likelihood",
     "as_observations": "likelihood",
     "check_params": "likelihood",
     "component_log_prob": "likelihood",
+    "measured_values": "likelihood",
     "log_likelihood": "likelihood",
     "responsibilities": "likelihood",
     # extreme-deconvolution EM / MAP (JAX)
@@ -39,6 +44,10 @@ _EXPORTS = {
     "simulate_cluster_field": "simulate",
     "simulate_contaminated_field": "simulate",
     "simulate_mixture": "simulate",
+    # cluster structure: spatial membership, dispersion profile, velocity gradient (JAX)
+    "MemberKinematics": "models",
+    "SpatialLaw": "models",
+    "dispersion_profile": "models",
     # posterior diagnostics (ArviZ, pandas; no JAX)
     "ConvergenceReport": "diagnostics",
     "ConvergenceWarning": "diagnostics",

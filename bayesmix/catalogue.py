@@ -31,25 +31,28 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-from astropy.table import MaskedColumn, Table
+from astropy.table import Column, MaskedColumn, Table
 
 from bayesmix import __version__
-from bayesmix._choices import DUPLICATES
+from bayesmix._choices import DUPLICATES, MISSING_FEATURES, SELECT_OPERATORS
 from bayesmix._files import atomic_write  # also importable from here, as before it moved
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "EPOCH_COLUMNS",
     "LAYOUTS",
     "MAGNITUDE_LIMIT",
     "TEXT_FLOAT_FLOOR",
     "Catalogue",
     "DropReport",
+    "EpochCombination",
     "FixedWidthLayout",
     "check_output_names",
+    "combine_epochs",
     "make_provenance",
     "provenance_sidecar",
     "read_catalogue",
@@ -600,11 +603,15 @@ class DropReport:
         order the cuts ran. A row is attributed to the first cut that removed it.
     floored : dict of str to int
         Error column -> number of errors raised to the floor (rows kept).
+    kept : dict of str to int
+        Notes on stars kept with something missing, e.g. ``{"with SigMg missing": 501}``
+        (``missing_features="marginalise"``).
     """
 
     n_input: int
     dropped: dict[str, np.ndarray] = field(default_factory=dict)
     floored: dict[str, int] = field(default_factory=dict)
+    kept: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_dropped(self) -> int:
@@ -627,12 +634,13 @@ class DropReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (counts only) for provenance."""
         return {"n_input": self.n_input, "n_kept": self.n_kept, "dropped": self.counts(),
-                "floored": dict(self.floored)}
+                "floored": dict(self.floored), "kept": dict(self.kept)}
 
     def __str__(self) -> str:
         lines = [f"kept {self.n_kept} of {self.n_input} rows"]
         lines += [f"  dropped {n:>7d}: {reason}" for reason, n in self.counts().items()]
         lines += [f"  floored {n:>7d}: errors in {col!r}" for col, n in self.floored.items()]
+        lines += [f"  kept    {n:>7d}: {note}" for note, n in self.kept.items()]
         return "\n".join(lines)
 
 
@@ -661,6 +669,16 @@ class _Selection:
     def __init__(self, n_rows: int):
         self.keep = np.ones(n_rows, dtype=bool)
         self.report = DropReport(n_input=n_rows)
+        # missing_features="marginalise": (n_rows, n_features) entries kept as missing, and for each
+        # value/error/correlation column the rows whose entry belongs to a missing feature.
+        self.feature_missing: np.ndarray | None = None
+        self.missing_entries: dict[str, np.ndarray] = {}
+        self.combined: _Combined | None = None  # duplicates="combine": the merged epochs
+
+    def observed(self, col: str) -> np.ndarray:
+        """Rows in play whose ``col`` entry is used (not part of a feature kept as missing)."""
+        exempt = self.missing_entries.get(col)
+        return self.keep if exempt is None else self.keep & ~exempt
 
     def drop(self, mask: np.ndarray, reason: str) -> None:
         hit = mask & self.keep
@@ -701,6 +719,11 @@ class Catalogue:
     report : DropReport
     source : str or None
         Path of the source file.
+    observed : ndarray of bool, shape (n_stars, n_features), or None
+        Which values were measured (``missing_features="marginalise"``); None when all
+        were. Missing entries of ``values`` hold the observed column mean, and of
+        ``error_covs`` zero off the diagonal and the column's median observed variance on
+        it: placeholders for the likelihood to mask, never data. ``table`` shows them masked.
     """
 
     values: np.ndarray
@@ -713,6 +736,7 @@ class Catalogue:
     source_rows: np.ndarray
     report: DropReport
     source: str | None = None
+    observed: np.ndarray | None = None
 
     @property
     def n_stars(self) -> int:
@@ -734,7 +758,8 @@ class Catalogue:
 
     @classmethod
     def from_arrays(cls, values, errors=None, *, feature_names=None, ids=None,
-                    covariates: Mapping[str, Any] | None = None) -> Catalogue:
+                    covariates: Mapping[str, Any] | None = None,
+                    missing_features: str = "drop") -> Catalogue:
         """Build a catalogue from arrays (checked like a file's columns).
 
         Parameters
@@ -747,6 +772,9 @@ class Catalogue:
             Defaults to ``x0, x1, ...``.
         ids : array_like, shape (n_stars,), optional
         covariates : mapping of str to array_like (n_stars,), optional
+        missing_features : {"drop", "marginalise"}, default "drop"
+            With ``"marginalise"``, NaN values (and their errors) mark features not
+            measured (see :func:`read_catalogue`); otherwise NaN is refused.
         """
         x = np.asarray(values)
         if x.ndim == 1:
@@ -766,7 +794,45 @@ class Catalogue:
         for name, col in (covariates or {}).items():
             table[name] = np.asarray(col)
         return read_catalogue(table, values=names, id_column="id" if ids is not None else None,
-                              covariates=list(covariates or {}), **error_kwargs)
+                              covariates=list(covariates or {}), missing_features=missing_features,
+                              **error_kwargs)
+
+    def subset(self, keep, reasons: Mapping[str, np.ndarray] | None = None) -> Catalogue:
+        """The stars of ``keep`` only, every per-star array (``observed`` included) cut alike.
+
+        Parameters
+        ----------
+        keep : array_like of bool, shape (n_stars,)
+        reasons : mapping of str to bool array (n_stars,), optional
+            Why the others leave: recorded in a copy of the report (by source row), so that
+            nothing is dropped silently.
+
+        Returns
+        -------
+        Catalogue
+
+        Examples
+        --------
+        >>> cat = Catalogue.from_arrays([1.0, 2.0, 3.0], [0.1, 0.1, 0.1])
+        >>> cat.subset([True, False, True], {"example": [False, True, False]}).n_stars
+        2
+        """
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (self.n_stars,):
+            raise ValueError(f"keep has shape {keep.shape}; it must be ({self.n_stars},) booleans.")
+        dropped = dict(self.report.dropped)
+        for reason, mask in (reasons or {}).items():
+            mask = np.asarray(mask, dtype=bool)
+            if mask.any():
+                dropped[reason] = np.concatenate([dropped.get(reason, np.empty(0, int)),
+                                                  np.asarray(self.source_rows)[mask]])
+        report = replace(self.report, dropped=dropped, floored=dict(self.report.floored),
+                         kept=dict(self.report.kept))
+        return replace(self, values=self.values[keep], error_covs=self.error_covs[keep],
+                       ids=np.asarray(self.ids)[keep], table=self.table[keep],
+                       covariates={k: np.asarray(v)[keep] for k, v in self.covariates.items()},
+                       source_rows=np.asarray(self.source_rows)[keep], report=report,
+                       observed=None if self.observed is None else self.observed[keep])
 
     def with_columns(self, columns: Mapping[str, Any], provenance: Mapping | None = None) -> Table:
         """The kept source rows with result columns appended (e.g. membership probabilities).
@@ -911,12 +977,17 @@ def read_catalogue(
     duplicates: str = "error",
     format: str | None = None,
     layout: str | FixedWidthLayout | None = None,
+    sky: Mapping[str, Any] | Any | None = None,
+    drop_variable_p: float | None = None,
+    missing_features: str = "drop",
 ) -> Catalogue:
     """Read stars from a table file (or Table), apply selections and cuts, build error covariances.
 
     Cuts run in this order, each row attributed to the first that removes it:
-    ``select`` -> malformed fixed-width rows -> ``zero_flags`` -> ``missing``
-    -> non-finite (``drop_nonfinite``) -> ``ranges`` -> ``duplicates``.
+    ``select`` -> malformed fixed-width rows -> ``zero_flags`` -> no feature observed
+    (``missing_features="marginalise"``) -> ``missing`` -> sky positions checked (``sky``)
+    -> non-finite (``drop_nonfinite``) -> ``ranges`` -> ``duplicates`` (and
+    ``drop_variable_p``).
 
     Parameters
     ----------
@@ -936,7 +1007,14 @@ def read_catalogue(
     covariates : str or sequence of str, optional
         Extra numeric per-star columns (e.g. projected radius ``"DCEN"``).
     select : mapping, optional
-        Equality selection ``{column: value or [values]}``, e.g. ``{"Cluster": "NGC 288"}``.
+        ``{column: value}`` keeps rows equal to it (text compared stripped), ``{column:
+        [values]}`` rows equal to any; ``{column: {operator: operand, ...}}`` rows meeting
+        every condition, the operators being ``"glob"`` (shell pattern, ``"NGC 6*"``),
+        ``"regex"`` (:func:`re.search`; anchor with ``^``), and ``"=="``, ``"!="``, ``"<"``,
+        ``"<="``, ``">"``, ``">="`` (numbers, on numeric columns; ``==``/``!=`` also take
+        text). Patterns match a numeric column's values as text (``str(1234)``). Masked
+        and NaN entries meet no condition (not even ``!=``). Each condition is its own drop reason (``"select:
+        P_Mem >= 0.5"``).
     zero_flags : str or sequence of str, optional
         Flag columns that must equal zero.
     missing : float, sequence of float, or mapping, optional
@@ -950,11 +1028,33 @@ def read_catalogue(
     error_floor : float or mapping of str to float, optional
         Raise errors below this to it (all error columns, or per column). Without
         a floor, a zero error raises ``ValueError``.
-    duplicates : {"error", "first", "best"}, default "error"
-        What to do with repeated ids: raise, keep the first row, or keep the row
-        with the smallest total error variance.
+    duplicates : {"error", "first", "best", "combine"}, default "error"
+        What to do with repeated ids: raise, keep the first row, keep the row with the
+        smallest total error variance, or combine the rows as repeat epochs of one star
+        (see :func:`combine_epochs`): the inverse-variance (generalised least squares)
+        mean and its covariance become the star's values and errors, and the table
+        gains ``n_epochs``, ``epoch_chi2``, ``epoch_dof`` and ``epoch_p``. A combined
+        star's numeric covariates are the mean over its epochs; its other columns are
+        its first row's. Blank or masked ids are no ids: such rows are never merged.
     format, layout
         Passed to :func:`read_table` when ``source`` is a path.
+    sky : mapping or bayesmix.config.SkySpec, optional
+        ``{"ra": column, "dec": column, "centre": (ra_deg, dec_deg) or "00h52m45.2s
+        -26d34m57s", "ellipticity": 0, "position_angle": 0, "unit": "arcmin",
+        "half_light_radius": None, "prefix": ""}``: adds the columns ``xi``, ``eta``,
+        ``R``, ``R_ell`` (and ``R_over_Rh``) of :func:`bayesmix.sky.sky_offsets`, with
+        units, to the table and as covariates. Non-finite positions are non-finite
+        values (``drop_nonfinite``); selected stars 90 degrees or more from the centre,
+        or with abs(Dec) > 90, raise ``ValueError``.
+    drop_variable_p : float, optional
+        With ``duplicates="combine"``: drop stars whose ``epoch_p`` is below this
+        (reason ``"variable: epoch_p < <p>"``), e.g. 0.001 against binaries.
+    missing_features : {"drop", "marginalise"}, default "drop"
+        ``"marginalise"`` keeps a star whose value (or its error) is blank, NaN or a
+        ``missing`` sentinel in some features: :attr:`Catalogue.observed` marks them
+        and the report counts them (``"with <column> missing"``). Stars with no feature
+        observed are dropped (``"no feature observed"``). Checks of values and errors
+        look at the observed entries only.
 
     Returns
     -------
@@ -969,12 +1069,14 @@ def read_catalogue(
         message names the column and the fix.
     """
     table, path = _source_table(source, format, layout)
+    table, frame = _with_sky_columns(table, sky)
     request = _Request.check(table, values, errors, correlations=correlations,
-                             error_cov_column=error_cov_column, id_column=id_column, covariates=covariates,
-                             select=select, zero_flags=zero_flags, missing=missing, ranges=ranges,
-                             error_floor=error_floor, duplicates=duplicates)
-    numeric = {col: _numeric(table, col, "value" if col in request.value_cols else "input")
-               for col in dict.fromkeys(request.numeric_cols)}
+                             error_cov_column=error_cov_column, id_column=id_column,
+                             covariates=_with_sky_covariates(covariates, frame), select=select,
+                             zero_flags=zero_flags, missing=missing, ranges=ranges, error_floor=error_floor,
+                             duplicates=duplicates, sky_frame=frame, drop_variable_p=drop_variable_p,
+                             missing_features=missing_features)
+    numeric = {col: _numeric_input(table, col, request) for col in dict.fromkeys(request.numeric_cols)}
     sel = _Selection(len(table))
     sel.apply(_cut_sequence(table, numeric, request, drop_nonfinite))
     if not sel.keep.any():
@@ -999,6 +1101,68 @@ def _source_table(source, format, layout) -> tuple[Table, str | None]:
     return table, path
 
 
+def _with_sky_covariates(covariates, frame) -> list[str]:
+    """The covariates asked for, then the sky columns not among them."""
+    names = _as_list("covariates", covariates)
+    return names + [c for c in frame.columns if c not in names] if frame is not None else names
+
+
+def _numeric_input(table, col, request) -> tuple[np.ndarray, np.ndarray]:
+    """``col`` as float64 values and a blank mask (RA/Dec of ``sky=`` in degrees, as parsed)."""
+    frame = request.sky_frame
+    if frame is not None and col in frame.degrees:
+        return frame.degrees[col]
+    return _numeric(table, col, "value" if col in request.value_cols else "input")
+
+
+@dataclass(frozen=True)
+class _SkyFrame:
+    """The ``sky=`` request: RA/Dec in degrees (as ``numeric`` holds columns), the centre, the
+    names of the columns added."""
+
+    degrees: dict[str, tuple[np.ndarray, np.ndarray]]  # {ra column: (deg, masked), dec column: ...}
+    centre_deg: tuple[float, float]
+    columns: tuple[str, ...]
+
+
+def _with_sky_columns(table: Table, sky) -> tuple[Table, _SkyFrame | None]:
+    """A shallow copy of ``table`` with the sky offsets of every row added (NaN where RA or Dec is
+    missing, and xi/eta NaN at 90 degrees or more: the sky cut refuses such selected rows)."""
+    if sky is None:
+        return table, None
+    from bayesmix.sky import coordinate_degrees, project, sky_column_names, sky_settings
+
+    try:
+        opts = sky_settings(sky)
+    except ValueError as exc:
+        raise ValueError(f"sky: {exc}") from None
+    names = sky_column_names(opts["prefix"], opts["half_light_radius"] is not None)
+    _check_columns(table, [opts["ra"], opts["dec"]], "sky position")
+    clash = [n for n in names if n in table.colnames]
+    if clash:
+        raise ValueError(
+            f"sky: the table already has column(s) {clash}, which the sky offsets would overwrite; give a "
+            "prefix (sky={'prefix': 'sky_', ...} in Python, prefix = \"sky_\" in [data.sky])."
+        )
+    degrees = {}
+    for axis in ("ra", "dec"):
+        col = opts[axis]
+        try:
+            deg = coordinate_degrees(table[col], axis)
+        except ValueError as exc:
+            raise ValueError(f"sky {axis} column {col!r}: {exc}") from None
+        degrees[col] = (deg, np.zeros(deg.size, dtype=bool))
+    (ra, _), (dec, _) = degrees.values()
+    with np.errstate(invalid="ignore"):
+        off = project(ra, dec, opts["centre_deg"], ellipticity=opts["ellipticity"],
+                      position_angle=opts["position_angle"], unit=opts["unit"],
+                      half_light_radius=opts["half_light_radius"])
+    out = table.copy(copy_data=False)
+    for name, data in zip(names, off, strict=False):
+        out[name] = Column(data, name=name, unit=None if name.endswith("R_over_Rh") else opts["unit"])
+    return out, _SkyFrame(degrees=degrees, centre_deg=opts["centre_deg"], columns=names)
+
+
 @dataclass(frozen=True)
 class _Request:
     """The columns and cuts :func:`read_catalogue` was asked for, checked against the table."""
@@ -1015,6 +1179,9 @@ class _Request:
     ranges: Mapping[str, Any]
     floor_spec: dict[str, float]
     duplicates: str
+    sky_frame: _SkyFrame | None = None
+    drop_variable_p: float | None = None
+    missing_features: str = "drop"
 
     @property
     def used_error_cols(self) -> list[str]:
@@ -1022,12 +1189,16 @@ class _Request:
 
     @property
     def numeric_cols(self) -> list[str]:
-        """Every column read as numbers, values first (it may name a column twice)."""
-        return self.value_cols + self.used_error_cols + list(self.corr_spec.values()) + self.covariate_cols
+        """Every column read as numbers, values first (it may name a column twice); RA and Dec
+        before the sky covariates, so a blank position is reported under its own column."""
+        sky = list(self.sky_frame.degrees) if self.sky_frame is not None else []
+        return (self.value_cols + self.used_error_cols + list(self.corr_spec.values()) + sky
+                + self.covariate_cols)
 
     @classmethod
     def check(cls, table, values, errors, *, correlations, error_cov_column, id_column, covariates, select,
-              zero_flags, missing, ranges, error_floor, duplicates) -> _Request:
+              zero_flags, missing, ranges, error_floor, duplicates, sky_frame=None, drop_variable_p=None,
+              missing_features="drop") -> _Request:
         """Check every named column exists and the options are valid, in :func:`read_catalogue`'s order."""
         value_cols = _as_list("values", values)
         error_cols, corr_spec = _check_request(table, value_cols, errors, correlations, error_cov_column)
@@ -1036,16 +1207,19 @@ class _Request:
         _check_columns(table, covariate_cols, "covariate")
         _check_columns(table, flag_cols, "flag")
         _check_columns(table, list(select or {}), "select")
+        _check_select(table, select or {})
         _check_columns(table, list(ranges or {}), "range")
         if id_column is not None:
             _check_columns(table, [id_column], "id")
-        if duplicates not in DUPLICATES:
-            raise ValueError(f"duplicates={duplicates!r}; use one of {DUPLICATES}.")
+        _check_epoch_options(table, duplicates, drop_variable_p, id_column, error_cols, error_cov_column)
+        if missing_features not in MISSING_FEATURES:
+            raise ValueError(f"missing_features={missing_features!r}; use one of {MISSING_FEATURES}.")
         # missing and error_floor name columns of the request itself: checked against it, once built.
         request = cls(value_cols=value_cols, error_cols=error_cols, corr_spec=corr_spec,
                       error_cov_column=error_cov_column, id_column=id_column, covariate_cols=covariate_cols,
                       flag_cols=flag_cols, select=select or {}, missing_spec={}, ranges=ranges or {},
-                      floor_spec={}, duplicates=duplicates)
+                      floor_spec={}, duplicates=duplicates, sky_frame=sky_frame,
+                      drop_variable_p=drop_variable_p, missing_features=missing_features)
         missing_spec = _missing_spec(missing, request.numeric_cols)
         _check_columns(table, list(missing_spec), "missing-value")
         floor_spec = _floor_spec(error_floor, request.used_error_cols)
@@ -1056,20 +1230,78 @@ def _kept_catalogue(table, path, numeric, request: _Request, sel: _Selection) ->
     """The :class:`Catalogue` of the rows the cuts kept, with their error covariances."""
     rows = np.flatnonzero(sel.keep)
     value_cols = request.value_cols
-    x = np.column_stack([numeric[c][0][rows] for c in value_cols])
-    if request.error_cov_column is not None:
-        covs = _whole_error_covs(table, request.error_cov_column, rows, len(value_cols))
-    else:
-        covs = _error_covs(numeric, request.error_cols, value_cols, request.corr_spec, request.floor_spec,
-                           rows)
+    x, covs, missing, cov_data = _kept_arrays(table, numeric, request, sel, rows)
+    observed = None if missing is None or not missing.any() else ~missing
+    if observed is not None:
+        x, covs = _placeholders(x, covs, observed)
+        lost = (~observed).sum(axis=0)
+        sel.report.kept.update({f"with {name} missing": int(n)
+                                for name, n in zip(value_cols, lost, strict=True) if n})
     ids = np.asarray(table[request.id_column])[rows] if request.id_column is not None else rows.copy()
-    cov_data = {c: numeric[c][0][rows] for c in request.covariate_cols}
     units = tuple(str(table[c].unit) if table[c].unit is not None else None for c in value_cols)
-    kept = table[rows]
-    kept.meta = {k: v for k, v in table.meta.items() if k != MALFORMED_KEY}
+    kept = _kept_table(table, request, sel, rows, (x, covs, cov_data), observed)
     return Catalogue(values=x, error_covs=covs, ids=ids, feature_names=tuple(value_cols),
                      units=units, covariates=cov_data, table=kept, source_rows=rows,
-                     report=sel.report, source=path)
+                     report=sel.report, source=path, observed=observed)
+
+
+def _kept_table(table, request: _Request, sel: _Selection, rows, arrays, observed) -> Table:
+    """The kept source rows; combined epochs written in, missing entries masked."""
+    kept = table[rows]
+    kept.meta = {k: v for k, v in table.meta.items() if k != MALFORMED_KEY}
+    if sel.combined is not None:
+        _write_combined_columns(kept, request, sel.combined, rows, *arrays)
+    if observed is not None:
+        _mask_missing_entries(kept, request, observed)
+    return kept
+
+
+def _kept_arrays(table, numeric, request: _Request, sel: _Selection, rows):
+    """Values, error covariances, missing-feature mask (or None) and covariates of the kept ``rows``."""
+    if sel.combined is not None:
+        x, covs, missing = (a[rows] for a in (sel.combined.values, sel.combined.covs, sel.combined.missing))
+        return x, covs, missing, {c: sel.combined.covariates[c][rows] for c in request.covariate_cols}
+    missing = sel.feature_missing[rows] if sel.feature_missing is not None else None
+    x = np.column_stack([numeric[c][0][rows] for c in request.value_cols])
+    covs = _request_covs(table, numeric, request, rows, missing)
+    return x, covs, missing, {c: numeric[c][0][rows] for c in request.covariate_cols}
+
+
+def _request_covs(table, numeric, request: _Request, rows, missing=None) -> np.ndarray:
+    """Error covariances of ``rows``; entries of features in ``missing`` (n_rows, D) are 0."""
+    if request.error_cov_column is not None:
+        return _whole_error_covs(table, request.error_cov_column, rows, len(request.value_cols), missing)
+    return _error_covs(numeric, request.error_cols, request.value_cols, request.corr_spec,
+                       request.floor_spec, rows, missing)
+
+
+def _placeholders(x, covs, observed):
+    """Fill missing values with the observed column mean, and missing variances with the column's
+    median observed variance (off-diagonal 0): finite placeholders that the likelihood masks."""
+    x, covs = x.copy(), covs.copy()
+    for j in range(x.shape[1]):
+        seen = observed[:, j]
+        lost = ~seen
+        if not lost.any():
+            continue
+        x[lost, j] = float(np.mean(x[seen, j])) if seen.any() else 0.0
+        covs[lost, j, :] = 0.0
+        covs[lost, :, j] = 0.0
+        variances = covs[seen, j, j]
+        covs[lost, j, j] = float(np.median(variances)) if variances.size and np.median(variances) > 0 else 1.0
+    return x, covs
+
+
+def _mask_missing_entries(kept: Table, request: _Request, observed) -> None:
+    """Show the missing values (and their errors) of ``kept`` as masked, not as fill or sentinel."""
+    for j, (value_col, error_col) in enumerate(zip(request.value_cols, request.error_cols, strict=True)):
+        lost = ~observed[:, j]
+        for col in (value_col, error_col):
+            if col is None or not lost.any():
+                continue
+            column = MaskedColumn(kept[col], copy=True)
+            column.mask = np.ma.getmaskarray(column) | lost
+            kept[col] = column
 
 
 def _cut_sequence(table, numeric, request: _Request, drop_nonfinite: bool) -> list[_Cut]:
@@ -1078,7 +1310,9 @@ def _cut_sequence(table, numeric, request: _Request, drop_nonfinite: bool) -> li
         _Cut("select", functools.partial(_select_masks, table, request.select)),
         _Cut("malformed", functools.partial(_malformed_masks, table)),
         _Cut("zero_flags", functools.partial(_flag_masks, table, request.flag_cols)),
+        _Cut("features", functools.partial(_feature_masks, table, numeric, request)),
         _Cut("missing", functools.partial(_missing_masks, table, numeric, request.missing_spec)),
+        _Cut("sky", functools.partial(_sky_masks, request.sky_frame)),
         _Cut("nonfinite", functools.partial(_nonfinite_masks, numeric, drop_nonfinite)),
         _Cut("ranges", functools.partial(_range_masks, table, numeric, request.ranges)),
         # After the cuts, so that a sentinel declared missing (or cut by a range) is no error.
@@ -1094,6 +1328,68 @@ def _check_rows_left(numeric, request: _Request, sel) -> tuple:
     """
     _check_magnitudes(numeric, request.value_cols, request.used_error_cols, sel)
     _check_errors(numeric, request.used_error_cols, request.floor_spec, sel)
+    return ()
+
+
+def _feature_masks(table, numeric, request: _Request, sel):
+    """``missing_features="marginalise"``: mark the features each row lacks; drop rows lacking all.
+
+    A feature is missing where its value or its error is blank, NaN, infinite or a declared
+    sentinel. Its entries (and those of correlation columns pairing it) are then left out
+    of the later cuts and checks, which look at observed entries only.
+    """
+    if request.missing_features != "marginalise":
+        return
+    n_features = len(request.value_cols)
+    lost = np.column_stack([_entry_missing(table, numeric, request, j) for j in range(n_features)])
+    sel.feature_missing = lost
+    none = np.zeros(len(lost), dtype=bool)
+    for j, (value_col, error_col) in enumerate(zip(request.value_cols, request.error_cols, strict=True)):
+        for col in (value_col, error_col):
+            if col is not None:
+                sel.missing_entries[col] = sel.missing_entries.get(col, none) | lost[:, j]
+    for (a, b), col in request.corr_spec.items():
+        pair = lost[:, request.value_cols.index(a)] | lost[:, request.value_cols.index(b)]
+        sel.missing_entries[col] = sel.missing_entries.get(col, none) | pair
+    yield lost.all(axis=1), "no feature observed"
+
+
+def _entry_missing(table, numeric, request: _Request, j: int) -> np.ndarray:
+    """Rows whose feature ``j`` is not measured: value or error blank, non-finite or a sentinel."""
+    cols = [request.value_cols[j], request.error_cols[j]]
+    lost = np.zeros(len(table), dtype=bool)
+    for col in (c for c in cols if c is not None):
+        data, masked = numeric[col]
+        lost |= masked | ~np.isfinite(data)
+        for s in request.missing_spec.get(col, []):
+            lost |= _sentinel_hit(table, numeric, col, s)
+    if request.error_cov_column is not None:
+        cov = np.asarray(table[request.error_cov_column], dtype=np.float64)
+        if cov.ndim == 3 and j < cov.shape[1]:
+            lost |= ~np.isfinite(cov[:, j, j])
+    return lost
+
+
+def _sentinel_hit(table, numeric, col, s) -> np.ndarray:
+    """Rows of ``col`` equal to the sentinel ``s``, compared in the column's own precision."""
+    data, _ = numeric[col] if col in numeric else _numeric(table, col, "missing-value")
+    native = np.asarray(table[col]).dtype
+    # 9.99 stored as float32 is not float64 9.99.
+    raw = np.asarray(table[col].data if isinstance(table[col], MaskedColumn) else table[col])
+    return np.asarray(raw == np.asarray(s, dtype=native) if native.kind == "f" else data == s)
+
+
+def _sky_masks(frame, sel) -> tuple:
+    """Refuse selected stars whose positions cannot be projected about the centre (removes no row)."""
+    if frame is None:
+        return ()
+    from bayesmix.sky import sky_problem
+
+    rows = np.flatnonzero(sel.keep)
+    (ra, _), (dec, _) = frame.degrees.values()
+    problem = sky_problem(ra[rows], dec[rows], *frame.centre_deg, rows=rows, what="source row")
+    if problem:
+        raise ValueError(f"sky: {problem}")
     return ()
 
 
@@ -1139,15 +1435,98 @@ def _check_correlations(corr_spec, value_cols, error_cols, error_cov_column) -> 
 
 def _select_masks(table, select, sel):
     for col, wanted in select.items():
+        if isinstance(wanted, Mapping):
+            for op, operand in wanted.items():
+                mask = _condition_mask(table[col], col, op, operand)
+                _require_match(table, col, mask, f"{op} {operand!r}")
+                yield ~mask, f"select: {col} {op} {operand!r}"
+            continue
         mask = _equal_mask(table[col], wanted)
-        if not mask.any():
-            sample = np.unique(np.char.strip(np.asarray(table[col]).astype(str)))[:8].tolist()
-            raise ValueError(
-                f"select {col} == {wanted!r} matches no row; values in {col!r} include "
-                f"{', '.join(repr(s) for s in sample)}."
-            )
+        _require_match(table, col, mask, f"== {wanted!r}")
         yield ~mask, (f"select: {col} not in {wanted!r}" if isinstance(wanted, (list, tuple))
                       else f"select: {col} != {wanted!r}")
+
+
+def _require_match(table, col, mask, condition: str) -> None:
+    if not mask.any():
+        sample = np.unique(np.char.strip(np.asarray(table[col]).astype(str)))[:8].tolist()
+        raise ValueError(
+            f"select {col} {condition} matches no row; values in {col!r} include "
+            f"{', '.join(repr(s) for s in sample)}."
+        )
+
+
+_COMPARISONS = {"==": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal,
+                ">": np.greater, ">=": np.greater_equal}
+
+
+def _check_select(table, select) -> None:
+    """Refuse unknown operators, bad regular expressions and comparisons on text, before any cut."""
+    for col, wanted in select.items():
+        if not isinstance(wanted, Mapping):
+            continue
+        if not wanted:
+            raise ValueError(f"select[{col!r}] is an empty table; give one of {list(SELECT_OPERATORS)}.")
+        for op, operand in wanted.items():
+            _check_condition(table[col], col, op, operand)
+
+
+def _check_condition(column, col, op, operand) -> None:
+    if op not in SELECT_OPERATORS:
+        raise ValueError(f"select[{col!r}] has the unknown operator {op!r}; use one of "
+                         f"{list(SELECT_OPERATORS)}.")
+    if op in ("glob", "regex"):
+        _check_pattern(col, op, operand)
+    elif op in _COMPARISONS and not (op in ("==", "!=") and isinstance(operand, str)):
+        if column.dtype.kind not in "biuf" or not _is_number(operand):
+            raise ValueError(
+                f"select[{col!r}] {op} {operand!r}: a comparison needs a numeric column and a number; "
+                f"column {col!r} has dtype {column.dtype}. Use {{glob = ...}}, {{regex = ...}} or "
+                "a plain value (equality) for text."
+            )
+
+
+def _check_pattern(col, op, operand) -> None:
+    if not isinstance(operand, str):
+        raise ValueError(f"select[{col!r}]: {op} needs a pattern (a string); got {operand!r}.")
+    if op == "regex":
+        try:
+            re.compile(operand)
+        except re.error as exc:
+            raise ValueError(f"select[{col!r}]: regex {operand!r} is not a valid regular expression "
+                             f"({exc}).") from None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _condition_mask(column, col: str, op: str, operand) -> np.ndarray:
+    """Rows of ``column`` meeting one ``{op: operand}`` condition; masked or NaN entries never do.
+
+    ``glob`` and ``regex`` match the whole stripped text of each entry (a numeric column's
+    entries as ``str`` writes them, e.g. ``1234`` or ``0.5``): ``regex`` with
+    :func:`re.search`, so anchor it (``^Car-``) to match a prefix only.
+    """
+    masked = np.ma.getmaskarray(column)
+    data = np.asarray(column.data if isinstance(column, MaskedColumn) else column)
+    if op in ("glob", "regex"):
+        text = np.char.strip(data.astype(str)).ravel()
+        if op == "glob":
+            import fnmatch
+
+            hit = np.array([fnmatch.fnmatchcase(t, operand) for t in text], dtype=bool)
+        else:
+            pattern = re.compile(operand)
+            hit = np.array([pattern.search(t) is not None for t in text], dtype=bool)
+    elif isinstance(operand, str):  # == / != on text
+        hit = _equal_mask(column, operand)
+        hit = hit if op == "==" else ~hit
+    else:  # NaN, like a masked entry, meets no condition ("!=" included)
+        numbers = data.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            hit = _COMPARISONS[op](numbers, float(operand)) & ~np.isnan(numbers)
+    return np.asarray(hit, dtype=bool) & ~masked
 
 
 def _malformed_masks(table, sel):
@@ -1164,13 +1543,9 @@ def _flag_masks(table, flag_cols, sel):
 
 def _missing_masks(table, numeric, missing_spec, sel):
     for col, sentinels in missing_spec.items():
-        data, _ = numeric[col] if col in numeric else _numeric(table, col, "missing-value")
-        native = np.asarray(table[col]).dtype
-        # Compare in the column's own precision: 9.99 stored as float32 is not float64 9.99.
-        raw = np.asarray(table[col].data if isinstance(table[col], MaskedColumn) else table[col])
         for s in sentinels:
-            hit = raw == np.asarray(s, dtype=native) if native.kind == "f" else data == s
-            yield np.asarray(hit), f"missing: {col} == {s:g}"
+            hit = _sentinel_hit(table, numeric, col, s)
+            yield hit & sel.observed(col), f"missing: {col} == {s:g}"
 
 
 def _rows_text(rows: np.ndarray, n: int = 5) -> str:
@@ -1179,10 +1554,10 @@ def _rows_text(rows: np.ndarray, n: int = 5) -> str:
 
 def _nonfinite_masks(numeric, drop_nonfinite: bool, sel):
     for col, (data, masked) in numeric.items():
-        bad = masked | ~np.isfinite(data)
-        if (bad & sel.keep).any():
+        bad = (masked | ~np.isfinite(data)) & sel.observed(col)
+        if bad.any():
             if not drop_nonfinite:
-                rows = np.flatnonzero(bad & sel.keep)
+                rows = np.flatnonzero(bad)
                 raise ValueError(
                     f"column {col!r} has {rows.size} NaN, infinite or blank value(s) among the "
                     f"selected rows (source rows {_rows_text(rows)}); pass drop_nonfinite=True "
@@ -1204,7 +1579,7 @@ def _range_masks(table, numeric, ranges, sel):
                 outside |= data < low
             if high is not None:
                 outside |= data > high
-        yield outside, f"range: {col} outside [{low}, {high}]"
+        yield outside & sel.observed(col), f"range: {col} outside [{low}, {high}]"
 
 
 def _check_magnitudes(numeric, value_cols, error_cols, sel) -> None:
@@ -1217,7 +1592,7 @@ def _check_magnitudes(numeric, value_cols, error_cols, sel) -> None:
     for col in dict.fromkeys([*value_cols, *error_cols]):
         data, _ = numeric[col]
         with np.errstate(invalid="ignore"):
-            huge = sel.keep & (np.abs(data) > MAGNITUDE_LIMIT)
+            huge = sel.observed(col) & (np.abs(data) > MAGNITUDE_LIMIT)
         if not huge.any():
             continue
         rows = np.flatnonzero(huge)
@@ -1241,7 +1616,7 @@ def _check_errors(numeric, error_cols, floor_spec, sel) -> None:
     """Negative errors are data errors; zero ones, or ones whose squares underflow, need a floor."""
     for col in error_cols:
         data, _ = numeric[col]
-        live = sel.keep
+        live = sel.observed(col)
         negative = live & (data < 0)
         if negative.any():
             rows = np.flatnonzero(negative)
@@ -1282,18 +1657,23 @@ def _refuse_zero_variance(col, data, live) -> None:
         )
 
 
-def _error_covs(numeric, error_cols, value_cols, corr_spec, floor_spec, rows) -> np.ndarray:
+def _error_covs(numeric, error_cols, value_cols, corr_spec, floor_spec, rows, missing=None) -> np.ndarray:
+    """Covariances of ``rows`` from standard errors and correlations; the entries of features
+    marked in ``missing`` (rows, n_features) are 0 (the caller puts placeholders there)."""
     n_features = len(value_cols)
+    lost = np.zeros((rows.size, n_features), bool) if missing is None else missing
     sig = np.zeros((rows.size, n_features))
     for j, col in enumerate(error_cols):
         if col is not None:
             e = numeric[col][0][rows]
-            sig[:, j] = np.maximum(e, floor_spec[col]) if col in floor_spec else e
+            e = np.maximum(e, floor_spec[col]) if col in floor_spec else e
+            sig[:, j] = np.where(lost[:, j], 0.0, e)
     covs = np.zeros((rows.size, n_features, n_features))
     idx = np.arange(n_features)
     covs[:, idx, idx] = sig**2
     for (a, b), col in corr_spec.items():
         rho = numeric[col][0][rows]
+        rho = np.where(lost[:, value_cols.index(a)] | lost[:, value_cols.index(b)], 0.0, rho)
         bad = np.abs(rho) >= 1
         if bad.any():
             raise ValueError(
@@ -1305,15 +1685,24 @@ def _error_covs(numeric, error_cols, value_cols, corr_spec, floor_spec, rows) ->
         covs[:, i, j] = covs[:, j, i] = rho * sig[:, i] * sig[:, j]
     if corr_spec:
         _require_pd(covs, rows, f"error covariances built from correlations {list(corr_spec.values())}",
-                    allow_singular_diag=any(c is None for c in error_cols))
+                    allow_singular_diag=any(c is None for c in error_cols) or bool(lost.any()))
     return covs
 
 
-def _whole_error_covs(table, col, rows, n_features) -> np.ndarray:
+def _whole_error_covs(table, col, rows, n_features, missing=None) -> np.ndarray:
     covs = np.asarray(table[col], dtype=np.float64)[rows]
     if covs.shape[1:] != (n_features, n_features):
         raise ValueError(f"error covariance column {col!r} holds {covs.shape[1:]} arrays per row; "
                          f"{n_features} value columns need ({n_features}, {n_features}).")
+    if missing is not None and missing.any():
+        # A feature not measured has no error either: its rows and columns are placeholders.
+        covs = covs.copy()
+        lost_pair = missing[:, :, None] | missing[:, None, :]
+        covs[lost_pair] = 0.0
+        idx = np.arange(n_features)
+        diag = covs[:, idx, idx]
+        diag[missing] = 1.0
+        covs[:, idx, idx] = diag
     bad = ~np.isfinite(covs).all(axis=(1, 2))
     if bad.any():
         raise ValueError(f"error covariance column {col!r} has NaN or inf in source rows "
@@ -1345,29 +1734,266 @@ def _require_pd(covs, rows, what, allow_singular_diag) -> None:
 
 
 def _duplicate_masks(table, numeric, request: _Request, sel):
-    """Rows repeating an id (``request.duplicates``: refuse, keep the first, or keep the best-measured)."""
+    """Rows repeating an id (``request.duplicates``: refuse, keep the first, keep the best-measured,
+    or combine them as epochs). A blank or masked id is no id: such rows never repeat one."""
     if request.id_column is None:
         return
     name, how = request.id_column, request.duplicates
-    id_col = table[name]
-    ids = np.asarray(id_col.filled() if isinstance(id_col, MaskedColumn) else id_col)
-    if ids.dtype.kind in "US":
-        ids = np.char.strip(ids.astype(str))
     live = np.flatnonzero(sel.keep)
-    _, first, counts = np.unique(ids[live], return_index=True, return_counts=True)
+    labels, first = _id_groups(table[name], live)
+    if how == "combine":
+        yield from _combine_masks(table, numeric, request, sel, live, labels, first)
+        return
+    counts = np.bincount(labels)
     if (counts == 1).all():
         return
     if how == "error":
-        repeated = np.unique(ids[live])[counts > 1]
+        repeated = np.asarray(table[name])[live[first[counts > 1]]]
         raise ValueError(
             f"id column {name!r} repeats {repeated.size} id(s) (e.g. "
-            f"{', '.join(repr(i) for i in repeated[:5].tolist())}); pass duplicates='first' or 'best' "
-            "(duplicates = \"first\" or \"best\" in [data]) to keep one row per id."
+            f"{', '.join(repr(i) for i in repeated[:5].tolist())}); pass duplicates='first', 'best' or "
+            "'combine' (duplicates = \"first\", \"best\" or \"combine\" in [data]) to keep one row per id."
         )
-    keep_rows = live[first] if how == "first" else _best_measured(ids, live, numeric, request)
+    full = np.full(sel.keep.size, -1)
+    full[live] = labels
+    keep_rows = live[first] if how == "first" else _best_measured(full, live, numeric, request)
     mask = np.ones(sel.keep.size, dtype=bool)
     mask[keep_rows] = False
     yield mask, f"duplicates: repeated {name} (kept the {'first' if how == 'first' else 'best-measured'})"
+
+
+def _id_groups(id_col, live) -> tuple[np.ndarray, np.ndarray]:
+    """Group labels (0, 1, ... in order of first appearance) of the ``live`` rows by id, and the
+    index into ``live`` of each group's first row. Blank (after stripping) or masked ids each
+    get a group of their own: an empty 2MASS designation says nothing about which star it is."""
+    blank = np.ma.getmaskarray(id_col)[live]
+    ids = np.asarray(id_col.filled() if isinstance(id_col, MaskedColumn) else id_col)[live]
+    if ids.dtype.kind in "USO":
+        ids = np.char.strip(ids.astype(str))
+        blank = blank | (ids == "")
+    _, labels = np.unique(ids, return_inverse=True)
+    labels = labels.reshape(-1).astype(np.int64)
+    if blank.any():
+        labels[blank] = labels.max() + 1 + np.arange(int(blank.sum()))
+    _, first, labels = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # relabel by first appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return rank[labels.reshape(-1)], first[order]
+
+
+def _combine_masks(table, numeric, request: _Request, sel, live, labels, first):
+    """``duplicates="combine"``: merge each id's rows into its first (kept) row; optionally drop
+    variable stars. The combined values are kept in ``sel.combined`` for :func:`_kept_catalogue`."""
+    missing = sel.feature_missing[live] if sel.feature_missing is not None else None
+    x = np.column_stack([numeric[c][0][live] for c in request.value_cols])
+    covs = _request_covs(table, numeric, request, live, missing)
+    comb = combine_epochs(x, covs, labels, observed=None if missing is None else ~missing)
+    sel.combined = _Combined.scatter(sel.keep.size, live[first], comb, {
+        c: np.bincount(labels, weights=numeric[c][0][live]) / comb.n_epochs for c in request.covariate_cols})
+    absorbed = np.zeros(sel.keep.size, dtype=bool)
+    absorbed[live] = True
+    absorbed[live[first]] = False
+    multi = comb.n_epochs > 1
+    differs = ~(np.all(np.isclose(x, x[first[labels]], rtol=0, atol=0, equal_nan=True), axis=1)
+                & np.all(covs == covs[first[labels]], axis=(1, 2)))
+    copies = multi & (np.bincount(labels, weights=differs, minlength=first.size) == 0)
+    if copies.any():
+        # Identical epochs are more likely one measurement listed twice (Baumgardt's table lists
+        # stars between two clusters under both) than a perfect repeat; combining shrinks the error.
+        logger.warning("duplicates='combine': %d star(s) with repeated %s have identical values in every "
+                       "epoch (e.g. %r): is one measurement listed twice? Combining such copies shrinks "
+                       "the error by sqrt(n_epochs); select one copy instead (e.g. by cluster) if so.",
+                       int(copies.sum()), request.id_column,
+                       np.asarray(table[request.id_column])[live[first[copies]]][0])
+    yield absorbed, f"combined: {int(comb.n_epochs[multi].sum())} rows into {int(multi.sum())} stars"
+    if request.drop_variable_p is not None:
+        variable = np.zeros(sel.keep.size, dtype=bool)
+        variable[live[first]] = comb.p < request.drop_variable_p
+        yield variable, f"variable: epoch_p < {request.drop_variable_p:g}"
+
+
+EPOCH_COLUMNS = ("n_epochs", "epoch_chi2", "epoch_dof", "epoch_p")
+"""Columns ``read_catalogue(duplicates="combine")`` adds to the table."""
+
+
+class EpochCombination(NamedTuple):
+    """Repeat epochs combined per star (:func:`combine_epochs`); M stars, D features.
+
+    Attributes
+    ----------
+    values : ndarray, shape (M, D)
+        Generalised-least-squares mean (NaN for a feature no epoch measured).
+    covs : ndarray, shape (M, D, D)
+        Its covariance, the inverse of the summed epoch precisions (0 in the rows and
+        columns of unmeasured features).
+    observed : ndarray of bool, shape (M, D)
+        Features measured in at least one epoch.
+    n_epochs : ndarray of int, shape (M,)
+    chi2 : ndarray, shape (M,)
+        Sum over epochs of the Mahalanobis distance of each epoch from the mean.
+    dof : ndarray of int, shape (M,)
+        Measured entries minus measured features: ``(n_epochs - 1) * D`` when complete.
+    p : ndarray, shape (M,)
+        ``scipy.stats.chi2.sf(chi2, dof)``; 1.0 where ``dof`` is 0 (a single epoch
+        cannot show variability).
+    """
+
+    values: np.ndarray
+    covs: np.ndarray
+    observed: np.ndarray
+    n_epochs: np.ndarray
+    chi2: np.ndarray
+    dof: np.ndarray
+    p: np.ndarray
+
+
+def combine_epochs(values, error_covs, groups, observed=None) -> EpochCombination:
+    """Combine repeat measurements of stars: GLS mean, its covariance and a variability chi-square.
+
+    For star ``m`` with epochs ``i`` (precisions ``P_i = C_i^-1``, restricted to the features
+    each epoch measured), the mean is ``(sum P_i)^-1 sum P_i x_i``, its covariance
+    ``(sum P_i)^-1``, and ``chi2 = sum_i (x_i - mean)^T P_i (x_i - mean)``, which for a
+    constant star with correct errors follows a chi-square with ``dof`` degrees of freedom.
+
+    Parameters
+    ----------
+    values : array_like, shape (n_rows, D)
+    error_covs : array_like, shape (n_rows, D, D)
+        Each epoch's error covariance (positive definite on its measured features).
+    groups : array_like of int, shape (n_rows,)
+        Star label of each row, ``0 .. M-1``, every label used.
+    observed : array_like of bool, shape (n_rows, D), optional
+        Measured entries (default: all). Unmeasured entries of ``values`` are ignored.
+
+    Returns
+    -------
+    EpochCombination
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> c = combine_epochs([[1.0], [3.0], [5.0]], [[[1.0]], [[1.0]], [[4.0]]], [0, 0, 1])
+    >>> c.values[:, 0].tolist(), c.covs[:, 0, 0].tolist(), c.chi2.tolist(), c.dof.tolist()
+    ([2.0, 5.0], [0.5, 4.0], [2.0, 0.0], [1, 0])
+    """
+    from scipy.stats import chi2 as chi2_dist
+
+    x = np.asarray(values, dtype=np.float64)
+    covs = np.asarray(error_covs, dtype=np.float64)
+    groups = np.asarray(groups, dtype=np.int64)
+    obs = np.ones(x.shape, bool) if observed is None else np.asarray(observed, bool)
+    n_stars = int(groups.max()) + 1
+    prec = _masked_inverse(covs, obs)
+    x0 = np.where(obs, x, 0.0)
+    total = np.zeros((n_stars, *covs.shape[1:]))
+    np.add.at(total, groups, prec)
+    rhs = np.zeros((n_stars, x.shape[1]))
+    np.add.at(rhs, groups, np.einsum("nij,nj->ni", prec, x0))
+    star_obs = np.zeros(rhs.shape, np.int64)
+    np.add.at(star_obs, groups, obs.astype(np.int64))
+    star_obs = star_obs > 0
+    cov = _masked_inverse(total, star_obs)
+    mean = np.einsum("mij,mj->mi", cov, rhs)
+    resid = np.where(obs, x0 - mean[groups], 0.0)
+    chi2 = np.bincount(groups, weights=np.einsum("ni,nij,nj->n", resid, prec, resid), minlength=n_stars)
+    dof = np.bincount(groups, weights=obs.sum(axis=1), minlength=n_stars).astype(np.int64) - star_obs.sum(1)
+    with np.errstate(invalid="ignore"):
+        p = np.where(dof > 0, chi2_dist.sf(chi2, np.maximum(dof, 1)), 1.0)
+    return EpochCombination(values=np.where(star_obs, mean, np.nan), covs=cov, observed=star_obs,
+                            n_epochs=np.bincount(groups, minlength=n_stars), chi2=chi2, dof=dof, p=p)
+
+
+def _masked_inverse(covs: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Inverse of each matrix restricted to its observed features, 0 elsewhere (one inverse per
+    pattern of observed features)."""
+    out = np.zeros_like(covs)
+    patterns, which = np.unique(observed, axis=0, return_inverse=True)
+    for k, pattern in enumerate(patterns):
+        idx = np.flatnonzero(pattern)
+        rows = np.flatnonzero(which.reshape(-1) == k)
+        if idx.size:
+            out[np.ix_(rows, idx, idx)] = np.linalg.inv(covs[np.ix_(rows, idx, idx)])
+    return out
+
+
+@dataclass(frozen=True)
+class _Combined:
+    """:func:`combine_epochs` scattered to source-row size (filled at each star's kept row)."""
+
+    values: np.ndarray
+    covs: np.ndarray
+    missing: np.ndarray
+    stats: dict[str, np.ndarray]
+    covariates: dict[str, np.ndarray]
+
+    @classmethod
+    def scatter(cls, n_rows, rows, comb: EpochCombination, covariates) -> _Combined:
+        def full(a, fill=0.0):
+            out = np.full((n_rows, *a.shape[1:]), fill, dtype=a.dtype)
+            out[rows] = a
+            return out
+
+        stats = dict(zip(EPOCH_COLUMNS, (comb.n_epochs, comb.chi2, comb.dof, comb.p), strict=True))
+        return cls(values=full(comb.values), covs=full(comb.covs), missing=full(~comb.observed, True),
+                   stats={k: full(v) for k, v in stats.items()},
+                   covariates={k: full(v) for k, v in covariates.items()})
+
+
+def _write_combined_columns(kept: Table, request: _Request, combined: _Combined, rows, x, covs,
+                            cov_data) -> None:
+    """Put the combined values, errors and averaged covariates in ``kept``; add the epoch statistics."""
+    sig = np.sqrt(np.diagonal(covs, axis1=1, axis2=2))
+    for j, col in enumerate(request.value_cols):
+        _replace_column(kept, col, x[:, j])
+        if request.error_cols[j] is not None:
+            _replace_column(kept, request.error_cols[j], sig[:, j])
+    for (a, b), col in request.corr_spec.items():
+        i, j = request.value_cols.index(a), request.value_cols.index(b)
+        _replace_column(kept, col, covs[:, i, j] / (sig[:, i] * sig[:, j]))
+    if request.error_cov_column is not None:
+        _replace_column(kept, request.error_cov_column, covs)
+    for col, data in cov_data.items():
+        _replace_column(kept, col, data)
+    for name in EPOCH_COLUMNS:
+        kept[name] = combined.stats[name][rows]
+
+
+def _replace_column(table: Table, name: str, data) -> None:
+    """Replace ``table[name]`` by float ``data``, keeping its unit and description."""
+    old = table[name]
+    table[name] = Column(np.asarray(data, dtype=np.float64), name=name, unit=old.unit,
+                         description=old.description)
+
+
+def _check_drop_variable_p(duplicates, drop_variable_p) -> None:
+    if drop_variable_p is None:
+        return
+    if duplicates != "combine":
+        raise ValueError("drop_variable_p applies to combined repeat epochs only; pass "
+                         "duplicates='combine' (duplicates = \"combine\" in [data]) or leave it out.")
+    if not (_is_number(drop_variable_p) and 0 < drop_variable_p < 1):
+        raise ValueError(f"drop_variable_p must be a probability in (0, 1), e.g. 0.001; got "
+                         f"{drop_variable_p!r}.")
+
+
+def _check_epoch_options(table, duplicates, drop_variable_p, id_column, error_cols, error_cov_column) -> None:
+    """``duplicates`` and ``drop_variable_p`` make sense together and with the columns asked for."""
+    if duplicates not in DUPLICATES:
+        raise ValueError(f"duplicates={duplicates!r}; use one of {DUPLICATES}.")
+    _check_drop_variable_p(duplicates, drop_variable_p)
+    if duplicates != "combine":
+        return
+    if id_column is None:
+        raise ValueError("duplicates='combine' needs id_column= (id_column in [data]): the column that "
+                         "names each star, whose repeated rows are its epochs.")
+    if error_cov_column is None and any(c is None for c in error_cols):
+        raise ValueError("duplicates='combine' weights epochs by their errors, so every value column needs "
+                         f"an error column; got errors {error_cols}.")
+    clash = [c for c in EPOCH_COLUMNS if c in table.colnames]
+    if clash:
+        raise ValueError(f"duplicates='combine' adds the column(s) {clash}, which the table already has; "
+                         "rename them in the table first.")
 
 
 def _best_measured(ids, live, numeric, request: _Request) -> np.ndarray:

@@ -285,6 +285,8 @@ def _fit(args) -> int:
           f"{s.num_chains} x ({s.num_warmup} + {s.num_samples})" + (" [resuming]" if args.resume else ""),
           flush=True)
     result = _run(spec, directory=args.out, resume=args.resume, figures=False if args.no_figures else None)
+    if spec.groups is not None:
+        return _print_groups(result, args)
     report = result.catalogue.report
     if report.n_dropped or report.floored:
         print(f"\ncatalogue: {report}")
@@ -295,6 +297,29 @@ def _fit(args) -> int:
     for k, name in enumerate(result.members.component_names):
         print(f"{name}: {int((result.members.labels == k).sum())} stars most probably here, expected "
               f"{result.members.mean[:, k].sum():.1f}")
+    _print_written(result.directory, result.written)
+    return _exit_status(result, args)
+
+
+def _print_groups(result, args) -> int:
+    """A [groups] run: skipped groups, the per-cluster table (worst-converged first) and the verdict."""
+    print(f"\ncatalogue: {result.catalogue.report}")
+    if len(result.skipped):
+        print("skipped (too few stars): " + ", ".join(f"{g} ({n})" for g, n in
+                                                       zip(result.skipped["group"], result.skipped["n_stars"],
+                                                           strict=True)))
+    table = result.table
+    has_ref = "rv_ref" in table.colnames
+    print(f"\n{'cluster':14s} {'stars':>6s} {'members':>8s} {'mu':>9s} {'+-':>6s} {'sigma':>7s} {'+-':>6s} "
+          f"{'f':>5s} {'r_hat':>6s}" + (f" {'<RV>ref':>8s} {'pull':>6s}" if has_ref else ""))
+    for row in table:
+        line = (f"{row['cluster']:14s} {row['n_stars']:6d} {row['n_members']:8.1f} {row['mu_p50']:9.2f} "
+                f"{row['mu_sd']:6.2f} {row['sigma_p50']:7.2f} {row['sigma_sd']:6.2f} {row['frac_p50']:5.2f} "
+                f"{row['r_hat_max']:6.3f}")
+        if has_ref:
+            line += f" {row['rv_ref']:8.2f} {row['mu_pull']:6.2f}"
+        print(line)
+    print(f"\n{result.fit.convergence}")
     _print_written(result.directory, result.written)
     return _exit_status(result, args)
 

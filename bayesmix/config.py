@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 import os
 import re
@@ -45,13 +46,20 @@ from typing import Any
 from bayesmix._choices import (
     BACKGROUND_KINDS,
     CHAIN_METHODS,
+    DISPERSION_PROFILES,
     DUPLICATES,
     EM_INITS,
+    FOOTPRINT_KINDS,
+    GROUP_FIELDS,
+    MISSING_FEATURES,
     MODEL_KINDS,
     ORDERINGS,
     OUTPUT_TABLE_FORMATS,
     RADIUS_LAWS,
+    SELECT_OPERATORS,
     SIMULATIONS,
+    SKY_UNITS,
+    SPATIAL_PROFILES,
     TABLE_FORMATS,
 )
 
@@ -60,7 +68,9 @@ __all__ = [
     "CheckSpec",
     "ComponentPriorSpec",
     "DataSpec",
+    "DispersionProfileSpec",
     "EMSpec",
+    "GroupsSpec",
     "ModelSpec",
     "OutputSpec",
     "PriorSpec",
@@ -68,7 +78,10 @@ __all__ = [
     "RunSpec",
     "SamplerSpec",
     "ScanSpec",
+    "SkySpec",
+    "SpatialSpec",
     "SpecError",
+    "VelocityGradientSpec",
     "load_spec",
     "parse_k_range",
 ]
@@ -291,7 +304,11 @@ def _feature(value, where):
 
 
 def _scalar_mapping(value, where):
-    """``{column: value or [values]}`` (selections)."""
+    """``{column: value, [values] or {operator = operand, ...}}`` (selections).
+
+    The operators are :data:`~bayesmix._choices.SELECT_OPERATORS`: ``glob`` and ``regex``
+    take a pattern (string), the comparisons a number (``==`` and ``!=`` also a string).
+    """
     if not isinstance(value, dict):
         raise SpecError(where, f"must be a table {{column = value}}; got {_show(value)}.")
     out = {}
@@ -300,10 +317,57 @@ def _scalar_mapping(value, where):
             if not wanted or not all(isinstance(w, (str, int, float)) for w in wanted):
                 raise SpecError(f"{where}.{col}", "must be a value or a non-empty array of values.")
             wanted = tuple(wanted)
+        elif isinstance(wanted, dict):
+            wanted = _select_condition(wanted, f"{where}.{col}")
         elif not isinstance(wanted, (str, int, float)):
-            raise SpecError(f"{where}.{col}", f"must be a string or a number; got {_show(wanted)}.")
+            raise SpecError(f"{where}.{col}", "must be a string, a number, an array of them or a table "
+                                              f"{{glob = ..., regex = ..., \">=\" = ...}}; got "
+                                              f"{_show(wanted)}.")
         out[col] = wanted
     return out
+
+
+def _select_condition(table: dict, where: str) -> dict:
+    """One column's ``{operator = operand}`` selection, each operand checked (all are ANDed)."""
+    if not table:
+        raise SpecError(where, f"an empty table selects nothing; give one of {list(SELECT_OPERATORS)}.")
+    out = {}
+    for op, operand in table.items():
+        at = f"{where}.{op}" if op.isidentifier() else f'{where}."{op}"'
+        if op not in SELECT_OPERATORS:
+            raise SpecError(at, f"unknown operator {op!r}; use one of {list(SELECT_OPERATORS)} "
+                                "(quote the comparisons: { \">=\" = 0.5 }).")
+        if op in ("glob", "regex"):
+            operand = _string()(operand, at)
+            if op == "regex":
+                try:
+                    re.compile(operand)
+                except re.error as exc:
+                    raise SpecError(at, f"{operand!r} is not a valid regular expression ({exc}).") from None
+        elif op in ("==", "!=") and isinstance(operand, str):
+            pass
+        else:
+            operand = _number(finite=False)(operand, at)
+        out[op] = operand
+    return out
+
+
+def _centre(value, where):
+    """``[ra_deg, dec_deg]`` or a position string astropy parses (kept verbatim, so it round-trips)."""
+    if isinstance(value, str):
+        from bayesmix.sky import parse_centre  # astropy, only for specs that give a string centre
+
+        try:
+            parse_centre(value)
+        except ValueError as exc:
+            raise SpecError(where, str(exc)) from None
+        return value
+    if not isinstance(value, list) or len(value) != 2:
+        raise SpecError(where, f"must be [ra_deg, dec_deg] or a string such as \"00h52m45.2s -26d34m57s\"; "
+                               f"got {_show(value)}.")
+    ra = _number()(value[0], f"{where}[0]")
+    dec = _number(-90.0, 90.0)(value[1], f"{where}[1]")
+    return (ra, dec)
 
 
 def _missing(value, where):
@@ -398,6 +462,30 @@ def _field(default=dataclasses.MISSING, check=None, section=None, doc=""):
 
 
 @dataclasses.dataclass(frozen=True)
+class SkySpec:
+    """``[data.sky]``: RA/Dec columns -> offsets and radii about a centre (:mod:`bayesmix.sky`).
+
+    The catalogue gains the columns ``xi``, ``eta``, ``R``, ``R_ell`` (and ``R_over_Rh``
+    with ``half_light_radius``), each with ``prefix`` in front, as covariates: name one in
+    ``[model.radius_fraction] covariate``.
+    """
+
+    ra: str = _field(check=_string(), doc="RA column (degrees, hours with a unit, or sexagesimal text)")
+    dec: str = _field(check=_string(), doc="Dec column")
+    centre: Any = _field(check=_centre, doc="[ra_deg, dec_deg] or \"00h52m45.2s -26d34m57s\"")
+    ellipticity: float = _field(0.0, _number(0.0, 1.0, open_high=True), doc="1 - b/a")
+    position_angle: float = _field(0.0, _number(), doc="of the major axis, degrees east of north")
+    unit: str = _field("arcmin", _string(SKY_UNITS))
+    half_light_radius: float | None = _field(None, _number(0.0, open_low=True), doc="in unit")
+    prefix: str = _field("", _string(), doc="put before the added column names")
+
+    def column_names(self) -> tuple[str, ...]:
+        """The columns the reader adds."""
+        names = ("xi", "eta", "R", "R_ell") + (("R_over_Rh",) if self.half_light_radius is not None else ())
+        return tuple(self.prefix + n for n in names)
+
+
+@dataclasses.dataclass(frozen=True)
 class DataSpec:
     """``[data]``: where the stars come from and which rows and columns are used.
 
@@ -428,8 +516,12 @@ class DataSpec:
     drop_nonfinite: bool = _field(False, _boolean)
     error_floor: Any = _field(None, _error_floor)
     duplicates: str = _field("error", _string(DUPLICATES))
+    drop_variable_p: float | None = _field(None, _number(0.0, 1.0, open_low=True, open_high=True))
+    missing_features: str = _field("drop", _string(MISSING_FEATURES))
+    sky: SkySpec | None = _field(None, section=SkySpec)
 
     def _validate(self, where):
+        self._validate_epochs(where)
         if (self.path is None) == (self.simulate is None):
             raise SpecError(where, "give exactly one of path (a catalogue file) or simulate "
                                    f"(one of {list(SIMULATIONS)}).")
@@ -446,6 +538,14 @@ class DataSpec:
             raise SpecError(f"{where} errors", f"has {len(self.errors)} column(s) for {len(self.values)} "
                                                f"value column(s) {list(self.values)}; give one per value "
                                                "column (\"\" for an error-free one).")
+
+    def _validate_epochs(self, where):
+        if self.drop_variable_p is not None and self.duplicates != "combine":
+            raise SpecError(f"{where} drop_variable_p", "applies to combined repeat epochs only; set "
+                                                        "duplicates = \"combine\" or leave it out.")
+        if self.duplicates == "combine" and self.path is not None and self.id_column is None:
+            raise SpecError(f"{where} duplicates", "\"combine\" merges the rows of each star: name its "
+                                                   "column with id_column = \"...\".")
 
     def _validate_simulation(self, where):
         for f in dataclasses.fields(self):
@@ -508,6 +608,122 @@ class RadiusFractionSpec:
     covariate: str = _field(check=_string())
     kind: str = _field("logistic", _string(RADIUS_LAWS))
     reference_radius: float | None = _field(None, _number(0.0, open_low=True))
+
+
+def _vertices(value, where):
+    """``[[xi, eta], ...]``: at least 3 finite pairs."""
+    if not isinstance(value, list) or len(value) < 3 or not all(isinstance(v, list) and len(v) == 2
+                                                                 for v in value):
+        raise SpecError(where, f"must be at least 3 [xi, eta] pairs, e.g. [[-10, -10], [10, -10], [0, 12]]; "
+                               f"got {_show(value)}.")
+    return tuple(tuple(_number()(c, f"{where}[{i}][{j}]") for j, c in enumerate(v))
+                 for i, v in enumerate(value))
+
+
+def _pair(value, where):
+    if not isinstance(value, list) or len(value) != 2:
+        raise SpecError(where, f"must be [xi, eta]; got {_show(value)}.")
+    return tuple(_number()(c, f"{where}[{j}]") for j, c in enumerate(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class SpatialSpec:
+    """``[model.spatial]``: member and field position densities (:class:`bayesmix.models.SpatialLaw`).
+
+    Members follow a projected ``profile`` in the covariates ``xi``, ``eta`` (offsets from
+    the cluster centre, e.g. from ``[data.sky]``), the field is uniform over the
+    ``footprint``: a ``"circle"`` (``footprint_radius``, ``footprint_centre``), a
+    ``"polygon"`` (``footprint_vertices``) or the convex ``"hull"`` of the positions.
+    ``scale_radius`` fixes the scale radius (leave it out to sample it with a LogNormal
+    prior of median ``scale_radius_loc`` and log sd ``scale_radius_log_sd``);
+    ``fit_shape = true`` samples the ellipticity and position angle, otherwise they are
+    fixed at ``ellipticity`` and ``position_angle`` (degrees north through east).
+    """
+
+    profile: str = _field("plummer", _string(SPATIAL_PROFILES))
+    xi: str = _field("xi", _string())
+    eta: str = _field("eta", _string())
+    footprint: str = _field("hull", _string(FOOTPRINT_KINDS))
+    footprint_radius: float | None = _field(None, _number(0.0, open_low=True))
+    footprint_centre: tuple = _field((0.0, 0.0), _pair)
+    footprint_vertices: tuple | None = _field(None, _vertices)
+    scale_radius: float | None = _field(None, _number(0.0, open_low=True))
+    scale_radius_loc: float | None = _field(None, _number(0.0, open_low=True))
+    scale_radius_log_sd: float = _field(1.0, _number(0.0, open_low=True))
+    ellipticity: float = _field(0.0, _number(0.0, 0.95, open_high=True))
+    position_angle: float = _field(0.0, _number())
+    fit_shape: bool = _field(False, _boolean)
+
+    def _validate(self, where):
+        if self.footprint == "circle" and self.footprint_radius is None:
+            raise SpecError(f"{where} footprint_radius", "a circular footprint needs its radius (in the "
+                                                         "units of xi and eta).")
+        if self.footprint == "polygon" and self.footprint_vertices is None:
+            raise SpecError(f"{where} footprint_vertices", "a polygon footprint needs its vertices, "
+                                                           "[[xi, eta], ...].")
+        if self.footprint != "circle" and self.footprint_radius is not None:
+            raise SpecError(f"{where} footprint_radius", f"applies to footprint = \"circle\" only (now "
+                                                         f"{self.footprint!r}).")
+        if self.footprint != "polygon" and self.footprint_vertices is not None:
+            raise SpecError(f"{where} footprint_vertices", f"applies to footprint = \"polygon\" only (now "
+                                                           f"{self.footprint!r}).")
+        if self.scale_radius is not None and self.scale_radius_loc is not None:
+            raise SpecError(f"{where} scale_radius_loc", "is the prior of a sampled scale radius; "
+                                                         "scale_radius fixes it. Give one of them.")
+
+    def covariate_names(self) -> tuple[str, ...]:
+        return (self.xi, self.eta)
+
+
+@dataclasses.dataclass(frozen=True)
+class DispersionProfileSpec:
+    """``[model.dispersion_profile]``: the cluster's dispersion against projected radius.
+
+    ``kind = "power_law"``: ``sigma(R) = sigma_ref (R / R_ref)^gamma`` (``reference_radius``
+    default the median radius, ``slope_scale`` the Normal prior sd of gamma);
+    ``kind = "bins"``: one dispersion per radius bin (``bin_edges``, increasing), each with a
+    HalfNormal prior of scale ``bin_scales`` (one number, or one per bin).
+    """
+
+    covariate: str = _field(check=_string())
+    kind: str = _field("power_law", _string(DISPERSION_PROFILES))
+    reference_radius: float | None = _field(None, _number(0.0, open_low=True))
+    slope_scale: float = _field(1.0, _number(0.0, open_low=True))
+    bin_edges: tuple | None = _field(None, _numbers)
+    bin_scales: Any = _field(None, _positive_numbers)
+
+    def _validate(self, where):
+        if self.kind == "bins":
+            self._validate_bins(where)
+        else:
+            for name in ("bin_edges", "bin_scales"):
+                if getattr(self, name) is not None:
+                    raise SpecError(f"{where} {name}", "applies to kind = \"bins\" only.")
+
+    def _validate_bins(self, where):
+        edges = self.bin_edges if isinstance(self.bin_edges, tuple) else ()
+        if len(edges) < 2 or any(b <= a for a, b in itertools.pairwise(edges)):
+            raise SpecError(f"{where} bin_edges", "kind = \"bins\" needs at least 2 increasing radii; "
+                                                  f"got {_show(self.bin_edges)}.")
+        if isinstance(self.bin_scales, tuple) and len(self.bin_scales) != len(edges) - 1:
+            raise SpecError(f"{where} bin_scales", f"has {len(self.bin_scales)} entries for {len(edges) - 1} "
+                                                   "bins; give one number or one per bin.")
+        if self.reference_radius is not None:
+            raise SpecError(f"{where} reference_radius", "applies to kind = \"power_law\" only.")
+
+
+@dataclasses.dataclass(frozen=True)
+class VelocityGradientSpec:
+    """``[model.velocity_gradient]``: the cluster's mean ``mu + k_xi xi + k_eta eta``.
+
+    ``xi`` and ``eta`` name the offset covariates; ``scale`` is the Normal prior sd of
+    ``k_xi`` and ``k_eta`` (velocity per unit offset; default the cluster's dispersion
+    prior scale over the median radius).
+    """
+
+    xi: str = _field("xi", _string())
+    eta: str = _field("eta", _string())
+    scale: float | None = _field(None, _number(0.0, open_low=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -590,6 +806,9 @@ class ModelSpec:
     priors: PriorSpec = _field(section=PriorSpec)
     radius_fraction: RadiusFractionSpec | None = _field(None, section=RadiusFractionSpec)
     background: BackgroundSpec | None = _field(None, section=BackgroundSpec)
+    spatial: SpatialSpec | None = _field(None, section=SpatialSpec)
+    dispersion_profile: DispersionProfileSpec | None = _field(None, section=DispersionProfileSpec)
+    velocity_gradient: VelocityGradientSpec | None = _field(None, section=VelocityGradientSpec)
 
     def _validate(self, where):
         if self.kind == "cluster-field":
@@ -609,8 +828,34 @@ class ModelSpec:
                 raise SpecError(f"{where} ordering", "\"weight\" cannot be combined with a radius law "
                                                      "(the law sets the weights); use \"scale\" or \"mean\".")
         self._validate_ordering(where)
+        self._validate_cluster_terms(where)
         if self.component_names is not None:
             self._validate_names(where)
+
+    def _validate_cluster_terms(self, where):
+        """The spatial term and the member kinematics need a cluster (component 0) and a field."""
+        if self.spatial is not None:
+            if self.radius_fraction is not None:
+                raise SpecError(f"{where} spatial", "and [model.radius_fraction] both set the member "
+                                                    "fraction; keep one of them.")
+            if self.k + (self.background is not None) < 2 or self.ordering == "weight":
+                raise SpecError(f"{where} spatial", "needs a field (at least 2 components, the cluster "
+                                                    "first) and ordering \"scale\" or \"mean\".")
+        for name in ("dispersion_profile", "velocity_gradient"):
+            if getattr(self, name) is not None and self.k < 2:
+                raise SpecError(f"{where} {name}", "needs the cluster and at least one field Gaussian "
+                                                   "(n_components >= 2).")
+
+    def cluster_covariates(self) -> tuple[str, ...]:
+        """Covariates the spatial term, dispersion profile and velocity gradient read."""
+        names = []
+        if self.spatial is not None:
+            names += [self.spatial.xi, self.spatial.eta]
+        if self.dispersion_profile is not None:
+            names.append(self.dispersion_profile.covariate)
+        if self.velocity_gradient is not None:
+            names += [self.velocity_gradient.xi, self.velocity_gradient.eta]
+        return tuple(dict.fromkeys(names))
 
     def _validate_ordering(self, where):
         if self.ordering == "weight" and self.ordering_feature != 0:
@@ -790,6 +1035,67 @@ class ScanSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class GroupsSpec:
+    """``[groups]``: many clusters in one hierarchical fit (:mod:`bayesmix.clusters`).
+
+    The stars are grouped by the catalogue column ``column`` (e.g. ``"Cluster"``); every
+    group gets its own members (mean, dispersion, fraction) and field, the dispersions and
+    fractions partially pooled across groups (``pooling``). ``select`` keeps the named
+    groups only (each name must be in the column); groups with fewer than ``min_stars``
+    stars are dropped and reported by name. ``field``: a field per group (default) or one
+    ``"shared"`` field. ``compare_alone`` also fits every group alone (pooling off, ``tau``
+    fixed at ``alone_tau``) for the per-cluster shrinkage. ``reference``: a table of
+    catalogue mean velocities (Baumgardt's ``orbits_table.txt``; ``{shared_data}`` and
+    relative paths as for ``[data] path``) compared with each group's mean.
+    """
+
+    column: str = _field(check=_string(), doc="catalogue column naming each star's group")
+    select: tuple = _field((), _strings(), doc="groups to fit (all when empty)")
+    min_stars: int = _field(5, _integer(2, why=": fewer stars cannot tell members from field"))
+    field: str = _field("per-group", _string(GROUP_FIELDS))
+    pooling: bool = _field(True, _boolean)
+    compare_alone: bool = _field(True, _boolean)
+    alone_tau: float = _field(2.0, _number(0.0, open_low=True))
+    reference: str | None = _field(None, _string())
+
+    def _validate(self, where):
+        if not self.column.strip():
+            raise SpecError(f"{where} column", "is empty; name the catalogue column of the groups, e.g. "
+                                               "column = \"Cluster\".")
+        if self.compare_alone and not self.pooling:
+            raise SpecError(f"{where} compare_alone", "compares the pooled fit with each group alone, so "
+                                                      "it needs pooling = true; set compare_alone = false.")
+
+    def check_run(self, spec) -> None:
+        """Refuse the keys of other sections that a grouped run cannot honour (they would be ignored)."""
+        if spec.data.path is None:
+            raise SpecError("[groups]", "needs a catalogue file ([data] path) with the group column; a "
+                                        "simulated catalogue has no groups.")
+        if spec.n_features() != 1:
+            raise SpecError("[groups]", f"fits one value column (velocities); [data] values has "
+                                        f"{list(spec.data.values)}.")
+        m = spec.model
+        if m.kind != "cluster-field":
+            raise SpecError("[model] kind", "a [groups] run fits members and field in every group; set "
+                                            "kind = \"cluster-field\".")
+        for key, value in (("radius_fraction", m.radius_fraction), ("background", m.background)):
+            if value is not None:
+                raise SpecError(f"[model.{key}]", "does not apply to a [groups] run (the member fraction "
+                                                  "of each group is one number); leave it out.")
+        if m.priors != PriorSpec():
+            raise SpecError("[model.priors]", "does not apply to a [groups] run: its priors are the "
+                                              "hierarchy's ([groups] alone_tau for the unpooled fit); leave "
+                                              "[model.priors] out.")
+
+    def reference_path(self, spec) -> Path | None:
+        """``reference`` resolved like ``[data] path`` (``{shared_data}``, relative to the spec file)."""
+        if self.reference is None:
+            return None
+        data = dataclasses.replace(spec.data, path=self.reference)
+        return dataclasses.replace(spec, data=data).catalogue_path()
+
+
+@dataclasses.dataclass(frozen=True)
 class RunSpec:
     """A whole run: ``name``, ``description`` and ``seed`` at the top, then the sections.
 
@@ -814,6 +1120,7 @@ class RunSpec:
     output: OutputSpec = _field(section=OutputSpec)
     scan: ScanSpec = _field(section=ScanSpec)
     checks: CheckSpec = _field(section=CheckSpec)
+    groups: GroupsSpec | None = _field(None, section=GroupsSpec)
     source: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def _validate(self, where):
@@ -822,10 +1129,7 @@ class RunSpec:
                 raise SpecError("[model] kind", "\"cluster-field\" fits one value column (velocities); "
                                                 "use kind = \"mixture\" for several features.")
         rf = self.model.radius_fraction
-        if rf is not None and self.data.path is not None and rf.covariate not in self.data.covariates:
-            raise SpecError("[model.radius_fraction] covariate",
-                            f"{rf.covariate!r} must also be listed in [data] covariates "
-                            f"(now {list(self.data.covariates)}).")
+        self._validate_radius_covariate()
         if rf is not None and self.data.simulate is not None and rf.covariate != "R_proj":
             raise SpecError("[model.radius_fraction] covariate", "a simulated catalogue's radius column is "
                                                                  "\"R_proj\".")
@@ -836,7 +1140,42 @@ class RunSpec:
                 raise SpecError(f"[model.priors.{name}]", f"{name!r} is not a component of this model; its "
                                 f"components are {list(names)}"
                                 + (f" (did you mean {hint[0]!r}?)" if hint else "") + ".")
+        if self.groups is not None:
+            self.groups.check_run(self)
         self._validate_start()
+
+    def _validate_radius_covariate(self):
+        rf = self.model.radius_fraction
+        self._validate_cluster_covariates()
+        if rf is None or self.data.path is None:
+            return
+        sky_columns = self.data.sky.column_names() if self.data.sky is not None else ()
+        if rf.covariate not in (*self.data.covariates, *sky_columns):
+            raise SpecError("[model.radius_fraction] covariate",
+                            f"{rf.covariate!r} must also be listed in [data] covariates "
+                            f"(now {list(self.data.covariates)}) or be a [data.sky] column "
+                            f"({list(sky_columns) or 'none: no [data.sky]'}).")
+
+    def _validate_cluster_covariates(self):
+        m = self.model
+        names = m.cluster_covariates()
+        if names and self.n_features() != 1:
+            raise SpecError("[model]", "[model.spatial], [model.dispersion_profile] and "
+                                       "[model.velocity_gradient] apply to 1-D (velocity) fits; the data "
+                                       f"have {self.n_features()} value columns.")
+        if not names or self.data.path is None:
+            if names and self.data.simulate is not None:
+                raise SpecError("[model]", "[model.spatial], [model.dispersion_profile] and "
+                                           "[model.velocity_gradient] need positions: read a catalogue "
+                                           "(path = ...) with them, not a simulation.")
+            return
+        sky_columns = self.data.sky.column_names() if self.data.sky is not None else ()
+        for name in names:
+            if name not in (*self.data.covariates, *sky_columns):
+                raise SpecError("[model] covariates", f"{name!r} (read by [model.spatial], "
+                                "[model.dispersion_profile] or [model.velocity_gradient]) must be listed in "
+                                f"[data] covariates (now {list(self.data.covariates)}) or be a [data.sky] "
+                                f"column ({list(sky_columns) or 'none: no [data.sky]'}).")
 
     def n_features(self) -> int:
         """Fitted features: the value columns, or the simulation's."""

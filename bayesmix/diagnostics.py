@@ -1155,7 +1155,8 @@ def _observed_counts(values, edges, shape) -> np.ndarray:
     """Stars of ``values`` (N, D) per bin of each feature's ``edges``, zero-padded to ``shape`` (D, B)."""
     observed = np.zeros(shape)
     for j, e in enumerate(edges):  # the same binning rule as the mocks' (searchsorted, right side)
-        index = np.clip(np.searchsorted(e, values[:, j], side="right") - 1, 0, len(e) - 2)
+        column = values[:, j][~np.isnan(values[:, j])]  # NaN: a missing feature, not counted
+        index = np.clip(np.searchsorted(e, column, side="right") - 1, 0, len(e) - 2)
         observed[j, : len(e) - 1] = np.bincount(index, minlength=len(e) - 1)
     return observed
 
@@ -1266,9 +1267,12 @@ def check_model_fit(key, fit, *, n_replicates: int = 500, alpha: float = 0.01, n
     # several narrow bins, as edges at the data's own quantiles would do.
     key_pilot, key_counts = jax.random.split(as_key(key))
     pilot = posterior_predictive(key_pilot, fit, _PILOT_CATALOGUES).reshape(-1, n_features)
-    edges = [_quantile_edges(pilot[:, j], fine) for j in range(n_features)]
+    # A star's missing feature is missing (NaN) in its mocks too, and counted in neither.
+    edges = [_quantile_edges(pilot[np.isfinite(pilot[:, j]), j], fine) for j in range(n_features)]
     counts = posterior_predictive_counts(key_counts, fit, edges, int(n_replicates)).astype(float)  # (S, D, B)
-    observed = _observed_counts(values, edges, counts.shape[1:])
+    measured = getattr(fit.data, "observed", None)
+    observed = _observed_counts(values if measured is None else np.where(measured, values, np.nan), edges,
+                                counts.shape[1:])
     expected = counts.mean(axis=0)
     stat_names, rep_stats, obs_stats = _fit_statistics(counts, observed, expected, edges, max(2, fine // 4),
                                                        names)

@@ -70,6 +70,7 @@ from bayesmix.likelihood import (
     UNROLL_MAX_FEATURES,
     MixtureParams,
     Observations,
+    _mask_missing,
     _spd_inverse_unrolled,
     as_observations,
     check_params,
@@ -445,6 +446,7 @@ class _Model(NamedTuple):
     given: MixtureParams  # init_params (weights (Kb,)); zeros when none given
     global_cov: Any  # (D, D) observed covariance of all stars, plus w I
     feature_scale: Any  # (D,) standardisation for k-means
+    observed: Any = None  # (n_blocks, block, D) 1.0 where measured; None when nothing is missing
 
 
 class _Stats(NamedTuple):
@@ -465,23 +467,25 @@ def _variadic_sum(arrays, axis):
                       (axis,))
 
 
-def _block_stats(params, x, s, sw, log_bg, static: _Static):
+def _block_stats(params, x, s, sw, log_bg, static: _Static, obs=None):
     """E-step statistics of one block of stars.
 
     Parameters
     ----------
     params : MixtureParams (internal: weights (Kb,))
     x : (B, D); s : (B, D, D); sw : (B,); log_bg : (B,)
+    obs : (B, D) or None
+        1.0 where a feature is measured. Missing features are projected out: the
+        posterior of the intrinsic value there is the component's own (XD's ``R_i``).
 
     Returns
     -------
     _Stats for the block.
     """
     k = static.n_components
-    d = static.n_features
     gauss = MixtureParams(params.weights[:k], params.means, params.covariances)
     # The internal weights end with the background's, the column log_joint appends.
-    lj = log_joint(gauss, Observations(x, s), jnp.log(params.weights),
+    lj = log_joint(gauss, Observations(x, s, obs), jnp.log(params.weights),
                    log_bg if static.has_background else None)
     # logsumexp by hand so that exp() runs once per (star, component): the same
     # terms give the responsibilities.
@@ -499,34 +503,86 @@ def _block_stats(params, x, s, sw, log_bg, static: _Static):
     # Same expression as in component_log_prob, so XLA shares the Cholesky factor.
     tcov = params.covariances[None, :, :, :] + s[:, None, :, :]
     resid = x[:, None, :] - params.means[None, :, :]
-    if d <= UNROLL_MAX_FEATURES:
-        tinv = _spd_inverse_unrolled(tcov)  # nested lists of (B, K)
-        res = [resid[..., a] for a in range(d)]
-        z = [sum(tinv[a][b] * res[b] for b in range(d)) for a in range(d)]
-        upper = [(a, b) for a in range(d) for b in range(a, d)]
-        feats = [qg]
-        feats += [qg * z[a] for a in range(d)]
-        feats += [qg * z[a] * z[b] for a, b in upper]
-        feats += [qg * sum(tinv[a][c] * s[:, None, c, b] for c in range(d))
-                  for a in range(d) for b in range(d)]
-        sums = _variadic_sum(feats, axis=0)
-        counts = sums[0]
-        u = jnp.stack(sums[1:1 + d], axis=-1)
-        zz_flat = sums[1 + d:1 + d + len(upper)]
-        zz = [[None] * d for _ in range(d)]
-        for (a, b), val in zip(upper, zz_flat, strict=True):
-            zz[a][b] = val
-            zz[b][a] = val
-        zz = jnp.stack([jnp.stack(row, axis=-1) for row in zz], axis=-2)
-        r = jnp.stack(sums[1 + d + len(upper):], axis=-1).reshape(k, d, d)
-    else:
-        tinv = spd_inverse(tcov)  # (B, K, D, D), no LAPACK
-        z = jnp.sum(tinv * resid[:, :, None, :], axis=-1)
-        counts = jnp.sum(qg, axis=0)
-        u = jnp.einsum("bk,bka->ka", qg, z)
-        zz = jnp.einsum("bk,bka,bkc->kac", qg, z, z)
-        r = jnp.einsum("bk,bkac,bcd->kad", qg, tinv, s)
+    # What T^-1 multiplies in the posterior covariance Sigma - Sigma T^-1 Sigma = Sigma T^-1 S:
+    # S itself, or with missing features (obs 0) the E of _missing_solve_factor.
+    s_or_e = s[:, None, :, :] if obs is None else _missing_solve_factor(params.covariances, s, obs)
+    if obs is not None:
+        tcov, resid = _mask_missing(tcov, resid, obs[:, None, :])
+    sums = _unrolled_sums if static.n_features <= UNROLL_MAX_FEATURES else _looped_sums
+    counts, u, zz, r = sums(qg, tcov, resid, s_or_e, obs)
     return _Stats(counts, u, zz, r, bg_count, ll)
+
+
+def _unrolled_sums(qg, tcov, resid, s_or_e, obs):
+    """Responsibility-weighted sums over a block's stars, elementwise over (B, K).
+
+    Parameters
+    ----------
+    qg : (B, K) responsibilities times sample weights
+    tcov : (B, K, D, D) total covariances, missing features masked out
+    resid : (B, K, D) residuals, zero where missing
+    s_or_e : (B, 1 or K, D, D) what T^-1 multiplies in the posterior covariance
+    obs : (B, D) or None
+
+    Returns
+    -------
+    counts (K,), u (K, D), zz (K, D, D), r (K, D, D): the :class:`_Stats` sums.
+    """
+    k, d = qg.shape[1], resid.shape[-1]
+    tinv = _spd_inverse_unrolled(tcov)  # nested lists of (B, K)
+    if obs is not None:  # the observed block's inverse, embedded in zeros
+        tinv = [[tinv[a][b] * obs[:, None, a] * obs[:, None, b] for b in range(d)] for a in range(d)]
+    res = [resid[..., a] for a in range(d)]
+    z = [sum(tinv[a][b] * res[b] for b in range(d)) for a in range(d)]
+    upper = [(a, b) for a in range(d) for b in range(a, d)]
+    feats = [qg]
+    feats += [qg * z[a] for a in range(d)]
+    feats += [qg * z[a] * z[b] for a, b in upper]
+    feats += [qg * (sum(tinv[a][c] * s_or_e[..., c, b] for c in range(d))
+                    + (0.0 if obs is None or a != b else 1.0 - obs[:, None, a]))
+              for a in range(d) for b in range(d)]
+    sums = _variadic_sum(feats, axis=0)
+    u = jnp.stack(sums[1:1 + d], axis=-1)
+    zz = [[None] * d for _ in range(d)]
+    for (a, b), val in zip(upper, sums[1 + d:1 + d + len(upper)], strict=True):
+        zz[a][b] = val
+        zz[b][a] = val
+    zz = jnp.stack([jnp.stack(row, axis=-1) for row in zz], axis=-2)
+    r = jnp.stack(sums[1 + d + len(upper):], axis=-1).reshape(k, d, d)
+    return sums[0], u, zz, r
+
+
+def _looped_sums(qg, tcov, resid, s_or_e, obs):
+    """:func:`_unrolled_sums` for D > UNROLL_MAX_FEATURES, with (B, K, D, D) arrays."""
+    d = resid.shape[-1]
+    tinv = spd_inverse(tcov)  # (B, K, D, D), no LAPACK
+    if obs is not None:
+        tinv = tinv * obs[:, None, :, None] * obs[:, None, None, :]
+    z = jnp.sum(tinv * resid[:, :, None, :], axis=-1)
+    u = jnp.einsum("bk,bka->ka", qg, z)
+    zz = jnp.einsum("bk,bka,bkc->kac", qg, z, z)
+    te = jnp.einsum("bkac,bkcd->bkad", tinv, jnp.broadcast_to(s_or_e, tinv.shape))
+    if obs is not None:
+        te = te + jnp.eye(d) * (1.0 - obs)[:, None, None, :]
+    return jnp.sum(qg, axis=0), u, zz, jnp.einsum("bk,bkad->kad", qg, te)
+
+
+def _missing_solve_factor(covariances, s, obs):
+    """``E`` with ``Sigma (P E + diag(1 - m)) = Sigma - Sigma P Sigma`` when features are missing.
+
+    ``P`` is the inverse of the observed block of ``T = Sigma_k + S_i`` embedded in zeros
+    and ``m`` the observed mask. Then ``I - P Sigma = P E + diag(1 - m)`` with
+    ``E[c, b] = S[c, b]`` for an observed column ``b`` and ``-Sigma[c, b]`` for a missing
+    one: the observed block keeps the well-conditioned ``P S`` of the complete-data update
+    (no ``I - P Sigma`` cancellation when errors are small) and a missing feature's
+    posterior is its component's own covariance.
+
+    Returns
+    -------
+    array, shape (B, K, D, D)
+    """
+    col = obs[:, None, None, :]  # (B, 1, 1, D): by column b
+    return s[:, None, :, :] * col - covariances[None, :, :, :] * (1.0 - col)
 
 
 def _e_stats(params, model: _Model, static: _Static) -> _Stats:
@@ -534,16 +590,18 @@ def _e_stats(params, model: _Model, static: _Static) -> _Stats:
     k, d = static.n_components, static.n_features
     if static.n_blocks == 1:
         return _block_stats(params, model.values[0], model.error_covs[0],
-                            model.sample_weight[0], model.log_background[0], static)
+                            model.sample_weight[0], model.log_background[0], static,
+                            None if model.observed is None else model.observed[0])
 
     def body(acc, blk):
-        part = _block_stats(params, *blk, static)
+        *arrays, obs = blk
+        part = _block_stats(params, *arrays, static, obs)
         return jax.tree_util.tree_map(jnp.add, acc, part), None
 
     zero = _Stats(jnp.zeros(k), jnp.zeros((k, d)), jnp.zeros((k, d, d)), jnp.zeros((k, d, d)),
                   jnp.zeros(()), jnp.zeros(()))
     out, _ = lax.scan(body, zero, (model.values, model.error_covs, model.sample_weight,
-                                   model.log_background))
+                                   model.log_background, model.observed))
     return out
 
 
@@ -954,6 +1012,7 @@ class _Stars(NamedTuple):
     total: float  # sum of sample_weight
     obs_cov: np.ndarray  # (D, D) weighted covariance of the values
     spread: np.ndarray  # (D,) weighted variance of the values plus the mean error variance
+    observed: np.ndarray | None = None  # (N, D) bool; None when nothing is missing
 
 
 class _Background(NamedTuple):
@@ -991,6 +1050,7 @@ class _Blocks(NamedTuple):
     error_covs: np.ndarray  # (n_blocks, block, D, D)
     sample_weight: np.ndarray  # (n_blocks, block)
     log_background: np.ndarray  # (n_blocks, block)
+    observed: np.ndarray | None = None  # (n_blocks, block, D) 1.0 where measured
 
 
 class _Prepared(NamedTuple):
@@ -1048,7 +1108,8 @@ def _stars(data, errors, sample_weight, k: int) -> _Stars:
     dx = values - (sw @ values) / total
     obs_cov = np.einsum("i,ia,ib->ab", sw, dx, dx) / total
     err_var = np.einsum("i,iaa->a", sw, covs) / total
-    return _Stars(values, covs, sw, total, obs_cov, np.diag(obs_cov) + err_var)
+    observed = None if obs.observed is None else np.asarray(obs.observed)
+    return _Stars(values, covs, sw, total, obs_cov, np.diag(obs_cov) + err_var, observed)
 
 
 def _resolve_background(background, stars: _Stars) -> _Background:
@@ -1199,7 +1260,9 @@ def _block(stars: _Stars, log_background, chunk_size: int) -> _Blocks:
                    pad_rows(stars.values, rows).reshape(n_blocks, block, d),
                    pad_rows(stars.error_covs, rows).reshape(n_blocks, block, d, d),
                    sw.reshape(n_blocks, block),
-                   pad_rows(log_background, rows).reshape(n_blocks, block))
+                   pad_rows(log_background, rows).reshape(n_blocks, block),
+                   None if stars.observed is None
+                   else pad_rows(stars.observed.astype(float), rows).reshape(n_blocks, block, d))
 
 
 def _prepare(data, n_components, *, errors, options: EMOptions, init_params, sample_weight,
@@ -1241,6 +1304,7 @@ def _prepare(data, n_components, *, errors, options: EMOptions, init_params, sam
         # so that initial covariances are positive definite whenever the fit can be.
         global_cov=jnp.asarray(stars.obs_cov + reg.psi[0]),
         feature_scale=jnp.asarray(scale),
+        observed=None if blocks.observed is None else jnp.asarray(blocks.observed),
     )
     n_params = n_free_parameters(k, d, frozen_weights=frozen.weights[:k], frozen_means=frozen.means,
                                  frozen_covariances=frozen.covariances, background=bg.background)
@@ -1608,7 +1672,8 @@ def em_step(params: MixtureParams, data: Observations, *, w: float = 0.0, sample
         alpha_minus_one=jnp.zeros(k), psi=jnp.broadcast_to(w * jnp.eye(d), (k, d, d)),
         prior_count=jnp.full(k, 1.0 if w > 0 else 0.0), tol=jnp.zeros(()),
         total_weight=jnp.sum(sw), given=params, global_cov=jnp.eye(d),
-        feature_scale=jnp.ones(d))
+        feature_scale=jnp.ones(d),
+        observed=None if data.observed is None else jnp.asarray(data.observed, jnp.float64)[None])
     ll, _lp, new = _step_core(params, model, static)
     return new, float(ll)
 

@@ -43,9 +43,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from bayesmix import _x64  # noqa: F401  (float64 before any array is made)
-from bayesmix._choices import ESTIMATOR_METHODS
+from bayesmix._choices import ESTIMATOR_METHODS, ESTIMATOR_MISSING_FEATURES
 from bayesmix._constraints import Boolean, Interval, Options, validate_params
-from bayesmix._padding import bucket, chunk_rows, chunks, pad_rows
+from bayesmix._padding import bucket, chunk_rows, chunks
 from bayesmix.config import MAX_EM_STARTS
 from bayesmix.em import EMResult, MAPPrior, complete_start, fit_em, n_free_parameters
 from bayesmix.likelihood import (
@@ -54,6 +54,7 @@ from bayesmix.likelihood import (
     as_observations,
     log_likelihood_per_star,
     responsibilities,
+    star_rows,
 )
 
 __all__ = ["DeconvolvedGaussianMixture"]
@@ -91,19 +92,24 @@ _PARAMETER_CONSTRAINTS = {
         " 'k-means++' and 'kmeans' select 'kmeans++', 'random_from_data' selects 'random'.")),
     "standardize": Boolean(),
     "errors_standardized": Boolean(),
+    "missing_features": Options(ESTIMATOR_MISSING_FEATURES, why=(
+        " 'marginalise' keeps rows with NaN in some features and uses the features they have.")),
 }
 
 
+def _padded_range(start: int, stop: int, n_rows: int) -> np.ndarray:
+    """Row indices ``start..stop-1`` padded to ``n_rows`` by repeating the first (as ``pad_rows``)."""
+    return np.concatenate([np.arange(start, stop), np.full(max(0, n_rows - (stop - start)), start)])
+
+
 @jax.jit
-def _per_star(params: MixtureParams, values, error_covs):
+def _per_star(params: MixtureParams, data: Observations):
     # Both reductions of the same log_joint; XLA computes it once.
-    data = Observations(values, error_covs)
     return log_likelihood_per_star(params, data), responsibilities(params, data)
 
 
 @jax.jit
-def _responsibilities_over_draws(weights, means, covariances, values, error_covs):
-    data = Observations(values, error_covs)
+def _responsibilities_over_draws(weights, means, covariances, data: Observations):
     return jax.vmap(lambda w, m, c: responsibilities(MixtureParams(w, m, c), data))(
         weights, means, covariances)
 
@@ -350,7 +356,13 @@ class _Standardizer:
 
     def observations(self, obs: Observations) -> Observations:
         return Observations((np.asarray(obs.values) - self.centre) / self.scale,
-                            np.asarray(obs.error_covs) / self._outer())
+                            np.asarray(obs.error_covs) / self._outer(), obs.observed)
+
+    def log_jacobian(self, obs: Observations, sample_weight) -> float:
+        """Total log-likelihood change from standardised to original units: ``-log scale_j``
+        per measured feature of each star, times its weight."""
+        measured = np.ones(obs.values.shape) if obs.observed is None else np.asarray(obs.observed, float)
+        return -float(np.asarray(sample_weight) @ (measured @ np.log(self.scale)))
 
     def means_in(self, means):
         return (means - self.centre) / self.scale
@@ -362,11 +374,10 @@ class _Standardizer:
         return MixtureParams(np.asarray(params.weights), self.centre + self.scale * np.asarray(params.means),
                              np.asarray(params.covariances) * self._outer())
 
-    def em_out(self, em: EMResult, w: float, prior_count: float) -> EMResult:
+    def em_out(self, em: EMResult, w: float, prior_count: float, d_ll: float) -> EMResult:
         """``em`` in the original units: parameters, and log-likelihoods shifted by the Jacobian
-        (``-log_scale`` per unit of sample weight); log priors by ``-prior_count * log_scale``
+        ``d_ll`` (:meth:`log_jacobian`); log priors by ``-prior_count * log_scale``
         per component (``log det Sigma = log det Sigma' + 2 log_scale``)."""
-        d_ll = -em.n_effective * self.log_scale
         d_lp = -prior_count * em.n_components * self.log_scale
         optima = tuple(dataclasses.replace(o, params=self.params_out(o.params), log_prior=o.log_prior + d_lp,
                                            log_likelihood=o.log_likelihood + d_ll)
@@ -473,6 +484,12 @@ default="auto"
         looks like ``StandardScaler`` output (every column mean 0 and standard deviation
         1 to ``1e-8``) together with non-zero ``X_err``, because a ``Pipeline`` passes
         ``X_err`` to this step unscaled; set this when you scaled the errors yourself.
+    missing_features : {"error", "marginalise"}, default="error"
+        "marginalise": a row with NaN in some features (and NaN or any value in their
+        errors) is fitted, scored and classified with the features it has: its likelihood
+        is the mixture's marginal over the missing ones (extreme deconvolution's
+        projection), exactly. Rows with no finite feature are refused. "error": NaN in X
+        is an error, as in scikit-learn.
 
     Attributes
     ----------
@@ -570,7 +587,8 @@ default="auto"
     def __init__(self, n_components=1, *, method="em", tol=1e-3, reg_covar=None, max_iter=1000,
                  n_init=1, init_params="auto", weights_init=None, means_init=None, precisions_init=None,
                  random_state=None, num_chains=4, num_warmup=300, num_samples=1000, chain_method="auto",
-                 progress_bar=False, ordering=None, standardize=False, errors_standardized=False):
+                 progress_bar=False, ordering=None, standardize=False, errors_standardized=False,
+                 missing_features="error"):
         self.n_components = n_components
         self.method = method
         self.tol = tol
@@ -590,6 +608,7 @@ default="auto"
         self.ordering = ordering
         self.standardize = standardize
         self.errors_standardized = errors_standardized
+        self.missing_features = missing_features
 
     def __getattr__(self, name):
         # Only reached when normal lookup fails: say why a posterior attribute is missing.
@@ -619,7 +638,10 @@ default="auto"
         """Validated :class:`Observations` (errors zero when ``X_err`` is None), in plain numbers
         in ``feature_units_`` (recorded when ``reset``)."""
         X, x_units = _as_plain_features(X)
-        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_min_samples=2 if reset else 1)
+        marginalise = self.missing_features == "marginalise"
+        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_min_samples=2 if reset else 1,
+                          ensure_all_finite="allow-nan" if marginalise else True)
+        observed = np.isfinite(X) if marginalise else None
         names = getattr(self, "feature_names_in_", None)
         if reset:
             self.feature_units_ = x_units if x_units is not None else (None,) * X.shape[1]
@@ -628,10 +650,10 @@ default="auto"
         _check_magnitudes("X", X, names)
         X_err = _as_plain_errors(X_err, self.feature_units_, names)
         if X_err is None:
-            return as_observations(X)
+            return as_observations(X, observed=observed)
         _check_error_magnitudes(X_err, X.shape, names)
         try:
-            return as_observations(X, X_err)
+            return as_observations(X, X_err, observed=observed)
         except ValueError as exc:
             raise ValueError(f"X_err is invalid: {exc}") from exc
 
@@ -719,7 +741,7 @@ default="auto"
         fit_obs = obs if scaler is None else scaler.observations(obs)
         w, prior = self._regularisation(scaler)
         n_rows = bucket(obs.n_stars)
-        padded = Observations(pad_rows(fit_obs.values, n_rows), pad_rows(fit_obs.error_covs, n_rows))
+        padded = star_rows(fit_obs, np.minimum(np.arange(n_rows), obs.n_stars - 1))
         start = self._given_start(fit_obs, scaler)
         init, n_init = _INIT_PARAMS[self.init_params], self.n_init
         if start is not None and init != "auto":
@@ -730,7 +752,7 @@ default="auto"
         if scaler is None:
             return em
         return scaler.em_out(em, w=em.w if self.reg_covar is None else float(self.reg_covar),
-                             prior_count=1.0 if prior is not None else 0.0)
+                             prior_count=1.0 if prior is not None else 0.0, d_ll=scaler.log_jacobian(obs, sw))
 
     def _regularisation(self, scaler):
         """``(w, prior)`` for :func:`~bayesmix.em.fit_em`: ``reg_covar`` in the units EM works in."""
@@ -822,14 +844,13 @@ default="auto"
         """Per-row log-likelihood (n,) and responsibilities (n, K), from the package likelihood."""
         check_is_fitted(self)
         obs = self._observations(X, X_err, reset=False)
-        values, covs = np.asarray(obs.values), np.asarray(obs.error_covs)
         n, k, d = obs.n_stars, self.n_components, obs.n_features
         log_lik = np.empty(n)
         resp = np.empty((n, k))
         params = self._params()
         # The (rows, K, D, D) total covariances bound the chunk (materialised when D is large).
         for start, stop, rows in chunks(n, chunk_rows(k * d * d)):
-            ll, r = _per_star(params, pad_rows(values[start:stop], rows), pad_rows(covs[start:stop], rows))
+            ll, r = _per_star(params, star_rows(obs, _padded_range(start, stop, rows)))
             log_lik[start:stop] = np.asarray(ll)[: stop - start]
             resp[start:stop] = np.asarray(r)[: stop - start]
         return log_lik, resp
@@ -997,13 +1018,12 @@ default="auto"
         draws = select_draws(post.sizes["chain"], post.sizes["draw"], max_draws)
         site = {name: post[name].transpose("chain", "draw", ...).values[draws[:, 0], draws[:, 1]]
                 for name in ("weights", "means", "covariances")}
-        values, covs = np.asarray(obs.values), np.asarray(obs.error_covs)
         n, k, d, n_draws = obs.n_stars, self.n_components, obs.n_features, draws.shape[0]
         mean, low, high = (np.empty((n, k)) for _ in range(3))
         for start, stop, rows in chunks(n, chunk_rows(n_draws * k * d * d)):
             resp = np.asarray(_responsibilities_over_draws(
                 site["weights"], site["means"], site["covariances"],
-                pad_rows(values[start:stop], rows), pad_rows(covs[start:stop], rows)))[:, : stop - start]
+                star_rows(obs, _padded_range(start, stop, rows))))[:, : stop - start]
             mean[start:stop] = resp.mean(axis=0)
             low[start:stop], high[start:stop] = np.percentile(resp, interval, axis=0)
         return mean, low, high

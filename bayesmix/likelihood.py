@@ -15,6 +15,13 @@ value, i.e. the intrinsic component convolved with the star's own error::
 ("extreme deconvolution", Bovy, Hogg & Roweis 2011). Everything is Cholesky based;
 no matrix is ever inverted.
 
+A star that lacks some features (``Observations.observed`` False there) contributes the
+density of the features it has, ``log N(R_i x_i | R_i mu_k, R_i (Sigma_k + S_i) R_i^T)``
+with ``R_i`` the projection onto them (extreme deconvolution's projection). Shapes stay
+fixed: the missing rows and columns of the total covariance are replaced by the identity
+and the missing residuals by zero, which leaves exactly the observed block's factor,
+determinant and solve (:func:`_mask_missing`).
+
 The functions in this module are pure, jit/grad/vmap friendly and never validate
 (validation inside jit is impossible). Check user input at the boundary with
 :func:`as_observations` and :func:`check_params`.
@@ -44,10 +51,12 @@ __all__ = [
     "log_joint",
     "log_likelihood",
     "log_likelihood_per_star",
+    "measured_values",
     "mvn_log_prob",
     "responsibilities",
     "spd_inverse",
     "spd_solve",
+    "star_rows",
     "total_log_likelihood",
 ]
 
@@ -93,12 +102,19 @@ class Observations(NamedTuple):
     Attributes
     ----------
     values : array, shape (n_stars, n_features)
+        Missing entries hold a finite placeholder (the feature's observed mean), which
+        the likelihood never reads.
     error_covs : array, shape (n_stars, n_features, n_features)
-        Measurement-error covariance of each star; zeros for error-free data.
+        Measurement-error covariance of each star; zeros for error-free data. Rows and
+        columns of missing features hold a placeholder too.
+    observed : array of bool, shape (n_stars, n_features), or None
+        Which features each star has; None when every star has all of them (the
+        common case, which compiles to the plain program).
     """
 
     values: Any
     error_covs: Any
+    observed: Any = None
 
     @property
     def n_stars(self) -> int:
@@ -385,6 +401,36 @@ def mvn_log_prob(x, mean, cov):
 # --------------------------------------------------------------------------- the mixture
 
 
+def _mask_missing(cov, resid, observed):
+    """Total covariances and residuals with the missing features projected out.
+
+    Parameters
+    ----------
+    cov : array, shape (..., D, D)
+    resid : array, shape (..., D)
+    observed : array, shape (..., D)
+        1 (or True) where the feature is measured, 0 where it is missing; broadcasts
+        against ``resid``.
+
+    Returns
+    -------
+    cov, resid : arrays, shapes as given
+        ``cov`` with missing rows and columns replaced by those of the identity and
+        ``resid`` with missing entries zeroed: the Cholesky factor, log-determinant and
+        Mahalanobis distance are then exactly those of the observed block.
+    """
+    m = jnp.asarray(observed, cov.dtype)
+    pair = m[..., :, None] * m[..., None, :]
+    eye = jnp.eye(cov.shape[-1], dtype=cov.dtype)
+    return cov * pair + eye * (1.0 - m)[..., None, :], resid * m
+
+
+def _missing_log_2pi(observed, dtype):
+    """``0.5 * log(2 pi)`` per missing feature, shape (...): what the identity blocks of
+    :func:`_mask_missing` take from :func:`mvn_log_prob`'s normalisation."""
+    return 0.5 * _LOG_2PI * jnp.sum(1.0 - jnp.asarray(observed, dtype), axis=-1)
+
+
 def component_log_prob(params: MixtureParams, data: Observations):
     """Per-star, per-component log density of the observed values.
 
@@ -401,10 +447,16 @@ def component_log_prob(params: MixtureParams, data: Observations):
     Returns
     -------
     array, shape (n_stars, n_components)
+        For stars with missing features (``data.observed``), the density of the observed
+        ones only.
     """
     x = data.values[:, None, :]  # (N, 1, D)
     total_cov = params.covariances[None, :, :, :] + data.error_covs[:, None, :, :]
-    return mvn_log_prob(x, params.means[None, :, :], total_cov)
+    if data.observed is None:
+        return mvn_log_prob(x, params.means[None, :, :], total_cov)
+    observed = data.observed[:, None, :]
+    total_cov, resid = _mask_missing(total_cov, x - params.means[None, :, :], observed)
+    return mvn_log_prob(resid, 0.0, total_cov) + _missing_log_2pi(observed, total_cov.dtype)
 
 
 def _extra_columns(extra_log_prob):
@@ -513,37 +565,72 @@ def responsibilities(params: MixtureParams, data: Observations, log_weights=None
     return jax.nn.softmax(log_joint(params, data, log_weights), axis=-1)
 
 
-def _score_terms(means, covariances, values, error_covs):
+def _score_terms(means, covariances, values, error_covs, observed=None):
     """Per-component, per-star log density and the pieces of its gradient, component-major.
 
     Returns ``log_prob`` (K, N), ``u`` with ``u[a]`` (K, N) the components of
     ``T^-1 (x - mu)`` and ``tinv`` with ``tinv[a][b]`` (K, N) those of ``T^-1``, where
     ``T = Sigma_k + S_i``: nested lists for D <= UNROLL_MAX_FEATURES, else arrays
     (K, N, D) and (K, N, D, D). Stars run along the minor axis so the elementwise
-    arithmetic vectorises over stars, not over the few components.
+    arithmetic vectorises over stars, not over the few components. With ``observed``
+    (N, D), ``T^-1`` is the inverse of the observed block, zero elsewhere, so the same
+    formulas give the gradient of the observed features' density.
     """
     d = means.shape[-1]
+    if d > UNROLL_MAX_FEATURES:
+        return _score_terms_looped(means, covariances, values, error_covs, observed)
     resid = [values[None, :, a] - means[:, a, None] for a in range(d)]
     total = [[covariances[:, a, b, None] + error_covs[None, :, a, b] for b in range(d)] for a in range(d)]
+    extra = 0.0
+    if observed is not None:
+        m = [jnp.asarray(observed[None, :, a], values.dtype) for a in range(d)]
+        resid = [resid[a] * m[a] for a in range(d)]
+        total = [[total[a][b] * m[a] * m[b] + (1.0 - m[a] if a == b else 0.0) for b in range(d)]
+                 for a in range(d)]
+        extra = 0.5 * _LOG_2PI * sum(1.0 - m[a] for a in range(d))
     if d == 1:  # no factorisation at all: one division and one log per star and component
         tinv = 1.0 / total[0][0]
         u0 = resid[0] * tinv
-        return -0.5 * (_LOG_2PI + jnp.log(total[0][0]) + resid[0] * u0), [u0], [[tinv]]
-    if d > UNROLL_MAX_FEATURES:
-        cov = covariances[:, None, :, :] + error_covs[None, :, :, :]
-        cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))  # as the value's path reads it
-        tinv_arr = spd_inverse(cov)
-        res = values[None, :, :] - means[:, None, :]
-        u_arr = jnp.einsum("knab,knb->kna", tinv_arr, res)
-        return mvn_log_prob(res, 0.0, cov), u_arr, tinv_arr
-    low = _cholesky_unrolled(total)
-    z, maha, logdet = _forward_substitution(low, resid)
-    log_prob = -0.5 * (d * _LOG_2PI + logdet + maha)
-    return log_prob, _back_substitution(low, z), _inverse_from_cholesky(low)
+        log_prob = -0.5 * (_LOG_2PI + jnp.log(total[0][0]) + resid[0] * u0)
+        u, tinv = [u0], [[tinv]]
+    else:
+        low = _cholesky_unrolled(total)
+        z, maha, logdet = _forward_substitution(low, resid)
+        log_prob = -0.5 * (d * _LOG_2PI + logdet + maha)
+        u, tinv = _back_substitution(low, z), _inverse_from_cholesky(low)
+    if observed is not None:
+        # The identity blocks' inverse is the identity: zero it, so T^-1 is the
+        # observed block's inverse embedded in zeros (u is already zero there).
+        tinv = [[tinv[a][b] * m[a] * m[b] for b in range(d)] for a in range(d)]
+    return log_prob + extra, u, tinv
 
 
-def _total_log_likelihood_impl(means, covariances, log_weights, values, error_covs, extra_log_prob):
-    lj = log_joint(MixtureParams(None, means, covariances), Observations(values, error_covs),
+def _score_terms_looped(means, covariances, values, error_covs, observed):
+    """:func:`_score_terms` for D > UNROLL_MAX_FEATURES, as arrays (K, N, D) and (K, N, D, D)."""
+    cov = covariances[:, None, :, :] + error_covs[None, :, :, :]
+    cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))  # as the value's path reads it
+    res = values[None, :, :] - means[:, None, :]
+    extra = 0.0
+    if observed is not None:
+        cov, res = _mask_missing(cov, res, observed[None, :, :])
+        extra = _missing_log_2pi(observed, cov.dtype)[None, :]
+    tinv_arr = spd_inverse(cov)
+    if observed is not None:
+        m = jnp.asarray(observed, cov.dtype)[None, :, :]
+        tinv_arr = tinv_arr * m[..., :, None] * m[..., None, :]
+    u_arr = jnp.einsum("knab,knb->kna", tinv_arr, res)
+    return mvn_log_prob(res, 0.0, cov) + extra, u_arr, tinv_arr
+
+
+def _observed_or_none(observed):
+    # The custom JVP takes arrays only: an empty array stands for "every feature observed".
+    return None if observed.shape[0] == 0 else observed
+
+
+def _total_log_likelihood_impl(means, covariances, log_weights, values, error_covs, extra_log_prob,
+                               observed):
+    lj = log_joint(MixtureParams(None, means, covariances),
+                   Observations(values, error_covs, _observed_or_none(observed)),
                    log_weights, extra_log_prob)
     return jnp.sum(logsumexp(lj, axis=1))
 
@@ -619,9 +706,10 @@ def _total_log_likelihood_jvp(primals, tangents):
     # d/dmu_k = sum_i r_ik u_ik, d/dSigma_k = 1/2 sum_i r_ik (u u^T - T^-1)_ik,
     # d/dlog w_ik = r_ik. One fused pass computes value and gradient; reverse-mode AD
     # would store and revisit every intermediate of the Cholesky chain instead.
-    means, covs, log_w, values, error_covs, extra = primals
-    d_means, d_covs, d_log_w, d_values, d_error_covs, d_extra = tangents
-    log_prob, u, tinv = _score_terms(means, covs, values, error_covs)  # (K, N)
+    means, covs, log_w, values, error_covs, extra, observed = primals
+    d_means, d_covs, d_log_w, d_values, d_error_covs, d_extra, _ = tangents
+    log_prob, u, tinv = _score_terms(means, covs, values, error_covs,
+                                     _observed_or_none(observed))  # (K, N)
     n_components = log_prob.shape[0]
     per_star, resp = _per_star_and_responsibilities(log_prob, log_w, extra)
     r = resp[:n_components]
@@ -668,8 +756,10 @@ def total_log_likelihood(params: MixtureParams, data: Observations, log_weights=
         log_weights = jnp.log(params.weights)
     if extra is None:  # the custom JVP takes arrays only: no extra component is zero columns
         extra = jnp.zeros((data.values.shape[0], 0), data.values.dtype)
+    observed = (jnp.zeros((0,), data.values.dtype) if data.observed is None
+                else jnp.asarray(data.observed, data.values.dtype))
     return _total_log_likelihood(params.means, params.covariances, jnp.asarray(log_weights),
-                                 data.values, data.error_covs, extra)
+                                 data.values, data.error_covs, extra, observed)
 
 
 # --------------------------------------------------------------------------- boundary checks
@@ -749,7 +839,7 @@ def _error_covariances(errors, n_stars, n_features):
     )
 
 
-def as_observations(values, errors=None) -> Observations:
+def as_observations(values, errors=None, *, observed=None) -> Observations:
     """Validate measured values and errors and pack them as :class:`Observations`.
 
     Arrays, a catalogue and an :class:`Observations` (checked like any other input) all
@@ -760,36 +850,39 @@ def as_observations(values, errors=None) -> Observations:
     values : array_like, shape (n_stars, n_features) or (n_stars,), Observations, or a catalogue
         Measured values. A 1-D array is one feature. An :class:`Observations`, or any
         object with ``values`` and ``error_covs`` attributes (a
-        :class:`bayesmix.catalogue.Catalogue`), is accepted as a whole, with ``errors``
-        left as None.
+        :class:`bayesmix.catalogue.Catalogue`, whose ``observed`` mask is kept), is
+        accepted as a whole, with ``errors`` and ``observed`` left as None.
     errors : array_like, optional
         None (no measurement error), standard errors of shape (n_stars, n_features)
         (or (n_stars,) for one feature), or full error covariances of shape
         (n_stars, n_features, n_features).
+    observed : array_like of bool, shape (n_stars, n_features), optional
+        Which features each star has. Missing entries of ``values`` and ``errors`` may be
+        NaN; each star needs at least one observed feature. ``np.isfinite(values)`` keeps
+        every star with something measured; the likelihood then marginalises the missing
+        features star by star. None: every value must be finite.
 
     Returns
     -------
     Observations
         Float64 JAX arrays: ``values`` (n_stars, n_features), ``error_covs``
-        (n_stars, n_features, n_features).
+        (n_stars, n_features, n_features), and ``observed`` (n_stars, n_features) bool, or
+        None when nothing is missing.
 
     Raises
     ------
     ValueError
         Naming the argument, the offending rows, and the fix.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[1.0, 2.0], [0.5, np.nan]])
+    >>> obs = as_observations(x, np.full((2, 2), 0.1), observed=np.isfinite(x))
+    >>> np.asarray(obs.observed).tolist()
+    [[True, True], [True, False]]
     """
-    if isinstance(values, Observations):
-        if errors is not None:
-            raise ValueError("errors must be None when data is an Observations (it has error_covs).")
-        # Its error_covs are covariances: (n_stars, n_features) must not pass as standard errors.
-        if np.ndim(values.error_covs) != 3:
-            raise ValueError("Observations.error_covs must have shape (n_stars, n_features, n_features); "
-                             f"got {np.shape(values.error_covs)}.")
-        values, errors = values.values, values.error_covs
-    elif hasattr(values, "values") and hasattr(values, "error_covs") and not isinstance(values, np.ndarray):
-        if errors is not None:
-            raise ValueError("errors must be None when a catalogue is passed: it carries its own.")
-        values, errors = values.values, values.error_covs
+    values, errors, observed = _unpack_data(values, errors, observed)
     x = _as_float_array("values", values)
     if x.ndim == 1:
         x = x[:, None]
@@ -800,14 +893,132 @@ def as_observations(values, errors=None) -> Observations:
     n_stars, n_features = x.shape
     if n_stars == 0 or n_features == 0:
         raise ValueError(f"values is empty (shape {x.shape}); need at least one star and feature.")
+    mask = _observed_mask(observed, x.shape)
+    if mask is not None:
+        x, errors = _fill_missing(x, errors, mask)
+        mask = None if mask.all() else mask  # nothing missing: the plain program
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         raise ValueError(
             f"values has NaN or infinite entries in {_first_bad_rows(bad)}; remove those stars "
-            "(read_catalogue(..., drop_nonfinite=True) drops and reports them)."
+            "(read_catalogue(..., drop_nonfinite=True) drops and reports them), or keep them "
+            "with observed=np.isfinite(values) (read_catalogue(..., "
+            "missing_features='marginalise')) to use the features they have."
         )
     covs = _error_covariances(errors, n_stars, n_features)
-    return Observations(jnp.asarray(x), jnp.asarray(covs))
+    return Observations(jnp.asarray(x), jnp.asarray(covs),
+                        None if mask is None else jnp.asarray(mask))
+
+
+def measured_values(data) -> np.ndarray:
+    """The values of ``data`` with NaN where a feature is missing (its placeholder hidden).
+
+    Parameters
+    ----------
+    data : Observations or a catalogue (anything with ``values`` and, optionally, ``observed``)
+
+    Returns
+    -------
+    numpy array, shape (n_stars, n_features)
+        What tables and figures show: a missing feature is missing, not its placeholder.
+    """
+    values = np.asarray(data.values, dtype=float)
+    observed = getattr(data, "observed", None)
+    return values if observed is None else np.where(np.asarray(observed), values, np.nan)
+
+
+def star_rows(data: Observations, rows) -> Observations:
+    """The stars ``rows`` of ``data`` (values, error covariances and observed mask), as numpy.
+
+    Parameters
+    ----------
+    data : Observations
+    rows : array of int, shape (n_rows,)
+
+    Returns
+    -------
+    Observations with ``n_rows`` stars
+    """
+    observed = None if data.observed is None else np.asarray(data.observed)[rows]
+    return Observations(np.asarray(data.values)[rows], np.asarray(data.error_covs)[rows], observed)
+
+
+def _unpack_data(values, errors, observed):
+    """(values, errors, observed) from arrays, an :class:`Observations` or a catalogue."""
+    is_obs = isinstance(values, Observations)
+    is_catalogue = (not is_obs and hasattr(values, "values") and hasattr(values, "error_covs")
+                    and not isinstance(values, np.ndarray))
+    if not (is_obs or is_catalogue):
+        return values, errors, observed
+    what = "an Observations (it has error_covs)" if is_obs else "a catalogue is passed: it carries its own"
+    if errors is not None:
+        raise ValueError(f"errors must be None when data is {what}.")
+    if observed is not None:
+        raise ValueError(f"observed must be None when data is {what} (its own observed mask).")
+    # Its error_covs are covariances: (n_stars, n_features) must not pass as standard errors.
+    if is_obs and np.ndim(values.error_covs) != 3:
+        raise ValueError("Observations.error_covs must have shape (n_stars, n_features, n_features); "
+                         f"got {np.shape(values.error_covs)}.")
+    return values.values, values.error_covs, getattr(values, "observed", None)
+
+
+def _observed_mask(observed, shape):
+    """``observed`` as a checked bool array of ``shape`` (None when not given)."""
+    if observed is None:
+        return None
+    mask = np.asarray(observed)
+    if mask.dtype != bool:
+        raise ValueError(f"observed must be a boolean array; got dtype {mask.dtype}.")
+    if mask.ndim == 1 and shape[1] == 1:
+        mask = mask[:, None]
+    if mask.shape != shape:
+        raise ValueError(f"observed must have the shape of values, {shape}; got {mask.shape}.")
+    empty = ~mask.any(axis=1)
+    if empty.any():
+        raise ValueError(
+            f"observed marks no feature as measured in {_first_bad_rows(empty)}; such stars "
+            "carry no information: remove them."
+        )
+    never = np.flatnonzero(~mask.any(axis=0))
+    if never.size:
+        raise ValueError(f"observed marks feature(s) {never.tolist()} as missing for every star; "
+                         "drop those features.")
+    return mask
+
+
+def _fill_missing(x, errors, mask):
+    """Values and errors with finite placeholders where ``mask`` is False.
+
+    The likelihood never reads them (it projects the missing features out), but every
+    other consumer (k-means starts, spreads, plots) sees the feature's observed mean and
+    a typical error instead of NaN.
+    """
+    x = x.copy()
+    for j in range(x.shape[1]):
+        seen = x[mask[:, j], j]
+        bad = ~np.isfinite(seen)
+        if bad.any():
+            rows = np.flatnonzero(mask[:, j])[bad]
+            raise ValueError(f"values[:, {j}] is marked observed but is NaN or infinite in "
+                             f"{_first_bad_rows(np.isin(np.arange(len(x)), rows))}.")
+        x[~mask[:, j], j] = seen.mean()
+    if errors is None:
+        return x, None
+    err = _as_float_array("errors", errors).copy()
+    if err.ndim == 1 and x.shape[1] == 1:
+        err = err[:, None]
+    if err.shape == x.shape:
+        for j in range(x.shape[1]):
+            seen = err[mask[:, j], j]
+            err[~mask[:, j], j] = np.median(seen[np.isfinite(seen)]) if np.isfinite(seen).any() else 0.0
+    elif err.shape == (*x.shape, x.shape[1]):
+        pair = mask[:, :, None] & mask[:, None, :]
+        diag = np.where(mask, np.einsum("njj->nj", err), np.nan)
+        fill = np.nanmedian(diag, axis=0)
+        err = np.where(pair, err, 0.0)
+        idx = np.arange(x.shape[1])
+        err[:, idx, idx] = np.where(mask, err[:, idx, idx], np.nan_to_num(fill))
+    return x, err
 
 
 def check_params(weights, means, covariances) -> MixtureParams:

@@ -48,6 +48,8 @@ from bayesmix.likelihood import (
     as_observations,
     cholesky_factor,
     log_joint,
+    measured_values,
+    star_rows,
 )
 
 __all__ = [
@@ -242,6 +244,9 @@ def _memberships_one_draw(model, sample, data: Observations, covariates, log_bac
     ``log_background`` (n_chunk,) or None: the background's log densities, the extra
     column of :func:`bayesmix.likelihood.log_joint`.
     """
+    if getattr(model, "kinematics", None) is not None:
+        # A per-star member density (dispersion profile, velocity gradient): the model joins it.
+        return jax.nn.softmax(model.star_log_joint(sample, data, covariates or None), axis=-1)
     log_w = jnp.asarray(model.log_weights(sample, covariates or None))
     return jax.nn.softmax(log_joint(model.params(sample), data, log_w, log_background), axis=-1)
 
@@ -290,15 +295,12 @@ def membership_probabilities(fit, *, max_draws: int = 1000, star_chunk: int = 20
     logger.info("memberships: %d stars in %d chunk(s) of %d, %d draws, %d components",
                 n_stars, n_chunks, chunk, n_draws, n_total)
 
-    def chunk_responsibilities(sites, values, error_covs, covs, log_bg):
-        block = Observations(values, error_covs)
+    def chunk_responsibilities(sites, block, covs, log_bg):
         resp = jax.vmap(lambda s: _memberships_one_draw(model, s, block, covs, log_bg))(sites)
         # Draws last (contiguous) for the host-side selection of the percentiles.
         return jnp.transpose(resp, (1, 2, 0)), jnp.mean(resp, axis=0)
 
     compiled = jax.jit(chunk_responsibilities)
-    values = np.asarray(data.values)
-    error_covs = np.asarray(data.error_covs)
     mean = np.empty((n_stars, n_total))
     p16 = np.empty((n_stars, n_total))
     p84 = np.empty((n_stars, n_total))
@@ -307,7 +309,7 @@ def membership_probabilities(fit, *, max_draws: int = 1000, star_chunk: int = 20
         # Pad the last chunk (repeating its last star) so that every call has one shape.
         rows = np.minimum(np.arange(start, start + chunk), n_stars - 1)
         chunk_covariates = {name: col[rows] for name, col in covariates.items()}
-        return compiled(sites, values[rows], error_covs[rows], chunk_covariates,
+        return compiled(sites, star_rows(data, rows), chunk_covariates,
                         None if log_background is None else log_background[rows])
 
     starts = list(range(0, n_stars, chunk))
@@ -379,7 +381,7 @@ def membership_table(fit, result: MembershipResult, prefix: str = "p_", *, label
         return catalogue.with_columns(columns, provenance=info)
     table = Table()
     table["id"] = np.arange(n_stars)
-    values = np.asarray(_observations(fit).values)
+    values = measured_values(_observations(fit))  # a missing feature reads as missing (NaN)
     feature_names = tuple(getattr(fit.model, "feature_names", ()) or ())
     if len(feature_names) != values.shape[1]:
         feature_names = tuple(f"x{j}" for j in range(values.shape[1]))
@@ -493,15 +495,23 @@ def _replicate(model, draw_key, sample, error_factors, covariates):
     """
     k_comp, k_true, k_err, k_bg = jax.random.split(draw_key, 4)
     n_stars, n_features = error_factors.shape[:2]
-    params = model.params(sample)
-    n_gauss = params.means.shape[0]
     n_total = _n_total(model)
     log_w = jnp.broadcast_to(jnp.asarray(model.log_weights(sample, covariates or None)), (n_stars, n_total))
     component = jax.random.categorical(k_comp, log_w, axis=-1)
-    gauss = jnp.minimum(component, n_gauss - 1)
-    chol = cholesky_factor(params.covariances)[gauss]
+    if getattr(model, "kinematics", None) is not None:
+        # The member's mean and dispersion vary from star to star (gradient, profile).
+        means, covs = model.star_moments(sample, covariates, n_stars)
+        n_gauss = means.shape[1]
+        gauss = jnp.minimum(component, n_gauss - 1)
+        rows = jnp.arange(n_stars)
+        mean, chol = means[rows, gauss], cholesky_factor(covs[rows, gauss])
+    else:
+        params = model.params(sample)
+        n_gauss = params.means.shape[0]
+        gauss = jnp.minimum(component, n_gauss - 1)
+        mean, chol = params.means[gauss], cholesky_factor(params.covariances)[gauss]
     shape = (n_stars, n_features)
-    true = params.means[gauss] + jnp.einsum("nij,nj->ni", chol, jax.random.normal(k_true, shape))
+    true = mean + jnp.einsum("nij,nj->ni", chol, jax.random.normal(k_true, shape))
     error = jnp.einsum("nij,nj->ni", error_factors, jax.random.normal(k_err, shape))
     observed = true + error
     if n_total > n_gauss:
@@ -523,13 +533,20 @@ class _Predictive:
         data = _observations(fit)
         if model.log_background(data) is not None:
             _background_sampler(model)  # fail early, with its message, when it cannot be drawn from
+        # A star's missing features are missing in its mocks too: NaN in the draws, and
+        # not counted in the histograms (the data's counts skip them the same way).
+        observed = np.ones(data.values.shape, bool) if data.observed is None else np.asarray(data.observed)
         self.data_args = (jnp.asarray(_error_factors(np.asarray(data.error_covs))),
-                          {name: jnp.asarray(col) for name, col in _covariates(fit, data.n_stars).items()})
+                          {name: jnp.asarray(col) for name, col in _covariates(fit, data.n_stars).items()},
+                          jnp.asarray(observed))
 
-        def draws(keys, sites, error_factors, covariates):
-            return lax.map(lambda a: _replicate(model, a[0], a[1], error_factors, covariates), (keys, sites))
+        def draws(keys, sites, error_factors, covariates, observed):
+            def one(a):
+                return jnp.where(observed, _replicate(model, a[0], a[1], error_factors, covariates), jnp.nan)
 
-        def counts(keys, sites, error_factors, covariates, table):
+            return lax.map(one, (keys, sites))
+
+        def counts(keys, sites, error_factors, covariates, observed, table):
             n_bins = table.shape[1] - 1
 
             def one(a):
@@ -537,7 +554,8 @@ class _Predictive:
                 index = jax.vmap(lambda e, x: jnp.searchsorted(e, x, side="right") - 1,
                                  in_axes=(0, 1))(table, mock)
                 index = jnp.clip(index, 0, n_bins - 1)
-                return jax.vmap(lambda i: jnp.zeros(n_bins, jnp.int32).at[i].add(1))(index)
+                return jax.vmap(lambda i, m: jnp.zeros(n_bins, jnp.int32).at[i].add(m.astype(jnp.int32)))(
+                    index, observed.T)
 
             return lax.map(one, (keys, sites))
 

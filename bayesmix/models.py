@@ -23,6 +23,7 @@ is the narrowest (lowest, lightest) one.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Any
 
@@ -33,23 +34,32 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
-from bayesmix import _x64  # noqa: F401
-from bayesmix._choices import ORDERINGS, RADIUS_LAWS
+from bayesmix import (
+    _x64,  # noqa: F401
+    spatial,
+)
+from bayesmix._choices import DISPERSION_PROFILES, ORDERINGS, RADIUS_LAWS, SPATIAL_PROFILES
 from bayesmix.likelihood import (
     MixtureParams,
     Observations,
     as_observations,
     log_joint,
+    mvn_log_prob,
     total_log_likelihood,
 )
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "ComponentPrior",
+    "MemberKinematics",
     "MixtureModel",
     "Ordering",
     "Priors",
     "RadiusFraction",
+    "SpatialLaw",
     "cluster_field_model",
+    "dispersion_profile",
     "mixture_model",
 ]
 
@@ -200,7 +210,7 @@ class RadiusFraction:
                                                   dist.Dirichlet(jnp.full(n_field, h["alpha"])))
         return law
 
-    def log_weights(self, law: dict, radius, reference_radius, n_field: int):
+    def log_weights(self, law: dict, radius, reference_radius, n_field: int, minimum_radius=0.0):
         """Per-star log weights under the law: the one place the models write it down.
 
         The cluster gets ``log f(R)``; every field column gets ``log(1 - f(R)) + log share``.
@@ -212,23 +222,276 @@ class RadiusFraction:
             ``frac_radius``) and, when ``n_field > 1``, ``field_weights`` (n_field,): the
             values of one draw, or the sites being sampled.
         radius : array, shape (n_stars,)
-            Projected radius of every star, > 0.
+            Projected radius of every star, >= 0.
         reference_radius : float or array, shape ()
             ``R_ref`` of the logistic law.
         n_field : int
             Field columns, background last.
+        minimum_radius : float or array, shape ()
+            The logistic law reads ``max(R, minimum_radius)``: its ``log R`` has no value (and
+            its slope no gradient) at R = 0, so a star at the centre is placed at this radius
+            (by default half the smallest positive radius, which leaves every positive radius
+            exact). The Plummer law is smooth at R = 0 and reads R itself.
 
         Returns
         -------
         array, shape (n_stars, 1 + n_field)
+            Finite, with finite gradients, for every R >= 0.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> law = {"frac_intercept": 0.0, "frac_slope": -1.0}
+        >>> lw = RadiusFraction("R").log_weights(law, np.array([0.0, 1.0]), 1.0, 1, minimum_radius=0.5)
+        >>> np.round(np.exp(lw), 3).tolist()
+        [[0.667, 0.333], [0.5, 0.5]]
         """
         if self.kind == "logistic":
-            logit = law["frac_intercept"] + law["frac_slope"] * jnp.log(radius / reference_radius)
+            safe = jnp.maximum(radius, minimum_radius)
+            logit = law["frac_intercept"] + law["frac_slope"] * jnp.log(safe / reference_radius)
         else:
             logit = law["frac_log_ratio"] - 2.0 * jnp.log1p((radius / law["frac_radius"]) ** 2)
         field_shares = law["field_weights"] if n_field > 1 else jnp.ones(1)
         return jnp.concatenate([jax.nn.log_sigmoid(logit)[:, None],
                                 jax.nn.log_sigmoid(-logit)[:, None] + jnp.log(field_shares)[None, :]], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpatialLaw:
+    """Spatial membership term: members follow a surface-density profile, the field is uniform.
+
+    The per-star joint is ``f p_mem(x_i) N(v_i | member) + (1 - f) p_field(x_i) N(v_i | field)``
+    with ``p_mem`` the profile and ``p_field = 1 / area`` both normalised over the
+    footprint; it enters :func:`bayesmix.likelihood.log_joint` as per-star log weights
+    ``log f + log p_mem(x_i)`` and ``log(1 - f) + log share + log p_field(x_i)`` (one join).
+    The member fraction ``f`` (site ``frac_member``, uniform prior) is a global number;
+    the memberships follow from the densities. Component 0 is the cluster, every other
+    column the field (several field Gaussians share ``1 - f`` through ``field_weights``).
+
+    Attributes
+    ----------
+    footprint : bayesmix.spatial.Footprint
+        Normalises both densities; every star must lie inside it.
+    xi, eta : str
+        Covariates with the tangent-plane offsets from the cluster centre.
+    profile : {"plummer", "exponential"}
+    scale_radius : float, optional
+        Fixed scale radius (e.g. from the literature); None samples ``scale_radius``
+        with a LogNormal prior (median ``scale_radius_loc``, log sd ``scale_radius_log_sd``).
+    scale_radius_loc : float, optional
+        Default: half the median distance of the stars from the centre.
+    scale_radius_log_sd : float
+    ellipticity : float, optional
+        ``1 - b/a``, fixed (default 0: round); None samples it, uniform in [0, 0.9].
+    position_angle : float, optional
+        Of the major axis, degrees north through east, fixed (default 0); None samples it,
+        uniform in [0, 180).
+    """
+
+    footprint: Any
+    xi: str = "xi"
+    eta: str = "eta"
+    profile: str = "plummer"
+    scale_radius: float | None = None
+    scale_radius_loc: float | None = None
+    scale_radius_log_sd: float = 1.0
+    ellipticity: float | None = 0.0
+    position_angle: float | None = 0.0
+
+    def __post_init__(self):
+        if self.profile not in SPATIAL_PROFILES:
+            raise ValueError(f"SpatialLaw profile={self.profile!r}; use one of {SPATIAL_PROFILES}.")
+        for name, low, high in (("scale_radius", 0.0, math.inf), ("scale_radius_loc", 0.0, math.inf),
+                                ("scale_radius_log_sd", 0.0, math.inf), ("ellipticity", -1e-300, 0.95)):
+            value = getattr(self, name)
+            if value is not None and not (low < float(value) < high):
+                raise ValueError(f"SpatialLaw {name}={value!r}; must be in ({max(low, 0.0)}, {high}).")
+
+    def sample_law(self, n_field: int, alpha) -> dict:
+        """Sample the spatial sites (their priors live here); fixed values are not sites."""
+        law = {"frac_member": numpyro.sample("frac_member", dist.Beta(1.0, 1.0))}
+        if self.scale_radius is None:
+            law["scale_radius"] = numpyro.sample(
+                "scale_radius", dist.LogNormal(math.log(self.scale_radius_loc), self.scale_radius_log_sd))
+        if self.ellipticity is None:
+            law["ellipticity"] = numpyro.sample("ellipticity", dist.Uniform(0.0, 0.9))
+        if self.position_angle is None:
+            law["position_angle"] = numpyro.sample("position_angle", dist.Uniform(0.0, 180.0))
+        if n_field > 1:
+            law["field_weights"] = numpyro.sample("field_weights", dist.Dirichlet(jnp.full(n_field, alpha)))
+        return law
+
+    def _value(self, law, name):
+        fixed = getattr(self, name)
+        return law[name] if fixed is None else fixed
+
+    def global_weights(self, law: dict, n_field: int):
+        """``(f, (1 - f) share_1, ...)``, shape (1 + n_field,)."""
+        shares = jnp.asarray(law["field_weights"]) if n_field > 1 else jnp.ones(1)
+        f = jnp.asarray(law["frac_member"])
+        return jnp.concatenate([f[None], (1.0 - f) * shares])
+
+    def log_weights(self, law: dict, covariates: dict, n_field: int):
+        """Per-star log weights: ``log f + log p_mem(x_i)``, ``log((1 - f) share) + log p_field``.
+
+        Parameters
+        ----------
+        law : mapping of str to array
+            ``frac_member`` and the sampled shape parameters (one draw, or the sites).
+        covariates : mapping with the ``xi`` and ``eta`` columns, shape (n_stars,)
+        n_field : int
+
+        Returns
+        -------
+        array, shape (n_stars, 1 + n_field)
+            Not normalised over the columns: each row carries the star's position density.
+        """
+        xi, eta = jnp.asarray(covariates[self.xi]), jnp.asarray(covariates[self.eta])
+        log_member = spatial.normalised_profile_log_density(
+            self.profile, xi, eta, self.footprint, self._value(law, "scale_radius"),
+            self._value(law, "ellipticity"), self._value(law, "position_angle"))
+        log_field = -math.log(self.footprint.area)
+        log_g = jnp.log(self.global_weights(law, n_field))
+        return jnp.concatenate([(log_g[0] + log_member)[:, None],
+                                jnp.broadcast_to(log_g[1:] + log_field, (xi.shape[0], n_field))], axis=1)
+
+    def init_values(self, w) -> dict:
+        """Starting values from the weights of a velocity-only point estimate (EM)."""
+        values = {"frac_member": np.asarray(float(np.clip(w[0], 0.01, 0.99)))}
+        if self.scale_radius is None:
+            values["scale_radius"] = np.asarray(self.scale_radius_loc)
+        if self.ellipticity is None:
+            values["ellipticity"] = np.asarray(0.1)
+        if self.position_angle is None:
+            values["position_angle"] = np.asarray(90.0)
+        if len(w) > 2:
+            values["field_weights"] = np.asarray(w[1:] / np.sum(w[1:]))
+        return values
+
+    def positions(self, covariates: dict) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(covariates[self.xi], float), np.asarray(covariates[self.eta], float)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberKinematics:
+    """A radius-dependent velocity dispersion and a velocity gradient for the cluster (1-D data).
+
+    The member's density of star ``i`` becomes ``N(v_i | mu_i, sigma(R_i)^2 + e_i^2)`` with
+    ``mu_i = mu + k_xi xi_i + k_eta eta_i`` and ``sigma(R)`` a power law
+    ``sigma_ref (R / R_ref)^gamma`` (``sigma_ref`` is the member's dispersion site, site
+    ``dispersion_slope`` = gamma) or piecewise constant in radius bins (the innermost bin's
+    dispersion is the member's dispersion site, with its prior and the ordering; site
+    ``dispersion_bins`` holds the others, one HalfNormal prior per bin). It is computed with
+    :func:`bayesmix.likelihood.mvn_log_prob` and joined by
+    :func:`bayesmix.likelihood.log_joint` as an extra per-star column; the field stays an
+    ordinary Gaussian component.
+
+    Attributes
+    ----------
+    radius : str, optional
+        Projected-radius covariate of the dispersion profile; None: constant dispersion.
+    kind : {"power_law", "bins"}
+    reference_radius : float, optional
+        ``R_ref`` of the power law; default the median radius of the stars.
+    slope_scale : float
+        Normal(0, slope_scale) prior of gamma.
+    bin_edges : sequence of float, optional
+        Increasing radius edges of the bins (``kind="bins"``); stars outside the edges
+        take the first or last bin.
+    bin_scales : float or sequence of float, optional
+        HalfNormal scale of each bin's dispersion (the first bin's is the member's dispersion
+        prior, ``scale_scale``, which is also the default of the others).
+    gradient : (str, str), optional
+        Covariates ``(xi, eta)`` of the velocity gradient; None: no gradient.
+    gradient_scale : float, optional
+        Normal(0, gradient_scale) prior of ``gradient_xi`` and ``gradient_eta``
+        (velocity per unit offset); default the member's ``scale_scale`` over the median radius.
+    """
+
+    radius: str | None = None
+    kind: str = "power_law"
+    reference_radius: float | None = None
+    slope_scale: float = 1.0
+    bin_edges: tuple | None = None
+    bin_scales: Any = None
+    gradient: tuple | None = None
+    gradient_scale: float | None = None
+    minimum_radius: float | None = None  # resolved by the model builder (half the smallest positive radius)
+
+    def __post_init__(self):
+        if self.kind not in spatial.DISPERSION_PROFILES:
+            raise ValueError(f"MemberKinematics kind={self.kind!r}; use one of {DISPERSION_PROFILES}.")
+        if self.radius is None and self.gradient is None:
+            raise ValueError("MemberKinematics needs a radius (dispersion profile) or a gradient (or both).")
+        if self.kind == "bins" and self.radius is not None:
+            edges = np.asarray(self.bin_edges if self.bin_edges is not None else [], float)
+            if edges.size < 2 or not np.all(np.diff(edges) > 0) or not np.all(np.isfinite(edges)):
+                raise ValueError(f"MemberKinematics bin_edges={self.bin_edges!r}: give at least 2 "
+                                 "increasing, finite radii.")
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.bin_edges) - 1 if self.kind == "bins" and self.radius is not None else 0
+
+    def covariate_names(self) -> tuple[str, ...]:
+        return ((self.radius,) if self.radius else ()) + tuple(self.gradient or ())
+
+    def sample_sites(self) -> dict:
+        """The profile's and the gradient's sites (their priors live here)."""
+        sites = {}
+        if self.radius is not None and self.kind == "power_law":
+            sites["dispersion_slope"] = numpyro.sample("dispersion_slope", dist.Normal(0.0, self.slope_scale))
+        if self.n_bins > 1:
+            scales = jnp.broadcast_to(jnp.asarray(self.bin_scales, dtype=jnp.float64), (self.n_bins,))[1:]
+            sites["dispersion_bins"] = numpyro.sample("dispersion_bins", dist.HalfNormal(scales).to_event(1))
+        if self.gradient is not None:
+            for axis in ("xi", "eta"):
+                sites[f"gradient_{axis}"] = numpyro.sample(f"gradient_{axis}",
+                                                           dist.Normal(0.0, self.gradient_scale))
+            record_gradient(sites)
+        return sites
+
+    def init_values(self, sigma_ref: float) -> dict:
+        """Starting values: a flat profile at the point estimate's dispersion, no gradient."""
+        values = {}
+        if self.radius is not None and self.kind == "power_law":
+            values["dispersion_slope"] = np.asarray(0.0)
+        if self.n_bins > 1:
+            values["dispersion_bins"] = np.full(self.n_bins - 1, float(sigma_ref))
+        if self.gradient is not None:
+            values["gradient_xi"] = values["gradient_eta"] = np.asarray(0.0)
+        return values
+
+    def dispersion(self, sites: dict, sigma_ref, radius):
+        """``sigma(R)`` of the members at ``radius`` (any shape)."""
+        if self.radius is None:
+            return jnp.broadcast_to(sigma_ref, jnp.shape(radius))
+        if self.kind == "bins":
+            sigmas = jnp.concatenate([jnp.reshape(sigma_ref, (1,)), jnp.reshape(sites.get(
+                "dispersion_bins", jnp.zeros(0)), (-1,))])
+            return spatial.binned_dispersion(radius, sigmas, self.bin_edges)
+        safe = jnp.maximum(radius, self.minimum_radius)
+        return spatial.power_law_dispersion(safe, sigma_ref, sites["dispersion_slope"], self.reference_radius)
+
+    def member_log_prob(self, sites: dict, mean, sigma_ref, data: Observations, covariates: dict):
+        """``log N(v_i | mu_i, sigma(R_i)^2 + e_i^2)`` of every star, shape (n_stars,)."""
+        n = data.values.shape[0]
+        mu = jnp.broadcast_to(mean, (n,))
+        if self.gradient is not None:
+            mu = mu + sites["gradient_xi"] * covariates[self.gradient[0]] \
+                + sites["gradient_eta"] * covariates[self.gradient[1]]
+        radius = covariates[self.radius] if self.radius is not None else jnp.zeros(n)
+        sigma = self.dispersion(sites, sigma_ref, jnp.asarray(radius))
+        var = sigma**2 + data.error_covs[:, 0, 0]
+        return mvn_log_prob(data.values, mu[:, None], var[:, None, None])
+
+
+def record_gradient(sites: dict) -> None:
+    """Record the gradient's magnitude and position angle (of increasing velocity, degrees
+    north through east) as deterministic sites."""
+    kx, ke = sites["gradient_xi"], sites["gradient_eta"]
+    numpyro.deterministic("gradient_magnitude", jnp.hypot(kx, ke))
+    numpyro.deterministic("gradient_angle", jnp.mod(jnp.rad2deg(jnp.arctan2(kx, ke)), 360.0))
 
 
 def _ordered_site(name, shape_k, log_prob_fn, positive):
@@ -267,6 +530,10 @@ class MixtureModel:
     background : UniformBackground, GaussianBackground or None
         From :mod:`bayesmix.components`; its shape is fixed, its weight sampled.
     radius_fraction : RadiusFraction or None
+    spatial : SpatialLaw or None
+        Per-star weights from the positions (exclusive with ``radius_fraction``).
+    kinematics : MemberKinematics or None
+        The cluster's dispersion profile and velocity gradient (1-D data).
     frozen : MixtureParams or None, with ``frozen_means`` / ``frozen_covariances`` /
         ``frozen_weights``
         Fixed values, used where the masks are True. Frozen weights keep their values;
@@ -290,7 +557,10 @@ class MixtureModel:
     frac_scale: float
     background: Any = None
     radius_fraction: RadiusFraction | None = None
+    spatial: SpatialLaw | None = None
+    kinematics: MemberKinematics | None = None
     reference_radius: float | None = None
+    minimum_radius: float | None = None
     frozen: MixtureParams | None = None
     frozen_means: tuple[bool, ...] | None = None
     frozen_covariances: tuple[bool, ...] | None = None
@@ -317,6 +587,8 @@ class MixtureModel:
                  "frac_scale": self.frac_scale}
         if self.reference_radius is not None:
             hyper["reference_radius"] = self.reference_radius
+        if self.minimum_radius is not None:
+            hyper["minimum_radius"] = self.minimum_radius
         if self.frozen is not None:
             hyper["frozen_means"] = self.frozen.means
             hyper["frozen_covariances"] = self.frozen.covariances
@@ -338,7 +610,7 @@ class MixtureModel:
         h = self.hyperparameters() if hyper is None else hyper
         k, d = self.n_components, self.n_features
         order = self.ordering
-        log_w = self._sample_log_weights(data, covariates, h)
+        log_w, w_mean = self._sample_log_weights(data, covariates, h)
         loc, scale, sscale = h["mean_loc"], h["mean_scale"], h["scale_scale"]  # (K, D) each
         if order.kind == "mean":
             means = self._ordered_matrix("mean", loc, scale, positive=False)
@@ -372,15 +644,98 @@ class MixtureModel:
         if d > 1:
             numpyro.deterministic("correlations", corr)
         if self.tutorial_names:
-            w_mean = self._mean_weights(log_w)
             numpyro.deterministic("mean1", means[0, 0])
             numpyro.deterministic("sigma1", scales[0, 0])
             numpyro.deterministic("mean2", means[1, 0])
             numpyro.deterministic("sigma2", scales[1, 0])
             numpyro.deterministic("frac1", w_mean[0])
 
+        if self.kinematics is not None:
+            sites = self.kinematics.sample_sites()
+            sites.update({"means": means, "covariances": covs})
+            field, log_w, extra = self._kinematic_terms(sites, log_w, data, covariates)
+            numpyro.factor("log_likelihood", total_log_likelihood(field, data, log_w, extra))
+            return
         params = MixtureParams(jnp.exp(log_w[..., :k]), means, covs)
         numpyro.factor("log_likelihood", self.total_log_likelihood(params, log_w, data))
+
+    def _kinematic_terms(self, sample: dict, log_w, data: Observations, covariates: dict):
+        """The field Gaussians, log weights and extra columns of a model with member kinematics.
+
+        The member's per-star density is an extra column of
+        :func:`bayesmix.likelihood.log_joint` (after the field Gaussians, before a
+        background), so the log weights are permuted to match: columns come out in the
+        order (field..., member, background).
+        """
+        k = self.n_components
+        means, covs = jnp.asarray(sample["means"]), jnp.asarray(sample["covariances"])
+        member = self.kinematics.member_log_prob(sample, means[0, 0], jnp.sqrt(covs[0, 0, 0]), data,
+                                                 {n: jnp.asarray(covariates[n]) for n in
+                                                  self.kinematics.covariate_names()})
+        extra = member[:, None]
+        background = self.log_background(data)
+        if background is not None:
+            extra = jnp.concatenate([extra, jnp.broadcast_to(background, member.shape)[:, None]], axis=1)
+        order = np.r_[1:k, 0, k:self.n_total]  # static: (field..., member, background)
+        field = MixtureParams(jnp.ones(k - 1) / (k - 1), means[1:], covs[1:])
+        return field, jnp.asarray(log_w)[..., order], extra
+
+    def star_moments(self, sample: dict, covariates: dict | None, n_stars: int):
+        """Intrinsic mean and covariance of every Gaussian component at every star, for one draw.
+
+        What predictive draws need: the same for every star, except under member
+        kinematics, where the cluster's (component 0) mean and dispersion vary from star
+        to star.
+
+        Returns
+        -------
+        means : array, shape (n_stars, n_components, n_features)
+        covariances : array, shape (n_stars, n_components, n_features, n_features)
+        """
+        means, covs = jnp.asarray(sample["means"]), jnp.asarray(sample["covariances"])
+        k, d = self.n_components, self.n_features
+        means = jnp.broadcast_to(means, (n_stars, k, d))
+        covs = jnp.broadcast_to(covs, (n_stars, k, d, d))
+        kin = self.kinematics
+        if kin is None:
+            return means, covs
+        cov = {n: jnp.asarray((covariates or {})[n]) for n in kin.covariate_names()}
+        mu = means[:, 0, 0]
+        if kin.gradient is not None:
+            mu = (mu + sample["gradient_xi"] * cov[kin.gradient[0]]
+                  + sample["gradient_eta"] * cov[kin.gradient[1]])
+        radius = cov[kin.radius] if kin.radius is not None else jnp.zeros(n_stars)
+        sigma = kin.dispersion(sample, jnp.sqrt(covs[0, 0, 0, 0]), radius)
+        return means.at[:, 0, 0].set(mu), covs.at[:, 0, 0, 0].set(sigma**2)
+
+    def star_log_joint(self, sample: dict, data: Observations, covariates: dict | None = None):
+        """``log w_ik + log p_k(x_i)`` of one draw, columns in :attr:`component_names` order.
+
+        Every model's per-star joint (what memberships and the pointwise log-likelihood
+        reduce): :meth:`joint_log_prob` of :meth:`params` and :meth:`log_weights`, or, with
+        member kinematics, the member's per-star column joined by
+        :func:`bayesmix.likelihood.log_joint` (then put back first).
+
+        Parameters
+        ----------
+        sample : dict of str to array
+            One draw's sites (``means``, ``covariances``, the weight and law sites).
+        data : Observations
+        covariates : dict of str to array (n_stars,), optional
+
+        Returns
+        -------
+        array, shape (n_stars, n_total)
+        """
+        log_w = self.log_weights(sample, covariates)
+        if self.kinematics is None:
+            return self.joint_log_prob(self.params(sample), log_w, data)
+        k = self.n_components
+        field, log_w_perm, extra = self._kinematic_terms(sample, log_w, data, covariates or {})
+        log_w_perm = jnp.broadcast_to(log_w_perm, (data.values.shape[0], self.n_total))
+        joint = log_joint(field, data, log_w_perm, extra)
+        back = np.r_[k - 1, 0:k - 1, k:self.n_total]  # static: member first again
+        return joint[:, back]
 
     def program_key(self) -> str:
         """What a compiled program of :meth:`model` depends on beyond its arguments.
@@ -391,7 +746,7 @@ class MixtureModel:
         stored sampler programs. Prior values enter only as their shapes.
         """
         hyper = {"weight_concentration", "mean_loc", "mean_scale", "scale_scale", "lkj_concentration",
-                 "frac_loc", "frac_scale", "reference_radius", "frozen"}
+                 "frac_loc", "frac_scale", "reference_radius", "minimum_radius", "frozen"}
         parts = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -404,7 +759,12 @@ class MixtureModel:
     def member_apart(self) -> bool:
         """Whether the cluster (component 0) stands outside the ordering: a radius law with
         more than one field column (several field Gaussians or a background)."""
-        return self.radius_fraction is not None and self.n_total > 2
+        return self.per_star_weights and self.n_total > 2
+
+    @property
+    def per_star_weights(self) -> bool:
+        """Whether the weights come from a radius law or a spatial term (not a Dirichlet)."""
+        return self.radius_fraction is not None or self.spatial is not None
 
     def _ordered_matrix(self, kind, loc, scale, *, positive):
         """(K, D) means or scales whose column ``ordering.feature`` increases with the index.
@@ -477,19 +837,43 @@ class MixtureModel:
         -------
         array, shape (n_stars, n_total)
         """
+        if self.kinematics is not None:
+            raise ValueError("this model has member kinematics (a per-star member density): its joint "
+                             "needs the draw's sites and the covariates; call "
+                             "star_log_joint(sample, data, covariates).")
         return log_joint(params, data, log_w, self.log_background(data))
 
     def _mean_weights(self, log_w):
         return jnp.exp(log_w) if log_w.ndim == 1 else jnp.mean(jnp.exp(log_w), axis=0)
 
     def _sample_log_weights(self, data, covariates, h):
+        """Sample the weight sites: returns the (per-star) log weights and the global weights
+        (the tutorial's ``frac1`` reads the first)."""
+        log_w = self._sample_log_weight_sites(data, covariates, h)
+        if isinstance(log_w, tuple):
+            return log_w
+        return log_w, self._mean_weights(log_w)
+
+    def _sample_spatial_weights(self, covariates, alpha):
+        """The spatial term's sites: per-star log weights and the global weights ``(f, 1 - f ...)``."""
+        n_field = self.n_total - 1
+        law = self.spatial.sample_law(n_field, alpha)
+        w = self.spatial.global_weights(law, n_field)
+        numpyro.deterministic("weights", w[: self.n_components])
+        if self.background is not None:
+            numpyro.deterministic("background_weight", w[-1])
+        return self.spatial.log_weights(law, covariates or {}, n_field), w
+
+    def _sample_log_weight_sites(self, data, covariates, h):
         k_total = self.n_total
         alpha = h["alpha"]
+        if self.spatial is not None:
+            return self._sample_spatial_weights(covariates, alpha)
         if self.radius_fraction is not None:
             rf = self.radius_fraction
             radius = jnp.asarray((covariates or {})[rf.covariate])
             law = rf.sample_law(h, k_total - 1)
-            log_w = rf.log_weights(law, radius, h["reference_radius"], k_total - 1)
+            log_w = rf.log_weights(law, radius, h["reference_radius"], k_total - 1, h["minimum_radius"])
             mean_w = jnp.mean(jnp.exp(log_w), axis=0)
             numpyro.deterministic("weights", mean_w[: self.n_components])
             if self.background is not None:
@@ -544,18 +928,27 @@ class MixtureModel:
         ``weights`` are the Gaussian components' (averaged over stars under a radius
         law); with a background they sum to ``1 - background_weight``.
         """
+        if self.kinematics is not None:
+            # The member's density differs from star to star: one (mean, covariance) per
+            # component would give silently wrong memberships and predictive draws.
+            raise ValueError("this model has member kinematics (a per-star member mean and dispersion), "
+                             "which MixtureParams cannot hold: use star_log_joint(sample, data, covariates) "
+                             "for the per-star joint (membership_probabilities(fit) uses it).")
         w = jnp.asarray(sample["weights"])[..., : self.n_components]
         return MixtureParams(w, jnp.asarray(sample["means"]), jnp.asarray(sample["covariances"]))
 
     def log_weights(self, sample: dict, covariates: dict | None = None):
-        """Log weights of one draw: (n_total,), or (n_stars, n_total) with a radius law."""
+        """Log weights of one draw: (n_total,), or (n_stars, n_total) with a radius law or a
+        spatial term."""
+        if self.spatial is not None:
+            return self.spatial.log_weights(sample, covariates or {}, self.n_total - 1)
         if self.radius_fraction is None:
             if self.background is not None:
                 return jnp.log(jnp.append(jnp.asarray(sample["weights"]), sample["background_weight"]))
             return jnp.log(jnp.asarray(sample["weights"]))
         rf = self.radius_fraction
         radius = jnp.asarray((covariates or {})[rf.covariate])
-        return rf.log_weights(sample, radius, self.reference_radius, self.n_total - 1)
+        return rf.log_weights(sample, radius, self.reference_radius, self.n_total - 1, self.minimum_radius)
 
     # ------------------------------------------------------------------ initial values
 
@@ -582,15 +975,23 @@ class MixtureModel:
         """The Gaussian component of a point estimate (e.g. an EM fit, which knows nothing of
         radii) that is most concentrated towards the centre: the smallest mean log radius of
         its stars, weighted by their membership probabilities."""
-        radius = np.asarray(covariates[self.radius_fraction.covariate], float)
+        radius = self._member_radius(covariates)
         log_w = np.log(np.asarray(params.weights, float))
         if self.background is not None:
             bw = float(background_weight if background_weight is not None else self.background.weight)
             log_w = np.append(log_w - math.log(np.exp(log_w).sum()) + math.log1p(-bw), math.log(bw))
         resp = np.asarray(jax.nn.softmax(self.joint_log_prob(params, jnp.asarray(log_w), data), axis=1))
         resp = resp[:, : self.n_components]
-        mean_log_radius = (resp * np.log(radius)[:, None]).sum(axis=0) / np.maximum(resp.sum(axis=0), 1e-300)
+        # A star at R = 0 has no log radius: floor at half the smallest positive one.
+        log_radius = np.log(np.maximum(radius, 0.5 * np.min(radius[radius > 0], initial=np.inf)))
+        mean_log_radius = (resp * log_radius[:, None]).sum(axis=0) / np.maximum(resp.sum(axis=0), 1e-300)
         return int(np.argmin(mean_log_radius))
+
+    def _member_radius(self, covariates: dict) -> np.ndarray:
+        """Projected radius of every star: the radius law's covariate, or from the positions."""
+        if self.spatial is not None:
+            return np.hypot(*self.spatial.positions(covariates))
+        return np.asarray(covariates[self.radius_fraction.covariate], float)
 
     def fixed_quantities(self) -> dict[str, np.ndarray]:
         """Which entries of the posterior quantities are constant by construction.
@@ -611,16 +1012,16 @@ class MixtureModel:
         fm = np.asarray(self.frozen_means or (False,) * k, bool)
         fc = np.asarray(self.frozen_covariances or (False,) * k, bool)
         fw = np.asarray(self.frozen_weights or (False,) * k, bool)
-        if self.radius_fraction is not None:
-            fw = np.zeros(k, bool)  # f(R) averaged over stars: never fixed
+        if self.per_star_weights:
+            fw = np.zeros(k, bool)  # f(R) averaged over stars, or a sampled member fraction: never fixed
         n_free = int(np.sum(~fw)) + int(self.background is not None)
-        weights_fixed = fw | (n_free <= 1 and self.radius_fraction is None)
+        weights_fixed = fw | (n_free <= 1 and not self.per_star_weights)
         out = {"weights": weights_fixed, "means": np.repeat(fm[:, None], d, axis=1),
                "scales": np.repeat(fc[:, None], d, axis=1),
                "covariances": np.broadcast_to(fc[:, None, None], (k, d, d)).copy(),
                "correlations": np.broadcast_to(fc[:, None, None], (k, d, d)) | np.eye(d, dtype=bool)}
         if self.background is not None:
-            out["background_weight"] = np.asarray(n_free <= 1 and self.radius_fraction is None)
+            out["background_weight"] = np.asarray(n_free <= 1 and not self.per_star_weights)
         if self.tutorial_names:
             out.update({"mean1": fm[0], "sigma1": fc[0], "mean2": fm[1], "sigma2": fc[1],
                         "frac1": weights_fixed[0]})
@@ -660,6 +1061,38 @@ class MixtureModel:
             scales["means_ordered"].reshape(-1)[0] = spread[j]  # the rest are log gaps
         return scales
 
+    def _init_weight_values(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        """Starting values of the weight sites (or the radius law's, or the spatial term's)
+        from the point estimate's weights ``w`` (n_total,), in this model's order."""
+        values: dict[str, np.ndarray] = {}
+        if self.spatial is not None:
+            values.update(self.spatial.init_values(w))
+        elif self.radius_fraction is not None:
+            rf = self.radius_fraction
+            logit0 = math.log(w[0] / (1.0 - w[0]))
+            if self.n_total > 2:
+                values["field_weights"] = w[1:] / w[1:].sum()
+            if rf.kind == "logistic":
+                values["frac_intercept"] = np.asarray(logit0)
+                values["frac_slope"] = np.asarray(0.0)
+            else:
+                values["frac_log_ratio"] = np.asarray(logit0 + 2.0 * math.log(2.0))
+                values["frac_radius"] = np.asarray(self.reference_radius)
+        elif self.frozen_weights is not None and any(self.frozen_weights):
+            fixed = np.asarray(self.frozen_weights + (False,) * (self.n_total - self.n_components))
+            if np.sum(~fixed) > 1:
+                free = w[~fixed]
+                values["weights_free"] = free / free.sum()
+        elif self.ordering.kind == "weight":
+            values["weight_gammas"] = _strictly_increasing(np.sort(w) * self.n_total
+                                                           * self.weight_concentration, positive=True,
+                                                           unit=1.0)
+        elif self.background is not None:
+            values["weights_all"] = w
+        else:
+            values["weights"] = w
+        return values
+
     def init_values(self, params: MixtureParams, background_weight: float | None = None, *,
                     data: Observations | None = None,
                     covariates: dict | None = None) -> dict[str, np.ndarray]:
@@ -678,7 +1111,7 @@ class MixtureModel:
         -------
         dict of str to ndarray
         """
-        k, d = self.n_components, self.n_features
+        d = self.n_features
         member = None
         if self.member_apart and data is not None and covariates is not None:
             member = self.member_component(params, data, covariates, background_weight)
@@ -692,32 +1125,8 @@ class MixtureModel:
             w = np.append(w / w.sum() * (1.0 - bw), bw)
         w = np.clip(w / w.sum(), 1e-6, None)
         w /= w.sum()
-        values: dict[str, np.ndarray] = {}
+        values = self._init_weight_values(w)
         order = self.ordering
-        if self.radius_fraction is not None:
-            rf = self.radius_fraction
-            logit0 = math.log(w[0] / (1.0 - w[0]))
-            if self.n_total > 2:
-                values["field_weights"] = w[1:] / w[1:].sum()
-            if rf.kind == "logistic":
-                values["frac_intercept"] = np.asarray(logit0)
-                values["frac_slope"] = np.asarray(0.0)
-            else:
-                values["frac_log_ratio"] = np.asarray(logit0 + 2.0 * math.log(2.0))
-                values["frac_radius"] = np.asarray(self.reference_radius)
-        elif self.frozen_weights is not None and any(self.frozen_weights):
-            fixed = np.asarray(self.frozen_weights + (False,) * (self.n_total - k))
-            if np.sum(~fixed) > 1:
-                free = w[~fixed]
-                values["weights_free"] = free / free.sum()
-        elif order.kind == "weight":
-            values["weight_gammas"] = _strictly_increasing(np.sort(w) * self.n_total
-                                                           * self.weight_concentration, positive=True,
-                                                           unit=1.0)
-        elif self.background is not None:
-            values["weights_all"] = w
-        else:
-            values["weights"] = w
         for kind, matrix, positive in (("mean", mu, False), ("scale", sd, True)):
             if order.kind != kind:
                 values[f"{kind}s_free"] = matrix
@@ -737,6 +1146,8 @@ class MixtureModel:
             corr = cov / base_sd[:, :, None] / base_sd[:, None, :]
             corr = 0.999 * corr + 0.001 * np.eye(d)  # keep |rho| < 1 strictly
             values["corr_cholesky"] = np.linalg.cholesky(corr)
+        if self.kinematics is not None:
+            values.update(self.kinematics.init_values(sd[0, 0]))
         return values
 
 
@@ -818,7 +1229,11 @@ def _resolve_priors(priors: Priors, x: np.ndarray, names: tuple[str, ...]):
 
 def _check_radius_fraction(radius_fraction: RadiusFraction, covariates, n_stars: int, n_total: int,
                            ordering: Ordering) -> float:
-    """Validate a radius law against the model and the radii; returns the reference radius."""
+    """Validate a radius law against the model and the radii.
+
+    Returns the reference radius (the median positive radius unless given) and the
+    logistic law's floor (half the smallest positive radius: see :meth:`RadiusFraction.log_weights`).
+    """
     if n_total < 2:
         raise ValueError("radius_fraction needs a field: at least 2 components (cluster, field), or 1 "
                          "component (the cluster) and a background.")
@@ -831,13 +1246,18 @@ def _check_radius_fraction(radius_fraction: RadiusFraction, covariates, n_stars:
     if radius.shape != (n_stars,):
         raise ValueError(f"covariate {radius_fraction.covariate!r} must hold one radius per star "
                          f"({n_stars}); got shape {radius.shape}.")
-    bad = np.flatnonzero(~np.isfinite(radius) | (radius <= 0))
+    bad = np.flatnonzero(~np.isfinite(radius) | (radius < 0))
     if bad.size:
-        raise ValueError(f"covariate {radius_fraction.covariate!r} must hold one positive, finite radius per "
+        raise ValueError(f"covariate {radius_fraction.covariate!r} must hold one finite radius >= 0 per "
                          f"star; {bad.size} star(s) do not (rows {bad[:5].tolist()}"
-                         f"{' ...' if bad.size > 5 else ''}, values {radius[bad[:5]].tolist()}). A star at "
-                         "the centre has R = 0: give it a small positive radius or drop it.")
-    return float(radius_fraction.reference_radius or np.median(radius))
+                         f"{' ...' if bad.size > 5 else ''}, values {radius[bad[:5]].tolist()}). Fix or drop "
+                         "those rows (a projected radius is never negative; NaN means a missing position).")
+    positive = radius[radius > 0]
+    if positive.size == 0:
+        raise ValueError(f"covariate {radius_fraction.covariate!r} is 0 for every star: a radius law needs "
+                         "stars away from the centre (is it the right column?).")
+    reference = float(radius_fraction.reference_radius or np.median(positive))
+    return reference, 0.5 * float(positive.min())
 
 
 def _resolve_ordering(ordering: Ordering | str | None, n_features: int, background) -> Ordering:
@@ -894,7 +1314,8 @@ def mixture_model(data, n_components: int, *, priors: Priors | None = None,
                   radius_fraction: RadiusFraction | None = None, covariates: dict | None = None,
                   frozen: MixtureParams | None = None, frozen_means=None, frozen_covariances=None,
                   frozen_weights=None, feature_names=None, component_names=None,
-                  tutorial_names: bool = False) -> MixtureModel:
+                  tutorial_names: bool = False, spatial: SpatialLaw | None = None,
+                  kinematics: MemberKinematics | None = None) -> MixtureModel:
     """Build a :class:`MixtureModel` with priors resolved against the data.
 
     Parameters
@@ -919,6 +1340,12 @@ def mixture_model(data, n_components: int, *, priors: Priors | None = None,
     feature_names, component_names : sequences of str, optional
     tutorial_names : bool
         Record the tutorial's ``mean1, sigma1, mean2, sigma2, frac1`` (K = 2, D = 1).
+    spatial : SpatialLaw, optional
+        Member and field position densities as per-star weights (component 0 is the
+        cluster); exclusive with ``radius_fraction``. Every star must lie in its footprint.
+    kinematics : MemberKinematics, optional
+        The cluster's (component 0) dispersion profile and velocity gradient; 1-D data and
+        at least one field Gaussian.
 
     Returns
     -------
@@ -941,38 +1368,213 @@ def mixture_model(data, n_components: int, *, priors: Priors | None = None,
     n_total = n_components + (background is not None)
     names = _component_names(component_names, n_components, background)
     mean_loc, mean_scale, scale_scale = _resolve_priors(priors, x, names[:n_components])
-    reference_radius = None
+    reference_radius = minimum_radius = None
+    spatial, kinematics = _resolve_cluster_terms(spatial, kinematics, radius_fraction, covariates, x.shape,
+                                                 n_components, n_total, ordering, float(scale_scale[0, 0]))
     if radius_fraction is not None:
-        reference_radius = _check_radius_fraction(radius_fraction, covariates, n_stars, n_total, ordering)
+        reference_radius, minimum_radius = _check_radius_fraction(radius_fraction, covariates, n_stars,
+                                                                  n_total, ordering)
     if tutorial_names and (n_components != 2 or n_features != 1):
         raise ValueError("tutorial_names needs a 1-D, 2-component model.")
     feats = tuple(feature_names) if feature_names is not None else tuple(f"x{j}" for j in range(n_features))
     masks = _frozen_masks(frozen, {"frozen_means": frozen_means, "frozen_covariances": frozen_covariances,
                                    "frozen_weights": frozen_weights}, n_components)
-    _check_frozen_weights(frozen, masks["frozen_weights"], n_total, radius_fraction, ordering)
+    _check_frozen_weights(frozen, masks["frozen_weights"], n_total, radius_fraction or spatial, ordering)
     return MixtureModel(
         n_components=n_components, n_features=n_features, feature_names=feats, component_names=names,
         ordering=ordering, weight_concentration=float(priors.weight_concentration),
         mean_loc=mean_loc, mean_scale=mean_scale, scale_scale=scale_scale,
         lkj_concentration=float(priors.lkj_concentration), frac_loc=float(priors.frac_loc),
         frac_scale=float(priors.frac_scale), background=background, radius_fraction=radius_fraction,
-        reference_radius=reference_radius, frozen=frozen, frozen_means=masks["frozen_means"],
+        spatial=spatial, kinematics=kinematics, reference_radius=reference_radius,
+        minimum_radius=minimum_radius, frozen=frozen, frozen_means=masks["frozen_means"],
         frozen_covariances=masks["frozen_covariances"], frozen_weights=masks["frozen_weights"],
         tutorial_names=tutorial_names,
     )
 
 
 def cluster_field_model(data, *, radius_fraction: RadiusFraction | str | None = None,
-                        priors: Priors | None = None, covariates: dict | None = None) -> MixtureModel:
+                        priors: Priors | None = None, covariates: dict | None = None,
+                        spatial: SpatialLaw | None = None,
+                        kinematics: MemberKinematics | None = None) -> MixtureModel:
     """The 1-D velocity-membership model: a narrow cluster and a broad field component.
 
     ``sigma1 < sigma2`` by construction (ordering by dispersion), components named
     ``("cluster", "field")``, and the tutorial's ``mean1, sigma1, mean2, sigma2, frac1``
     recorded. With ``radius_fraction`` (a :class:`RadiusFraction` or the name of the
-    radius covariate) the member fraction follows projected radius.
+    radius covariate) the member fraction follows projected radius; with ``spatial`` (a
+    :class:`SpatialLaw`) the positions enter the likelihood (``frac1`` is then the global
+    member fraction); with ``kinematics`` (a :class:`MemberKinematics`) the cluster's
+    dispersion follows radius and its mean a gradient (``sigma1`` is then ``sigma_ref``).
+
+    Examples
+    --------
+    >>> from bayesmix.spatial import simulate_cluster_kinematics
+    >>> sim = simulate_cluster_kinematics(0, 40, 40)
+    >>> m = cluster_field_model(sim.data, covariates=sim.covariates,
+    ...                         spatial=SpatialLaw(sim.footprint), kinematics=MemberKinematics(radius="R"))
+    >>> m.component_names
+    ('cluster', 'field')
     """
     if isinstance(radius_fraction, str):
         radius_fraction = RadiusFraction(covariate=radius_fraction)
     return mixture_model(data, 2, priors=priors, ordering=Ordering("scale", 0),
                          radius_fraction=radius_fraction, covariates=covariates,
-                         component_names=("cluster", "field"), tutorial_names=True)
+                         component_names=("cluster", "field"), tutorial_names=True, spatial=spatial,
+                         kinematics=kinematics)
+
+
+def _covariate_column(covariates, name: str, n_stars: int, what: str) -> np.ndarray:
+    """One finite value per star of covariate ``name``, or an error naming it, the count and the rows."""
+    if name not in (covariates or {}):
+        raise ValueError(f"{what} needs the covariate {name!r}; available covariates: "
+                         f"{sorted(covariates or {})}.")
+    col = np.asarray(covariates[name], float)
+    if col.shape != (n_stars,):
+        raise ValueError(f"covariate {name!r} must hold one value per star ({n_stars}); got shape "
+                         f"{col.shape}.")
+    bad = np.flatnonzero(~np.isfinite(col))
+    if bad.size:
+        raise ValueError(f"covariate {name!r} ({what}) is not finite for {bad.size} star(s) (rows "
+                         f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''}): drop those rows or fill "
+                         "them.")
+    return col
+
+
+def _resolve_cluster_terms(spatial_law, kinematics, radius_fraction, covariates, shape, n_components: int,
+                           n_total: int, ordering: Ordering, member_scale: float):
+    """The spatial term and the member kinematics, checked and with their defaults filled (or None)."""
+    n_stars, n_features = shape
+    if spatial_law is not None:
+        spatial_law = _resolve_spatial(spatial_law, radius_fraction, covariates, n_stars, n_total, ordering)
+    if kinematics is not None:
+        kinematics = _resolve_kinematics(kinematics, covariates, n_stars, n_components, n_features,
+                                         member_scale)
+    return spatial_law, kinematics
+
+
+def _resolve_spatial(law: SpatialLaw, radius_fraction, covariates, n_stars: int, n_total: int,
+                     ordering: Ordering) -> SpatialLaw:
+    """Check a spatial term against the model and the positions; fill its default prior.
+
+    Stars outside the footprint are an error (naming the count and rows), not dropped:
+    the field density ``1 / area`` would be wrong for them, and dropping belongs to the
+    catalogue's selection (with its drop report).
+    """
+    if not isinstance(law, SpatialLaw):
+        raise ValueError(f"spatial must be a SpatialLaw; got {type(law).__name__}.")
+    if radius_fraction is not None:
+        raise ValueError("spatial and radius_fraction both set the member fraction: give one of them.")
+    if n_total < 2:
+        raise ValueError("spatial needs a field: at least 2 components (cluster, field).")
+    if ordering.kind == "weight":
+        raise ValueError("spatial sets the weights; order by scale or mean, not by weight.")
+    xi = _covariate_column(covariates, law.xi, n_stars, "spatial.xi")
+    eta = _covariate_column(covariates, law.eta, n_stars, "spatial.eta")
+    outside = np.flatnonzero(~law.footprint.contains(xi, eta))
+    if outside.size:
+        raise ValueError(f"{outside.size} star(s) lie outside the footprint ({law.footprint.describe()}): "
+                         f"rows {outside[:5].tolist()}{' ...' if outside.size > 5 else ''}. Enlarge the "
+                         "footprint, use the convex hull of the positions, or cut those stars in the "
+                         "catalogue selection.")
+    if law.scale_radius is None and law.scale_radius_loc is None:
+        radius = np.hypot(xi, eta)
+        loc = 0.5 * float(np.median(radius)) if np.median(radius) > 0 else 0.1 * math.sqrt(law.footprint.area)
+        law = dataclasses.replace(law, scale_radius_loc=loc)
+    logger.info("spatial term: %s profile; footprint %s", law.profile, law.footprint.describe())
+    return law
+
+
+def _kinematics_radius_defaults(kin: MemberKinematics, covariates, n_stars: int,
+                                member_scale: float) -> dict[str, Any]:
+    """Check the profile's radius covariate; the floor, reference radius and bin prior defaults."""
+    radius = _covariate_column(covariates, kin.radius, n_stars, "kinematics.radius")
+    bad = np.flatnonzero(radius < 0)
+    if bad.size:
+        raise ValueError(f"covariate {kin.radius!r} must hold radii >= 0; {bad.size} star(s) do not "
+                         f"(rows {bad[:5].tolist()}).")
+    positive = radius[radius > 0]
+    if positive.size == 0:
+        raise ValueError(f"covariate {kin.radius!r} is 0 for every star: is it the radius column?")
+    # A falling power law diverges at R = 0: the profile reads max(R, R_min).
+    updates: dict[str, Any] = {"minimum_radius": 0.5 * float(positive.min())}
+    if kin.reference_radius is None:
+        updates["reference_radius"] = float(np.median(positive))
+    if kin.bin_scales is None:
+        updates["bin_scales"] = member_scale
+    return updates
+
+
+def _resolve_kinematics(kin: MemberKinematics, covariates, n_stars: int, n_components: int, n_features: int,
+                        member_scale: float) -> MemberKinematics:
+    """Check member kinematics against the model and the covariates; fill the default priors."""
+    if not isinstance(kin, MemberKinematics):
+        raise ValueError(f"kinematics must be a MemberKinematics; got {type(kin).__name__}.")
+    if n_features != 1 or n_components < 2:
+        raise ValueError(f"kinematics needs 1-D data (velocities) and at least 2 Gaussian components (the "
+                         f"cluster and a field); got {n_features} feature(s), {n_components} component(s).")
+    updates = _kinematics_radius_defaults(kin, covariates, n_stars, member_scale) if kin.radius else {}
+    if kin.gradient is not None:
+        xi, eta = (_covariate_column(covariates, name, n_stars, "kinematics.gradient")
+                   for name in kin.gradient)
+        if kin.gradient_scale is None:
+            spread = float(np.median(np.hypot(xi, eta)))
+            updates["gradient_scale"] = member_scale / (spread if spread > 0 else 1.0)
+    if kin.bin_scales is not None:
+        scales = np.broadcast_to(np.asarray(kin.bin_scales, float), (kin.n_bins,))
+        updates["bin_scales"] = tuple(scales.tolist())
+    elif "bin_scales" in updates:
+        updates["bin_scales"] = (float(updates["bin_scales"]),) * max(kin.n_bins, 1)
+    if kin.bin_edges is not None:
+        updates["bin_edges"] = tuple(float(e) for e in kin.bin_edges)
+    return dataclasses.replace(kin, **updates)
+
+
+def _posterior_sites(posterior, max_draws: int | None) -> dict[str, np.ndarray]:
+    """Every numeric site of evenly thinned draws (chains pooled), leading axis n_draws."""
+    n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
+    total = n_chain * n_draw
+    keep = np.arange(total) if max_draws is None or max_draws >= total else \
+        np.round(np.linspace(0, total - 1, int(max_draws))).astype(int)
+    out = {}
+    for name, da in posterior.data_vars.items():
+        if np.issubdtype(da.dtype, np.number):
+            values = np.asarray(da.transpose("chain", "draw", ...).values)
+            out[name] = values.reshape(total, *values.shape[2:])[keep]
+    return out
+
+
+def dispersion_profile(fit, radii, *, max_draws: int | None = 1000) -> np.ndarray:
+    """Posterior draws of the members' velocity dispersion ``sigma(R)`` on a radius grid.
+
+    Parameters
+    ----------
+    fit : PosteriorFit
+        Of a model with :class:`MemberKinematics` (``fit.model.kinematics``), or any 1-D
+        model (then ``sigma(R)`` is the cluster's constant dispersion).
+    radii : array_like, shape (n_radii,)
+    max_draws : int, optional
+        Evenly thinned draws at most (None: all).
+
+    Returns
+    -------
+    ndarray, shape (n_draws, n_radii)
+
+    Examples
+    --------
+    >>> sigma = dispersion_profile(fit, np.geomspace(10, 1000, 30))  # doctest: +SKIP
+    >>> np.percentile(sigma, [16, 50, 84], axis=0)  # doctest: +SKIP
+    """
+    radii = np.atleast_1d(np.asarray(radii, float))
+    sites = _posterior_sites(fit.idata.posterior, max_draws)
+    sigma_ref = np.asarray(sites["scales"])[:, 0, 0]
+    kin = getattr(fit.model, "kinematics", None)
+    if kin is None:
+        return np.repeat(sigma_ref[:, None], radii.size, axis=1)
+
+    def one(site, sref):
+        return kin.dispersion(site, sref, jnp.asarray(radii))
+
+    names = [n for n in ("dispersion_slope", "dispersion_bins") if n in sites]
+    per_draw = {n: jnp.asarray(sites[n]) for n in names}
+    return np.asarray(jax.vmap(one)(per_draw, jnp.asarray(sigma_ref)))

@@ -30,6 +30,7 @@ from bayesmix._files import atomic_write
 
 __all__ = [
     "corner_plot",
+    "dispersion_profile_plot",
     "element_labels",
     "ellipse_plot",
     "em_animation",
@@ -166,16 +167,26 @@ def _flat_truths(fit, var_names, truths) -> list:
 
 
 def _values_2d(name, values) -> np.ndarray:
-    """Measured values as a float (n_stars, n_features) array; accepts a catalogue/Observations."""
+    """Measured values as a float (n_stars, n_features) array; accepts a catalogue/Observations.
+
+    NaN marks a missing feature (a catalogue's or Observations' ``observed`` mask becomes
+    NaN): each panel shows the stars that have its features.
+    """
+    observed = None
     if hasattr(values, "values") and not isinstance(values, np.ndarray) and not callable(values.values):
-        values = values.values
+        values, observed = values.values, getattr(values, "observed", None)
     x = np.asarray(values, dtype=float)
+    if observed is not None:  # as likelihood.measured_values, without importing JAX here
+        x = np.where(np.asarray(observed), x, np.nan)
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"{name} must have shape (n_stars, n_features) (or (n_stars,)); got {x.shape}.")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} has NaN or infinite entries; drop those stars first.")
+    if np.isinf(x).any():
+        raise ValueError(f"{name} has infinite entries; drop those stars first.")
+    empty = np.flatnonzero(np.isnan(x).all(axis=0))
+    if empty.size:
+        raise ValueError(f"{name} has no measured value in feature(s) {empty.tolist()} (all NaN).")
     return x
 
 
@@ -259,7 +270,7 @@ def _component_ellipses(ax, means, covs, pair, *, radii=(1.0, 2.0), lw=2.0, alph
 
 def _data_limits(x, pad=0.05):
     """Axis limits covering the central 99.6% of ``x`` (a few outliers do not shrink the stars)."""
-    low, high = np.percentile(x, [0.2, 99.8])
+    low, high = np.nanpercentile(x, [0.2, 99.8])  # NaN: a star missing this feature
     if high <= low:
         low, high = low - 0.5, high + 0.5
     span = high - low
@@ -548,11 +559,12 @@ def ppc_plot(observed, replicated, *, feature: int = 0, ax=None, bins=40, label:
         raise ValueError(f"replicated must have shape (n_draws, {obs.shape[0]}, {obs.shape[1]}) (or "
                          f"(n_draws, {obs.shape[0]}) for one feature) to match observed {obs.shape}; "
                          f"got {np.shape(replicated)}.")
-    if rep.shape[0] < 2 or not np.isfinite(rep).all():
+    if rep.shape[0] < 2 or np.isinf(rep).any():
         raise ValueError(f"replicated needs at least 2 finite mock catalogues; got {rep.shape[0]}"
-                         f"{' with non-finite entries' if not np.isfinite(rep).all() else ''}.")
+                         f"{' with infinite entries' if np.isinf(rep).any() else ''}.")
     j = _check_feature("feature", feature, obs.shape[1])
-    x_obs, x_rep = obs[:, j], rep[:, :, j]
+    # A star missing this feature (NaN) is in neither histogram, in the data or in its mocks.
+    x_obs, x_rep = obs[:, j][~np.isnan(obs[:, j])], rep[:, ~np.isnan(obs[:, j]), j]
     edges = _ppc_edges(bins, x_obs, x_rep)
     counts = _histograms(x_rep, edges)
     low, median, high = np.percentile(counts, [16, 50, 84], axis=0)
@@ -575,7 +587,7 @@ def _ppc_edges(bins, x_obs, x_rep) -> np.ndarray:
     if isinstance(bins, (int, np.integer)) and not isinstance(bins, bool):
         if bins < 1:
             raise ValueError(f"bins must be a positive integer or bin edges; got {bins}.")
-        low, high = np.percentile(x_rep, [0.5, 99.5])
+        low, high = np.nanpercentile(x_rep, [0.5, 99.5])
         low, high = min(low, x_obs.min()), max(high, x_obs.max())
         if high <= low:
             low, high = low - 0.5, high + 0.5
@@ -614,11 +626,12 @@ def ppc_plot_fit(key, fit, *, n_draws: int = 200, feature: int = 0, ax=None, bin
     -------
     matplotlib.figure.Figure
     """
-    from bayesmix.membership import posterior_predictive  # lazy: JAX (see the module docstring)
+    from bayesmix.likelihood import measured_values  # lazy: JAX (see the module docstring)
+    from bayesmix.membership import posterior_predictive
 
     if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 2:
         raise ValueError(f"n_draws must be an integer >= 2 (mock catalogues for the band); got {n_draws!r}.")
-    values = np.asarray(fit.data.values)
+    values = measured_values(fit.data)
     j = _check_feature("feature", feature, values.shape[1])
     replicated = posterior_predictive(key, fit, int(n_draws))
     names = feature_labels(fit)
@@ -1118,3 +1131,108 @@ def _em_frame_1d(ax, x, error_var, fname, frames):
         return artists
 
     return draw
+
+
+# --------------------------------------------------------------------------- dispersion profile
+
+
+def _reference_profile(reference):
+    """``(radius, sigma, err)`` arrays from a mapping (``radius``, ``sigma``, optional
+    ``sigma_err``: (n,) or (2, n) lower/upper) or a tuple of the same."""
+    if isinstance(reference, Mapping):
+        radius, sigma, err = reference.get("radius"), reference.get("sigma"), reference.get("sigma_err")
+    else:
+        radius, sigma, *rest = reference
+        err = rest[0] if rest else None
+    radius, sigma = np.asarray(radius, float).reshape(-1), np.asarray(sigma, float).reshape(-1)
+    if radius.shape != sigma.shape:
+        raise ValueError(f"reference radius and sigma need the same length; got {radius.size} and "
+                         f"{sigma.size}.")
+    return radius, sigma, None if err is None else np.asarray(err, float)
+
+
+def dispersion_profile_plot(fit, ax=None, reference=None, *, radii=None, n_bins: int = 8,
+                            probability=None, reference_label: str = "reference",
+                            radius_label: str | None = None, max_draws: int = 1000):
+    """The members' velocity dispersion against projected radius: posterior and binned data.
+
+    The posterior median of ``sigma(R)`` with its 68% and 95% bands
+    (:func:`bayesmix.models.dispersion_profile`), the membership-weighted dispersion of
+    the stars in radius bins of equal member counts
+    (:func:`bayesmix.spatial.binned_member_dispersion`, about the posterior median member
+    mean, gradient included) and, optionally, a reference profile (e.g. Baumgardt's).
+
+    Parameters
+    ----------
+    fit : PosteriorFit
+        Of a 1-D model; with :class:`bayesmix.models.MemberKinematics` the profile
+        follows its radius covariate (otherwise ``radius_label`` names a covariate).
+    ax : matplotlib Axes, optional
+    reference : mapping or tuple, optional
+        ``{"radius": (n,), "sigma": (n,), "sigma_err": (n,) or (2, n)}``, in the units of
+        the fit's radius covariate and velocities.
+    radii : array_like, optional
+        Where to evaluate the posterior (default: 100 points over the stars' radii).
+    n_bins : int
+        Bins of the data points.
+    probability : array_like (n_stars,), optional
+        Member probabilities (default :func:`bayesmix.membership.membership_probabilities`).
+    reference_label, radius_label : str
+    max_draws : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> ref = {"radius": r, "sigma": s, "sigma_err": e}  # e.g. Baumgardt's binned profile
+    >>> fig = dispersion_profile_plot(fit, reference=ref)  # doctest: +SKIP
+    """
+    import jax.numpy as jnp
+
+    from bayesmix.membership import membership_probabilities
+    from bayesmix.models import dispersion_profile
+    from bayesmix.spatial import binned_member_dispersion
+
+    model = fit.model
+    kin = getattr(model, "kinematics", None)
+    name = kin.radius if kin is not None and kin.radius is not None else radius_label
+    if name not in (fit.covariates or {}):
+        raise ValueError(f"dispersion_profile_plot needs a radius covariate: the model's kinematics radius "
+                         f"or radius_label= one of {sorted(fit.covariates or {})}; got {name!r}.")
+    radius = np.asarray(fit.covariates[name], float)
+    if radii is None:
+        positive = radius[radius > 0]
+        radii = np.geomspace(positive.min(), radius.max(), 100)
+    radii = np.asarray(radii, float)
+    sigma = dispersion_profile(fit, radii, max_draws=max_draws)
+    fig, ax = _new_axes(ax, (6.0, 4.5))
+    q = np.percentile(sigma, [2.5, 16.0, 50.0, 84.0, 97.5], axis=0)
+    ax.fill_between(radii, q[0], q[4], color="C0", alpha=0.18, lw=0, label="95%")
+    ax.fill_between(radii, q[1], q[3], color="C0", alpha=0.35, lw=0, label="68%")
+    ax.plot(radii, q[2], color="C0", lw=2, label="posterior median")
+    p = np.asarray(membership_probabilities(fit).mean[:, 0] if probability is None else probability, float)
+    post = fit.idata.posterior
+    mean = float(np.median(np.asarray(post["means"])[..., 0, 0]))
+    if kin is not None and kin.gradient is not None:
+        gx, ge = (float(np.median(np.asarray(post[f"gradient_{a}"]))) for a in ("xi", "eta"))
+        mean = mean + gx * np.asarray(fit.covariates[kin.gradient[0]]) + ge * np.asarray(
+            fit.covariates[kin.gradient[1]])
+    order = np.argsort(radius)
+    cum = np.cumsum(p[order])
+    cuts = np.searchsorted(cum, np.linspace(0, cum[-1], n_bins + 1)[1:-1])
+    edges = np.concatenate([[radius.min()], radius[order][cuts], [np.nextafter(radius.max(), np.inf)]])
+    centre, s, s_err, _ = binned_member_dispersion(np.asarray(fit.data.values)[:, 0],
+                                                   np.asarray(jnp.asarray(fit.data.error_covs))[:, 0, 0],
+                                                   mean, radius, p, edges)
+    ax.errorbar(centre, s, yerr=s_err, fmt="o", color="k", ms=4, capsize=2, label="members (binned)")
+    if reference is not None:
+        r_ref, s_ref, e_ref = _reference_profile(reference)
+        ax.errorbar(r_ref, s_ref, yerr=e_ref, fmt="s", color="C3", ms=4, capsize=2, mfc="none",
+                    label=reference_label)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"projected radius ({name})")
+    ax.set_ylabel("velocity dispersion")
+    ax.legend(frameon=False, fontsize="small")
+    return fig

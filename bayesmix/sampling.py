@@ -53,7 +53,7 @@ from bayesmix._random import as_key
 from bayesmix.checkpoint import Checkpoint, check_continues, read_checkpoint, write_checkpoint
 from bayesmix.checkpoint import checkpoint_draws as _checkpoint_draws
 from bayesmix.em import EMResult, fit_em
-from bayesmix.likelihood import MixtureParams, Observations, as_observations
+from bayesmix.likelihood import MixtureParams, Observations, as_observations, star_rows
 from bayesmix.membership import posterior_predictive
 from bayesmix.models import MixtureModel
 
@@ -580,8 +580,14 @@ def _to_idata(model: MixtureModel, obs: Observations, covariates, samples, extra
     if "potential_energy" in extra:
         stats["lp"] = -extra["potential_energy"]
     constant = {"error_covs": np.asarray(obs.error_covs), **covariates}
+    values = np.asarray(obs.values)
+    if obs.observed is not None:
+        # Missing features read as missing (NaN) in the file, with the mask beside them.
+        values = np.where(np.asarray(obs.observed), values, np.nan)
+        constant["observed"] = np.asarray(obs.observed)
+        dims["observed"] = ["star", "feature"]
     groups = {"posterior": posterior, "sample_stats": stats,
-              "observed_data": {"values": np.asarray(obs.values)}, "constant_data": constant}
+              "observed_data": {"values": values}, "constant_data": constant}
     return _arviz.from_groups(groups, coords=coords, dims=dims, attrs=attrs, group_attrs={"posterior": attrs})
 
 
@@ -595,6 +601,8 @@ def _data_digest(obs: Observations, covariates: dict) -> str:
     digest = hashlib.sha256()
     arrays = [("values", obs.values), ("error_covs", obs.error_covs),
               *sorted((f"covariate:{k}", v) for k, v in covariates.items())]
+    if obs.observed is not None:  # (absent when complete, so complete data keep their old digest)
+        arrays.append(("observed", obs.observed))
     for name, array in arrays:
         a = np.ascontiguousarray(np.asarray(array, dtype=np.float64))
         digest.update(f"{name}{a.shape}".encode())
@@ -1014,20 +1022,20 @@ def add_log_likelihood(fit: PosteriorFit, *, max_draws: int | None = None,
     n_stars = data.n_stars
     chunk = min(star_chunk, n_stars)
 
-    def per_star(sample, values, error_covs, covariates):
-        lj = model.joint_log_prob(model.params(sample), model.log_weights(sample, covariates),
-                                  Observations(values, error_covs))
+    def per_star(sample, block, covariates):
+        if getattr(model, "kinematics", None) is not None:  # a per-star member density: the model joins it
+            lj = model.star_log_joint(sample, block, covariates)
+        else:
+            lj = model.joint_log_prob(model.params(sample), model.log_weights(sample, covariates), block)
         return logsumexp(lj, axis=1)
 
-    compiled = jax.jit(jax.vmap(per_star, in_axes=(0, None, None, None)))
-    values, error_covs = np.asarray(data.values), np.asarray(data.error_covs)
+    compiled = jax.jit(jax.vmap(per_star, in_axes=(0, None, None)))
     out = np.empty((n_chains * keep.size, n_stars))
     for start in range(0, n_stars, chunk):
         rows = np.minimum(np.arange(start, start + chunk), n_stars - 1)  # pad: one compiled shape
         n = min(start + chunk, n_stars) - start
         cov_rows = {name: v[rows] for name, v in fit.covariates.items()}
-        out[:, start:start + n] = np.asarray(compiled(sites, values[rows], error_covs[rows],
-                                                      cov_rows))[:, :n]
+        out[:, start:start + n] = np.asarray(compiled(sites, star_rows(data, rows), cov_rows))[:, :n]
     stars = fit.idata.observed_data.coords["star"].values
     group = xr.Dataset({"values": (("chain", "draw", "star"), out.reshape(n_chains, keep.size, n_stars))},
                        coords={"chain": np.arange(n_chains), "draw": keep, "star": stars})

@@ -59,6 +59,7 @@ from bayesmix.catalogue import (
     write_table,
 )
 from bayesmix.checkpoint import CheckpointError, check_continues, checkpoint_draws, read_checkpoint
+from bayesmix.cluster_runs import run_groups
 from bayesmix.components import GaussianBackground, UniformBackground
 from bayesmix.config import RunSpec
 from bayesmix.diagnostics import (
@@ -73,14 +74,17 @@ from bayesmix.em import complete_start, fit_em
 from bayesmix.membership import membership_probabilities, membership_table
 from bayesmix.models import (
     ComponentPrior,
+    MemberKinematics,
     Ordering,
     Priors,
     RadiusFraction,
+    SpatialLaw,
     cluster_field_model,
     mixture_model,
 )
 from bayesmix.runfolder import CHECKPOINT, LOCK, PARTIAL, RUN_RECORD, locked, publish
 from bayesmix.simulate import simulate_named
+from bayesmix.spatial import circle_footprint, hull_footprint, polygon_footprint
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +196,8 @@ def load_catalogue(spec: RunSpec):
         covariates=list(data.covariates) or None, select=data.select or None,
         zero_flags=list(data.zero_flags) or None, missing=data.missing,
         ranges=data.ranges or None, drop_nonfinite=data.drop_nonfinite, error_floor=data.error_floor,
-        duplicates=data.duplicates, format=data.format, layout=data.layout,
+        duplicates=data.duplicates, format=data.format, layout=data.layout, sky=data.sky,
+        drop_variable_p=data.drop_variable_p, missing_features=data.missing_features,
     )
     if catalogue.report.n_dropped:
         logger.info("%s: kept %d of %d rows; dropped %s", path.name, catalogue.report.n_kept,
@@ -252,8 +257,9 @@ def build_model(spec: RunSpec, catalogue, n_components: int | None = None):
     priors = _priors(spec, k)
     rf = None if m.radius_fraction is None else RadiusFraction(
         m.radius_fraction.covariate, m.radius_fraction.kind, m.radius_fraction.reference_radius)
+    cluster_terms = _cluster_terms(spec, catalogue) if k + (m.background is not None) >= 2 else {}
     if m.kind == "cluster-field" and k == 2:
-        return cluster_field_model(catalogue, radius_fraction=rf, priors=priors)
+        return cluster_field_model(catalogue, radius_fraction=rf, priors=priors, **cluster_terms)
     names = m.component_names if (m.component_names and len(m.component_names) == k) else None
     background = _background(spec, catalogue.n_features)
     if names is not None and background is not None:
@@ -262,7 +268,42 @@ def build_model(spec: RunSpec, catalogue, n_components: int | None = None):
     return mixture_model(catalogue, k, priors=priors,
                          ordering=Ordering(m.ordering, _feature_index(spec, catalogue)),
                          background=background, radius_fraction=rf if field_columns >= 1 else None,
-                         component_names=names)
+                         component_names=names, **(cluster_terms if k >= 2 else {}))
+
+
+def _cluster_terms(spec: RunSpec, catalogue) -> dict[str, Any]:
+    """``spatial=`` and ``kinematics=`` of the model from ``[model.spatial]``,
+    ``[model.dispersion_profile]`` and ``[model.velocity_gradient]`` (empty without them)."""
+    m = spec.model
+    terms: dict[str, Any] = {}
+    if m.spatial is not None:
+        terms["spatial"] = _spatial_law(m.spatial, catalogue)
+    kinematics: dict[str, Any] = {}
+    if m.dispersion_profile is not None:
+        dp = m.dispersion_profile
+        kinematics.update(radius=dp.covariate, kind=dp.kind, reference_radius=dp.reference_radius,
+                          slope_scale=dp.slope_scale, bin_edges=dp.bin_edges, bin_scales=dp.bin_scales)
+    if m.velocity_gradient is not None:
+        vg = m.velocity_gradient
+        kinematics.update(gradient=(vg.xi, vg.eta), gradient_scale=vg.scale)
+    if kinematics:
+        terms["kinematics"] = MemberKinematics(**kinematics)
+    return terms
+
+
+def _spatial_law(s, catalogue) -> SpatialLaw:
+    """The :class:`~bayesmix.models.SpatialLaw` of a ``[model.spatial]`` table, its footprint logged."""
+    if s.footprint == "circle":
+        footprint = circle_footprint(s.footprint_radius, s.footprint_centre)
+    elif s.footprint == "polygon":
+        footprint = polygon_footprint(s.footprint_vertices)
+    else:
+        footprint = hull_footprint(catalogue.covariates[s.xi], catalogue.covariates[s.eta])
+    logger.info("[model.spatial] footprint: %s", footprint.describe())
+    shape = {} if s.fit_shape else {"ellipticity": s.ellipticity, "position_angle": s.position_angle}
+    return SpatialLaw(footprint, xi=s.xi, eta=s.eta, profile=s.profile, scale_radius=s.scale_radius,
+                      scale_radius_loc=s.scale_radius_loc, scale_radius_log_sd=s.scale_radius_log_sd,
+                      **({"ellipticity": None, "position_angle": None} | shape))
 
 
 def em_kwargs(spec: RunSpec, model=None, catalogue=None) -> dict[str, Any]:
@@ -466,6 +507,8 @@ def run_spec(spec: RunSpec, *, directory=None, resume: bool = False, progress_ba
     # The catalogue and model first: a run that fails on its input (a column typo) must not
     # touch the folder.
     catalogue, truth = load_catalogue(spec)
+    if spec.groups is not None:
+        return _run_groups(spec, out, catalogue, resume)
     model = build_model(spec, catalogue)
     created = not out.exists()
     with locked(out):
@@ -482,6 +525,15 @@ def run_spec(spec: RunSpec, *, directory=None, resume: bool = False, progress_ba
             raise
     result.resumed_from = resumed_from
     return result
+
+
+def _run_groups(spec: RunSpec, out: Path, catalogue, resume: bool):
+    """A ``[groups]`` run (many clusters in one hierarchical fit, :mod:`bayesmix.cluster_runs`)
+    written into ``out`` under the folder's lock; returns a :class:`~bayesmix.cluster_runs.GroupRunResult`."""
+    if resume:
+        raise ValueError("--resume does not apply to a [groups] run (it keeps no checkpoint); run it afresh.")
+    with locked(out):
+        return run_groups(spec, catalogue, out)
 
 
 def _run_in_staging(spec, out, catalogue, truth, model, progress_bar, figures) -> RunResult:
@@ -657,6 +709,9 @@ def scan_spec(spec: RunSpec, *, k_range: tuple[int, int] | None = None, loo: boo
     loo = spec.scan.loo if loo is None else loo
     out = Path(directory) if directory is not None else Path(
         spec.output.directory or f"bayesmix-scan-{spec.name}-seed{spec.seed}")
+    if spec.groups is not None:
+        raise ValueError("[groups]: bayesmix scan fits one mixture to all stars; a [groups] spec fits each "
+                         "group's members and field (bayesmix fit). Remove [groups] to scan K.")
     catalogue, truth = load_catalogue(spec)
     if k_max > catalogue.n_stars:
         raise ValueError(f"--k: k_max={k_max} exceeds the number of stars ({catalogue.n_stars}).")
@@ -726,7 +781,9 @@ def corner_variables(fit) -> list[str]:
     post = fit.idata.posterior
     if fit.model.tutorial_names:
         scalars = [name for name in (*TUTORIAL, "frac_intercept", "frac_slope", "frac_log_ratio",
-                                     "frac_radius") if name in post]
+                                     "frac_radius", "scale_radius", "ellipticity", "position_angle",
+                                     "dispersion_slope", "gradient_magnitude", "gradient_angle")
+                   if name in post]
         return scalars
     return [name for name in ("weights", "means", "scales") if name in post]
 
@@ -761,7 +818,7 @@ def run_figures(out: Path, fit, members, catalogue, *, truth=None, key=0) -> lis
         plotting.ppc_plot_fit(key, fit, feature=j, ax=axes[0, j])
     written.append(_save(out / "ppc.png", fig))
     if n_features >= 2:
-        fig = plotting.ellipse_plot(np.asarray(fit.data.values), fit, probability=members.mean,
+        fig = plotting.ellipse_plot(fit.data, fit, probability=members.mean,
                                     component_names=model.component_names,
                                     feature_names=plotting.feature_labels(fit), posterior=fit)
         written.append(_save(out / "ellipses.png", fig))
@@ -773,6 +830,10 @@ def run_figures(out: Path, fit, members, catalogue, *, truth=None, key=0) -> lis
                                               radius_label=f"projected radius ({radius})")
         fig.axes[0].set_title(f"probability of {model.component_names[0]!r}")
         written.append(_save(out / "membership_radius.png", fig))
+    kinematics = getattr(model, "kinematics", None)
+    if kinematics is not None and kinematics.radius is not None:
+        fig = plotting.dispersion_profile_plot(fit, probability=members.mean[:, 0])
+        written.append(_save(out / "dispersion_profile.png", fig))
     if fit.em is not None:
         written.append(_save(out / "em_history.png", plotting.em_history_plot(fit.em)))
     return written
@@ -781,6 +842,9 @@ def run_figures(out: Path, fit, members, catalogue, *, truth=None, key=0) -> lis
 def _radius_covariate(fit) -> str | None:
     if fit.model.radius_fraction is not None:
         return fit.model.radius_fraction.covariate
+    kinematics = getattr(fit.model, "kinematics", None)
+    if kinematics is not None and kinematics.radius is not None:
+        return kinematics.radius
     if fit.model.tutorial_names:
         return next(iter(fit.covariates), None)
     return None

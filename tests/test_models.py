@@ -220,10 +220,12 @@ def test_bad_ordering_and_radius_kind():
         RadiusFraction("R", kind="king")
 
 
-def test_radius_must_be_positive():
+def test_radius_must_be_non_negative_and_finite():
     sim = simulate_cluster_field(0, 50)
-    cov = {"R_proj": np.where(np.arange(50) == 3, 0.0, sim.catalogue.covariates["R_proj"])}
-    with pytest.raises(ValueError, match="positive, finite radius"):
+    cov = {"R_proj": np.array(sim.catalogue.covariates["R_proj"], float)}
+    cov["R_proj"][[3, 7]] = [-1.0, np.nan]  # R = 0 is allowed (tests/test_spatial.py)
+    message = r"'R_proj' must hold one finite radius >= 0.*2 star\(s\).*rows \[3, 7\]"
+    with pytest.raises(ValueError, match=message):
         cluster_field_model(sim.catalogue, radius_fraction="R_proj", covariates=cov)
 
 

@@ -188,7 +188,7 @@ def test_readme_nuts_example_runs():
 
 
 _DATA_DEFAULTS = {"values": [], "correlations": [], "covariates": [], "select": {}, "zero_flags": [],
-                  "ranges": {}, "drop_nonfinite": False, "duplicates": "error"}
+                  "ranges": {}, "drop_nonfinite": False, "duplicates": "error", "missing_features": "drop"}
 
 
 def test_cli_demo_fits_and_writes_outputs_with_provenance(tmp_path, capsys):

@@ -34,7 +34,7 @@ from jax import lax
 from bayesmix import _arviz, hmc
 from bayesmix._files import atomic_write
 from bayesmix._random import as_key
-from bayesmix.catalogue import DropReport, make_provenance, write_table
+from bayesmix.catalogue import make_provenance, write_table
 from bayesmix.clusters import GroupParams, ManyClusterModel, group_log_joint, many_cluster_model
 from bayesmix.diagnostics import check_convergence
 
@@ -113,21 +113,6 @@ class GroupFit:
 # --------------------------------------------------------------------------- selection
 
 
-def _drop_rows(catalogue, keep: np.ndarray, reasons: dict[str, np.ndarray]):
-    """A copy of ``catalogue`` with the rows of ``keep`` only; the others recorded by reason."""
-    old = catalogue.report
-    dropped = dict(old.dropped)
-    for reason, mask in reasons.items():
-        if mask.any():
-            dropped[reason] = np.asarray(catalogue.source_rows)[mask]
-    report = DropReport(n_input=old.n_input, dropped=dropped, floored=dict(old.floored))
-    return dataclasses.replace(
-        catalogue, values=catalogue.values[keep], error_covs=catalogue.error_covs[keep],
-        ids=np.asarray(catalogue.ids)[keep], table=catalogue.table[keep],
-        covariates={k: np.asarray(v)[keep] for k, v in catalogue.covariates.items()},
-        source_rows=np.asarray(catalogue.source_rows)[keep], report=report)
-
-
 def _check_selected(labels: np.ndarray, select, column: str) -> None:
     present = set(labels.tolist())
     unknown = [name for name in select if name not in present]
@@ -199,7 +184,7 @@ def select_groups(catalogue, column: str, select=None, min_stars: int = 5):
     keep &= ~too_small
     if not keep.any():
         raise ValueError(f"[groups]: no group of column {column!r} is left with at least {min_stars} stars.")
-    return _drop_rows(catalogue, keep, reasons), skipped
+    return catalogue.subset(keep, reasons), skipped
 
 
 # --------------------------------------------------------------------------- sampling

@@ -1,17 +1,19 @@
 """The one padding helper: rows padded to a few bucket sizes so compiled programs are reused.
 
 A JAX program is compiled for exact array shapes, so a catalogue of a new size would
-compile again. Padding the stars to a small set of sizes (powers of two from 256 to
-65536, then multiples of 16384) lets one compiled program serve many sizes. Padding rows
-copy row 0 (finite everywhere, so no NaN reaches a gradient) and must be given zero
-weight by the caller (a ``sample_weight`` of 0, or sliced off the result).
+compile again. Padding the stars to a small set of sizes (256, then four sizes per
+octave, ``2^e * {1, 1.25, 1.5, 1.75}``, up to 65536, then multiples of 16384) lets one
+compiled program, and one stored program (:mod:`bayesmix._programs`), serve many sizes
+at most 25% extra rows (about 12% on average). Padding rows copy row 0 (finite
+everywhere, so no NaN reaches a gradient) and must be given zero weight by the caller (a
+``sample_weight`` of 0, an ``Observations.weight`` of 0, or sliced off the result).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CHUNK", "bucket", "chunk_rows", "chunks", "pad_rows"]
+__all__ = ["CHUNK", "bucket", "chunk_rows", "chunks", "pad_columns", "pad_rows"]
 
 # Most stars per compiled evaluation chunk; also the largest power-of-two bucket.
 CHUNK = 2**16
@@ -29,12 +31,32 @@ def bucket(n: int) -> int:
     Examples
     --------
     >>> from bayesmix._padding import bucket
-    >>> bucket(10), bucket(300), bucket(70000)
-    (256, 512, 81920)
+    >>> bucket(10), bucket(300), bucket(1500), bucket(20000), bucket(70000)
+    (256, 320, 1536, 20480, 81920)
     """
+    n = max(int(n), 1)
+    if n <= MIN_BUCKET:
+        return MIN_BUCKET
     if n <= CHUNK:
-        return max(MIN_BUCKET, 1 << (max(int(n), 1) - 1).bit_length())
+        # Quarter octaves: 2^e * (4, 5, 6, 7) / 4, the smallest that holds n.
+        quarter = 1 << ((n - 1).bit_length() - 3)
+        return -(-n // quarter) * quarter
     return -(-n // LARGE_STEP) * LARGE_STEP
+
+
+def pad_columns(columns: dict, n_rows: int) -> dict:
+    """Every array (n, ...) of ``columns`` padded to ``n_rows`` rows by :func:`pad_rows`.
+
+    Per-star covariates travel beside padded stars: their padding rows copy row 0 too,
+    so that whatever the program computes from them stays finite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pad_columns({"radius": np.array([1.0, 2.0])}, 3)["radius"].tolist()
+    [1.0, 2.0, 1.0]
+    """
+    return {name: pad_rows(col, n_rows) for name, col in columns.items()}
 
 
 def chunk_rows(floats_per_row: int) -> int:

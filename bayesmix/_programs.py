@@ -41,6 +41,56 @@ _SERIALIZABLE: set = set()
 # releases the oldest.
 _LOADED: collections.OrderedDict = collections.OrderedDict()
 _MAX_LOADED = 64
+# How programs were obtained in this process (see program_counts).
+_COUNTS: collections.Counter = collections.Counter()
+_LISTENING = False
+_EVENT_NAMES = {"jaxpr_trace_duration": "jax_traces", "jaxpr_to_mlir_module_duration": "jax_lowerings",
+                "backend_compile_duration": "jax_executables"}
+
+
+def _on_duration(event: str, duration: float, **_) -> None:
+    if event.startswith("/jax/core/compile/"):
+        _COUNTS[_EVENT_NAMES.get(event.rsplit("/", 1)[1], "jax_other")] += 1
+
+
+def _on_event(event: str, **_) -> None:
+    if event == "/jax/compilation_cache/cache_misses":
+        _COUNTS["xla_compiles"] += 1
+    elif event == "/jax/compilation_cache/cache_hits":
+        _COUNTS["xla_cache_hits"] += 1
+
+
+def program_counts(reset: bool = False) -> dict[str, int]:
+    """How this process obtained its compiled programs since the last reset.
+
+    ``stored_exported``: bayesmix programs traced and written to the store;
+    ``stored_read``: read back from the store; ``stored_shared``: already loaded in this
+    process. From JAX's own monitoring events (counted once :func:`count_compilations`
+    has run): ``jax_traces`` (Python functions traced), ``jax_executables`` (executables
+    obtained, compiled or from the persistent cache), ``xla_compiles`` (persistent cache
+    misses: compiled by XLA) and ``xla_cache_hits``. Without a persistent cache every
+    executable is an XLA compile.
+
+    Examples
+    --------
+    >>> from bayesmix import _programs
+    >>> sorted(_programs.program_counts(reset=True))  # doctest: +SKIP
+    """
+    out = dict(_COUNTS)
+    if reset:
+        _COUNTS.clear()
+    return out
+
+
+def count_compilations() -> None:
+    """Start counting JAX's traces and compilations in :func:`program_counts` (idempotent)."""
+    global _LISTENING
+    if not _LISTENING:
+        from jax import monitoring
+
+        monitoring.register_event_duration_secs_listener(_on_duration)
+        monitoring.register_event_listener(_on_event)
+        _LISTENING = True
 
 
 def set_store(path: Path | None) -> None:
@@ -133,6 +183,7 @@ class Program:
         path = _STORE / f"{self.name}-{key}.jaxexport"
         if path in _LOADED:
             _LOADED.move_to_end(path)
+            _COUNTS["stored_shared"] += 1
             return _LOADED[path]
         loaded = _LOADED[path] = self._read_or_export(args, path)
         while len(_LOADED) > _MAX_LOADED:
@@ -144,10 +195,13 @@ class Program:
 
         if path.exists():
             try:
-                return jax.jit(export.deserialize(bytearray(path.read_bytes())).call), path
+                fn = jax.jit(export.deserialize(bytearray(path.read_bytes())).call), path
+                _COUNTS["stored_read"] += 1
+                return fn
             except Exception as exc:  # a truncated or foreign file: rebuild it, and say so
                 logger.warning("stored program %s unreadable (%s); rebuilding it", path, exc)
         exported = export.export(self.jitted)(*args)
+        _COUNTS["stored_exported"] += 1
         try:
             data = exported.serialize()
             atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))

@@ -83,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-samples", type=int, default=1000, help="NUTS draws per chain (default 1000)")
     demo.add_argument("--num-chains", type=int, default=4, help="NUTS chains (default 4)")
     demo.add_argument("--no-cache", action="store_true",
-                      help="do not keep compiled programs in ~/.cache/bayesmix (or $BAYESMIX_CACHE)")
+                      help="do not keep compiled programs in ~/.cache/bayesmix (or $BAYESMIX_CACHE; "
+                           "BAYESMIX_CACHE=off does the same)")
     fit = sub.add_parser("fit", help="run a model file: catalogue, EM start, NUTS, checks, memberships, "
                                      "outputs",
                          epilog=_EPILOG)
@@ -103,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--num-chains", type=int, default=None, help="override [sampler] num_chains")
         command.add_argument("--no-figures", action="store_true", help="write no PNGs")
         command.add_argument("--no-cache", action="store_true",
-                             help="do not keep compiled programs in ~/.cache/bayesmix")
+                             help="do not keep compiled programs in ~/.cache/bayesmix (or $BAYESMIX_CACHE; "
+                                  "BAYESMIX_CACHE=off does the same)")
     for command in (demo, fit):
         command.add_argument("--exit-zero", action="store_true",
                              help="exit 0 even when a check fails (not converged, divergences, modes, "
@@ -304,10 +306,14 @@ def _fit(args) -> int:
 def _print_groups(result, args) -> int:
     """A [groups] run: skipped groups, the per-cluster table (worst-converged first) and the verdict."""
     print(f"\ncatalogue: {result.catalogue.report}")
-    if len(result.skipped):
-        print("skipped (too few stars): " + ", ".join(f"{g} ({n})" for g, n in
-                                                       zip(result.skipped["group"], result.skipped["n_stars"],
-                                                           strict=True)))
+    skipped = result.skipped
+    if len(skipped):
+        small = np.array(["min_stars" in r for r in skipped["reason"]], bool)
+        for label, rows in (("too few stars", small), ("no members detected", ~small)):
+            if rows.any():
+                pairs = zip(skipped["group"][rows], skipped["n_stars"][rows], strict=True)
+                print(f"skipped ({label}, {int(rows.sum())}): " + ", ".join(f"{g} ({n})" for g, n in pairs))
+        print("  (skipped_groups.csv gives each group's reason)")
     table = result.table
     has_ref = "rv_ref" in table.colnames
     print(f"\n{'cluster':14s} {'stars':>6s} {'members':>8s} {'mu':>9s} {'+-':>6s} {'sigma':>7s} {'+-':>6s} "

@@ -475,7 +475,7 @@ class SkySpec:
     centre: Any = _field(check=_centre, doc="[ra_deg, dec_deg] or \"00h52m45.2s -26d34m57s\"")
     ellipticity: float = _field(0.0, _number(0.0, 1.0, open_high=True), doc="1 - b/a")
     position_angle: float = _field(0.0, _number(), doc="of the major axis, degrees east of north")
-    unit: str = _field("arcmin", _string(SKY_UNITS))
+    unit: str = _field("arcmin", _string(SKY_UNITS), doc="unit of the added offsets and radii")
     half_light_radius: float | None = _field(None, _number(0.0, open_low=True), doc="in unit")
     prefix: str = _field("", _string(), doc="put before the added column names")
 
@@ -501,23 +501,35 @@ class DataSpec:
     path: str | None = _field(None, _string(), doc="catalogue file")
     simulate: str | None = _field(None, _string(SIMULATIONS), doc="simulated catalogue instead of a file")
     n_stars: int | None = _field(None, _integer(1), doc="stars to simulate")
-    format: str | None = _field(None, _string(TABLE_FORMATS))
-    layout: str | None = _field(None, _string())
+    format: str | None = _field(None, _string(TABLE_FORMATS),
+                                doc="table format when the file name does not say (astropy's format names)")
+    layout: str | None = _field(None, _string(),
+                                doc="a known fixed-width layout (bayesmix.catalogue.LAYOUTS)")
     values: tuple = _field((), _strings(), doc="fitted value columns")
-    errors: tuple | None = _field(None, _error_columns)
-    correlations: tuple = _field((), _correlations)
-    error_cov_column: str | None = _field(None, _string())
-    id_column: str | None = _field(None, _string())
-    covariates: tuple = _field((), _strings())
-    select: dict = _field({}, _scalar_mapping)
-    zero_flags: tuple = _field((), _strings())
-    missing: Any = _field(None, _missing)
-    ranges: dict = _field({}, _ranges)
-    drop_nonfinite: bool = _field(False, _boolean)
-    error_floor: Any = _field(None, _error_floor)
-    duplicates: str = _field("error", _string(DUPLICATES))
-    drop_variable_p: float | None = _field(None, _number(0.0, 1.0, open_low=True, open_high=True))
-    missing_features: str = _field("drop", _string(MISSING_FEATURES))
+    errors: tuple | None = _field(None, _error_columns, doc="standard-error columns, in the order of values")
+    correlations: tuple = _field((), _correlations, doc="error correlation columns between two value columns")
+    error_cov_column: str | None = _field(None, _string(),
+                                          doc="one column holding each star's whole error covariance matrix")
+    id_column: str | None = _field(None, _string(),
+                                   doc="star identifier column (repeat epochs, duplicates, outputs)")
+    covariates: tuple = _field((), _strings(),
+                               doc="extra columns carried to the model and outputs (e.g. a radius)")
+    select: dict = _field({}, _scalar_mapping,
+                          doc="keep rows whose columns match (equality, lists, glob, regex, comparisons)")
+    zero_flags: tuple = _field((), _strings(), doc="flag columns that must be 0")
+    missing: Any = _field(None, _missing,
+                          doc="sentinel values that mean \"missing\" (compared in the column's precision)")
+    ranges: dict = _field({}, _ranges, doc="keep rows with low <= column <= high")
+    drop_nonfinite: bool = _field(False, _boolean,
+                                  doc="drop rows with NaN, inf or blanks in used columns (else an error)")
+    error_floor: Any = _field(None, _error_floor,
+                              doc="raise errors below this floor to it (counted in the drop report)")
+    duplicates: str = _field("error", _string(DUPLICATES),
+                             doc="repeated ids: raise, keep the first / best-measured, or combine epochs")
+    drop_variable_p: float | None = _field(None, _number(0.0, 1.0, open_low=True, open_high=True),
+                                           doc="drop stars whose combined epochs disagree (p below this)")
+    missing_features: str = _field("drop", _string(MISSING_FEATURES),
+                                   doc="stars missing some features: drop them, or keep them and marginalise")
     sky: SkySpec | None = _field(None, section=SkySpec)
 
     def _validate(self, where):
@@ -565,8 +577,9 @@ class DataSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ComponentPriorSpec:
-    """``[model.priors.<component>]``: one component's priors (:class:`bayesmix.models.ComponentPrior`),
-    e.g. a literature systemic velocity and a cold dispersion for the cluster::
+    """``[model.priors.<component>]``: one component's priors (:class:`bayesmix.models.ComponentPrior`).
+
+    For example a literature systemic velocity and a cold dispersion for the cluster::
 
         [model.priors.cluster]
         mean_loc = -44.8
@@ -574,9 +587,10 @@ class ComponentPriorSpec:
         scale_scale = 10.0
     """
 
-    mean_loc: Any = _field(None, _numbers)
-    mean_scale: Any = _field(None, _positive_numbers)
-    scale_scale: Any = _field(None, _positive_numbers)
+    mean_loc: Any = _field(None, _numbers, doc="Normal prior mean of this component's mean (per feature)")
+    mean_scale: Any = _field(None, _positive_numbers, doc="Normal prior sd of this component's mean")
+    scale_scale: Any = _field(None, _positive_numbers,
+                              doc="HalfNormal prior scale of this component's dispersion")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -588,13 +602,20 @@ class PriorSpec:
     the model's components when the spec is read.
     """
 
-    weight_concentration: float = _field(1.0, _number(0.0, open_low=True))
-    mean_loc: Any = _field(None, _numbers)
-    mean_scale: Any = _field(None, _positive_numbers)
-    scale_scale: Any = _field(None, _positive_numbers)
-    lkj_concentration: float = _field(2.0, _number(0.0, open_low=True))
-    frac_loc: float = _field(0.0, _number())
-    frac_scale: float = _field(2.5, _number(0.0, open_low=True))
+    weight_concentration: float = _field(1.0, _number(0.0, open_low=True),
+                                         doc="Dirichlet concentration of the weights")
+    mean_loc: Any = _field(None, _numbers,
+                           doc="Normal prior mean of every component's mean (default: the data's centre)")
+    mean_scale: Any = _field(None, _positive_numbers,
+                             doc="Normal prior sd of the means (default: scaled to the data's spread)")
+    scale_scale: Any = _field(None, _positive_numbers,
+                              doc="HalfNormal prior scale of the dispersions (default: scaled to the data)")
+    lkj_concentration: float = _field(2.0, _number(0.0, open_low=True),
+                                      doc="LKJ concentration of the correlations (D > 1)")
+    frac_loc: float = _field(0.0, _number(),
+                             doc="Normal prior mean of the radius law's logit member fraction")
+    frac_scale: float = _field(2.5, _number(0.0, open_low=True),
+                               doc="Normal prior sd of the radius law's parameters")
     components: dict = _field({}, doc="per-component priors, from sub-tables", section=ComponentPriorSpec)
 
     # Sub-tables with names that are not keys are component priors (see _build).
@@ -605,9 +626,12 @@ class PriorSpec:
 class RadiusFractionSpec:
     """``[model.radius_fraction]``: a member fraction that follows projected radius (K = 2)."""
 
-    covariate: str = _field(check=_string())
-    kind: str = _field("logistic", _string(RADIUS_LAWS))
-    reference_radius: float | None = _field(None, _number(0.0, open_low=True))
+    covariate: str = _field(check=_string(),
+                            doc="the radius covariate (listed in [data] covariates or a [data.sky] column)")
+    kind: str = _field("logistic", _string(RADIUS_LAWS),
+                       doc="logistic in log radius, or a Plummer member profile over a flat field")
+    reference_radius: float | None = _field(None, _number(0.0, open_low=True),
+                                            doc="radius the law is centred on (default: the median radius)")
 
 
 def _vertices(value, where):
@@ -640,19 +664,26 @@ class SpatialSpec:
     fixed at ``ellipticity`` and ``position_angle`` (degrees north through east).
     """
 
-    profile: str = _field("plummer", _string(SPATIAL_PROFILES))
-    xi: str = _field("xi", _string())
-    eta: str = _field("eta", _string())
-    footprint: str = _field("hull", _string(FOOTPRINT_KINDS))
-    footprint_radius: float | None = _field(None, _number(0.0, open_low=True))
-    footprint_centre: tuple = _field((0.0, 0.0), _pair)
-    footprint_vertices: tuple | None = _field(None, _vertices)
-    scale_radius: float | None = _field(None, _number(0.0, open_low=True))
-    scale_radius_loc: float | None = _field(None, _number(0.0, open_low=True))
-    scale_radius_log_sd: float = _field(1.0, _number(0.0, open_low=True))
-    ellipticity: float = _field(0.0, _number(0.0, 0.95, open_high=True))
-    position_angle: float = _field(0.0, _number())
-    fit_shape: bool = _field(False, _boolean)
+    profile: str = _field("plummer", _string(SPATIAL_PROFILES),
+                          doc="projected surface density of the members")
+    xi: str = _field("xi", _string(), doc="covariate of the offset east of the centre")
+    eta: str = _field("eta", _string(), doc="covariate of the offset north of the centre")
+    footprint: str = _field("hull", _string(FOOTPRINT_KINDS),
+                            doc="where the field is uniform: a circle, a polygon or the convex hull")
+    footprint_radius: float | None = _field(None, _number(0.0, open_low=True),
+                                            doc="circle footprint: radius (units of xi, eta)")
+    footprint_centre: tuple = _field((0.0, 0.0), _pair, doc="circle footprint: centre")
+    footprint_vertices: tuple | None = _field(None, _vertices, doc="polygon footprint: vertices")
+    scale_radius: float | None = _field(None, _number(0.0, open_low=True),
+                                        doc="fixes the profile's scale radius (else sampled)")
+    scale_radius_loc: float | None = _field(None, _number(0.0, open_low=True),
+                                            doc="median of the sampled scale radius' LogNormal prior")
+    scale_radius_log_sd: float = _field(1.0, _number(0.0, open_low=True), doc="log sd of that prior")
+    ellipticity: float = _field(0.0, _number(0.0, 0.95, open_high=True),
+                                doc="1 - b/a of the member profile (fixed unless fit_shape)")
+    position_angle: float = _field(0.0, _number(),
+                                   doc="of the major axis, degrees north through east (unless fit_shape)")
+    fit_shape: bool = _field(False, _boolean, doc="sample the ellipticity and position angle")
 
     def _validate(self, where):
         if self.footprint == "circle" and self.footprint_radius is None:
@@ -685,12 +716,16 @@ class DispersionProfileSpec:
     HalfNormal prior of scale ``bin_scales`` (one number, or one per bin).
     """
 
-    covariate: str = _field(check=_string())
-    kind: str = _field("power_law", _string(DISPERSION_PROFILES))
-    reference_radius: float | None = _field(None, _number(0.0, open_low=True))
-    slope_scale: float = _field(1.0, _number(0.0, open_low=True))
-    bin_edges: tuple | None = _field(None, _numbers)
-    bin_scales: Any = _field(None, _positive_numbers)
+    covariate: str = _field(check=_string(), doc="the radius covariate")
+    kind: str = _field("power_law", _string(DISPERSION_PROFILES),
+                       doc="a power law in radius, or one dispersion per radius bin")
+    reference_radius: float | None = _field(None, _number(0.0, open_low=True),
+                                            doc="power law: R_ref (default the median radius)")
+    slope_scale: float = _field(1.0, _number(0.0, open_low=True),
+                                doc="power law: Normal prior sd of the slope gamma")
+    bin_edges: tuple | None = _field(None, _numbers, doc="bins: increasing radii")
+    bin_scales: Any = _field(None, _positive_numbers,
+                             doc="bins: HalfNormal prior scale (one, or one per bin)")
 
     def _validate(self, where):
         if self.kind == "bins":
@@ -721,9 +756,10 @@ class VelocityGradientSpec:
     prior scale over the median radius).
     """
 
-    xi: str = _field("xi", _string())
-    eta: str = _field("eta", _string())
-    scale: float | None = _field(None, _number(0.0, open_low=True))
+    xi: str = _field("xi", _string(), doc="covariate of the offset east of the centre")
+    eta: str = _field("eta", _string(), doc="covariate of the offset north of the centre")
+    scale: float | None = _field(None, _number(0.0, open_low=True),
+                                 doc="Normal prior sd of the gradient (velocity per unit offset)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -736,14 +772,16 @@ class BackgroundSpec:
     weight would follow only its prior.
     """
 
-    kind: str = _field(check=_string(BACKGROUND_KINDS))
+    kind: str = _field(check=_string(BACKGROUND_KINDS), doc="a uniform box or a broad fixed Gaussian")
     # inf passes the value check so that _validate can say why a uniform box must be finite.
-    low: tuple | None = _field(None, _numbers_or_infinite)
-    high: tuple | None = _field(None, _numbers_or_infinite)
-    mean: tuple | None = _field(None, _numbers)
-    covariance: tuple | None = _field(None, _matrix)
-    weight: float = _field(0.1, _number(0.0, 1.0, open_low=True, open_high=True))
-    fit_weight: bool = _field(True, _boolean)
+    low: tuple | None = _field(None, _numbers_or_infinite,
+                               doc="uniform box: lower edge (one number, or one per feature)")
+    high: tuple | None = _field(None, _numbers_or_infinite, doc="uniform box: upper edge")
+    mean: tuple | None = _field(None, _numbers, doc="Gaussian background: mean (one per feature)")
+    covariance: tuple | None = _field(None, _matrix, doc="Gaussian background: covariance matrix")
+    weight: float = _field(0.1, _number(0.0, 1.0, open_low=True, open_high=True),
+                           doc="its weight (the start, when fit_weight is true)")
+    fit_weight: bool = _field(True, _boolean, doc="sample the weight (else fixed at weight)")
 
     def _validate(self, where):
         needs = {"uniform": ("low", "high"), "gaussian": ("mean", "covariance")}[self.kind]
@@ -798,11 +836,15 @@ class ModelSpec:
     ``[scan] k``.
     """
 
-    kind: str = _field("mixture", _string(MODEL_KINDS))
-    n_components: int | None = _field(None, _integer(1))
-    ordering: str = _field("scale", _string(ORDERINGS))
-    ordering_feature: Any = _field(0, _feature)
-    component_names: tuple | None = _field(None, _strings(1))
+    kind: str = _field("mixture", _string(MODEL_KINDS),
+                       doc="1-D cluster + field, or a general K-component mixture")
+    n_components: int | None = _field(None, _integer(1),
+                                      doc="K, the Gaussian components (required for kind = \"mixture\")")
+    ordering: str = _field("scale", _string(ORDERINGS),
+                           doc="what breaks label switching: increasing dispersion, mean or weight")
+    ordering_feature: Any = _field(0, _feature, doc="the feature the ordering reads")
+    component_names: tuple | None = _field(None, _strings(1),
+                                           doc="one name per Gaussian component, in component order")
     priors: PriorSpec = _field(section=PriorSpec)
     radius_fraction: RadiusFractionSpec | None = _field(None, section=RadiusFractionSpec)
     background: BackgroundSpec | None = _field(None, section=BackgroundSpec)
@@ -920,16 +962,19 @@ class EMSpec:
     of them with another ``init`` are refused, since they would be ignored.
     """
 
-    n_init: int = _field(4, _integer(1, MAX_EM_STARTS, _STARTS_WHY))
-    n_peaks: int = _field(4, _integer(0, MAX_EM_STARTS, _STARTS_WHY))
-    max_iter: int = _field(1000, _integer(1))
-    tol: float = _field(1e-3, _number(0.0, open_low=True))
-    w: float | None = _field(None, _number(0.0))
-    init: str = _field("auto", _string(EM_INITS))
-    kmeans_iter: int = _field(10, _integer(0))
-    init_means: tuple | None = _field(None, _rows())
-    init_scales: tuple | None = _field(None, _rows(positive=True))
-    init_weights: tuple | None = _field(None, _weights)
+    n_init: int = _field(4, _integer(1, MAX_EM_STARTS, _STARTS_WHY), doc="k-means++ starts")
+    n_peaks: int = _field(4, _integer(0, MAX_EM_STARTS, _STARTS_WHY),
+                          doc="density-peak starts (init = \"auto\")")
+    max_iter: int = _field(1000, _integer(1), doc="iterations per start")
+    tol: float = _field(1e-3, _number(0.0, open_low=True),
+                        doc="stop when the total log-likelihood changes by less (nats)")
+    w: float | None = _field(None, _number(0.0),
+                             doc="covariance regularisation (default 1e-6 of the data variance; 0: none)")
+    init: str = _field("auto", _string(EM_INITS), doc="how the starts are made")
+    kmeans_iter: int = _field(10, _integer(0), doc="k-means iterations refining each k-means++ start")
+    init_means: tuple | None = _field(None, _rows(), doc="a given start: one row per component")
+    init_scales: tuple | None = _field(None, _rows(positive=True), doc="the given start's dispersions")
+    init_weights: tuple | None = _field(None, _weights, doc="the given start's weights (default equal)")
 
     def _validate(self, where):
         if self.init == "given" and self.init_means is None:
@@ -970,10 +1015,12 @@ class CheckSpec:
     (:func:`bayesmix.diagnostics.check_modes`).
     """
 
-    model_fit: bool = _field(True, _boolean)
-    misfit_alpha: float = _field(0.01, _number(0.0, 1.0, open_low=True, open_high=True))
-    n_replicates: int = _field(500, _integer(100))
-    mode_tolerance: float = _field(3.0, _number(0.0, open_low=True))
+    model_fit: bool = _field(True, _boolean, doc="run the posterior predictive model check")
+    misfit_alpha: float = _field(0.01, _number(0.0, 1.0, open_low=True, open_high=True),
+                                 doc="p-value below which the model check raises ModelMisfitWarning")
+    n_replicates: int = _field(500, _integer(100), doc="mock catalogues of the model check")
+    mode_tolerance: float = _field(3.0, _number(0.0, open_low=True),
+                                   doc="chains further apart than this many sds are in different modes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -988,18 +1035,21 @@ class SamplerSpec:
     two draws set an interval, and with one, p16 = p84 = the mean.
     """
 
-    num_chains: int = _field(4, _integer(1))
-    num_warmup: int = _field(300, _integer(0))
-    num_samples: int = _field(1000, _integer(1))
-    target_accept: float = _field(0.8, _number(0.0, 1.0, open_low=True, open_high=True))
-    adapt_mass: bool = _field(True, _boolean)
-    max_tree_depth: int = _field(10, _integer(1))
-    chain_method: str = _field("auto", _string(CHAIN_METHODS))
-    checkpoint_every: int | None = _field(None, _integer(1))
+    num_chains: int = _field(4, _integer(1), doc="NUTS chains")
+    num_warmup: int = _field(300, _integer(0), doc="warmup steps per chain (step size and mass matrix)")
+    num_samples: int = _field(1000, _integer(1), doc="draws per chain kept (--num-samples overrides it)")
+    target_accept: float = _field(0.8, _number(0.0, 1.0, open_low=True, open_high=True),
+                                  doc="dual averaging's target acceptance probability")
+    adapt_mass: bool = _field(True, _boolean, doc="adapt the mass matrix in warmup (else the Laplace one)")
+    max_tree_depth: int = _field(10, _integer(1), doc="NUTS' largest tree depth (2^depth leapfrog steps)")
+    chain_method: str = _field("auto", _string(CHAIN_METHODS),
+                               doc="chains vectorised, over devices in parallel, or one after another")
+    checkpoint_every: int | None = _field(None, _integer(1), doc="draws per chain between saved states")
     membership_draws: int = _field(1000, _integer(MIN_MEMBERSHIP_DRAWS, why=(
         ": the membership intervals are the 16th and 84th percentiles over these draws, and "
         f"{MIN_MEMBERSHIP_DRAWS} draws put at least 3 beyond each; with fewer, one or two draws set an "
-        "interval, and with 1, p16 = p84 = the mean")))
+        "interval, and with 1, p16 = p84 = the mean")),
+                                   doc="posterior draws used for memberships and their intervals")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1011,10 +1061,12 @@ class OutputSpec:
     working folder (``bayesmix-scan-...`` for a scan). It may not be empty.
     """
 
-    directory: str | None = _field(None, _string())
-    formats: tuple = _field(("fits", "csv"), _strings(1))
-    figures: bool = _field(True, _boolean)
-    loo: bool = _field(False, _boolean)
+    directory: str | None = _field(None, _string(),
+                                   doc="output folder (default bayesmix-output-<name>-seed<seed>)")
+    formats: tuple = _field(("fits", "csv"), _strings(1),
+                            doc="membership table formats: any of fits, csv, ecsv, votable")
+    figures: bool = _field(True, _boolean, doc="write the figures (--no-figures turns them off)")
+    loo: bool = _field(False, _boolean, doc="add PSIS-LOO to the outputs")
 
     def _validate(self, where):
         if self.directory is not None and not self.directory.strip():
@@ -1030,8 +1082,8 @@ class OutputSpec:
 class ScanSpec:
     """``[scan]``: ``bayesmix scan`` defaults (K range; LOO from NUTS on request)."""
 
-    k: tuple = _field((1, 6), _k_range)
-    loo: bool = _field(False, _boolean)
+    k: tuple = _field((1, 6), _k_range, doc="the K range of bayesmix scan")
+    loo: bool = _field(False, _boolean, doc="also sample every K and add PSIS-LOO")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1047,16 +1099,34 @@ class GroupsSpec:
     fixed at ``alone_tau``) for the per-cluster shrinkage. ``reference``: a table of
     catalogue mean velocities (Baumgardt's ``orbits_table.txt``; ``{shared_data}`` and
     relative paths as for ``[data] path``) compared with each group's mean.
+
+    ``radius`` (a ``[data] covariates`` or ``[data.sky]`` column of projected distances
+    from each group's centre, e.g. Baumgardt's ``DCEN``) lets the member fraction fall
+    with radius. With ``detect`` (default), every group's member peak is first found by
+    :func:`bayesmix.clusters.scan_groups`; groups whose members are not detected
+    (``min_delta_log_lik``, ``min_members``, a dispersion below ``sigma_max``, and with
+    radii a central concentration) are left out and listed in ``skipped_groups.csv`` with
+    the reason, their rows in the drop report.
     """
 
     column: str = _field(check=_string(), doc="catalogue column naming each star's group")
+    radius: str | None = _field(None, _string(), doc="covariate column of projected radii (member "
+                                                      "fraction falls with radius)")
+    detect: bool = _field(True, _boolean, doc="leave out groups whose members are not detected")
+    sigma_max: float = _field(25.0, _number(0.0, open_low=True),
+                              doc="widest member dispersion searched (velocity units)")
+    min_delta_log_lik: float = _field(15.0, _number(0.0), doc="detection: least log-likelihood gain of "
+                                                               "members + field over a field alone")
+    min_members: float = _field(3.0, _number(0.0), doc="detection: fewest expected members")
     select: tuple = _field((), _strings(), doc="groups to fit (all when empty)")
-    min_stars: int = _field(5, _integer(2, why=": fewer stars cannot tell members from field"))
-    field: str = _field("per-group", _string(GROUP_FIELDS))
-    pooling: bool = _field(True, _boolean)
-    compare_alone: bool = _field(True, _boolean)
-    alone_tau: float = _field(2.0, _number(0.0, open_low=True))
-    reference: str | None = _field(None, _string())
+    min_stars: int = _field(5, _integer(2, why=": fewer stars cannot tell members from field"),
+                            doc="groups with fewer stars are skipped (listed by name)")
+    field: str = _field("per-group", _string(GROUP_FIELDS), doc="a field per group, or one shared field")
+    pooling: bool = _field(True, _boolean, doc="partially pool the dispersions and member fractions")
+    compare_alone: bool = _field(True, _boolean, doc="also fit every group alone, for the shrinkage")
+    alone_tau: float = _field(2.0, _number(0.0, open_low=True),
+                              doc="prior sd (log / logit units) of each group alone")
+    reference: str | None = _field(None, _string(), doc="table of catalogue mean velocities to compare with")
 
     def _validate(self, where):
         if not self.column.strip():
@@ -1086,6 +1156,13 @@ class GroupsSpec:
             raise SpecError("[model.priors]", "does not apply to a [groups] run: its priors are the "
                                               "hierarchy's ([groups] alone_tau for the unpooled fit); leave "
                                               "[model.priors] out.")
+        sky_columns = spec.data.sky.column_names() if spec.data.sky is not None else ()
+        if self.radius is not None and self.radius not in (*spec.data.covariates, *sky_columns):
+            raise SpecError("[groups] radius",
+                            f"{self.radius!r} must also be listed in [data] covariates (now "
+                            f"{list(spec.data.covariates)}) or be a [data.sky] column ("
+                            f"{list(sky_columns) or 'none: no [data.sky]'}), so that stars without it are "
+                            "dropped and reported.")
 
     def reference_path(self, spec) -> Path | None:
         """``reference`` resolved like ``[data] path`` (``{shared_data}``, relative to the spec file)."""
@@ -1110,9 +1187,10 @@ class RunSpec:
         The spec file (not part of the spec; used to resolve relative paths).
     """
 
-    name: str = _field("bayesmix-run", _plain_name)
-    description: str = _field("", _string())
-    seed: int = _field(0, _integer(0))
+    name: str = _field("bayesmix-run", _plain_name,
+                       doc="the run's name, part of the default output folder (see above)")
+    description: str = _field("", _string(), doc="free text, kept in every output's provenance")
+    seed: int = _field(0, _integer(0), doc="PRNG seed of EM and the sampler (--seed overrides it)")
     data: DataSpec = _field(section=DataSpec)
     model: ModelSpec = _field(section=ModelSpec)
     em: EMSpec = _field(section=EMSpec)
@@ -1351,6 +1429,25 @@ def load_spec(path) -> RunSpec:
         Text that is not UTF-8, a TOML syntax error, nesting too deep to read, an
         unknown key, a missing required key or a bad value; the message names the file
         and the key and says what is allowed.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from bayesmix.config import SpecError, load_spec
+    >>> path = Path(tempfile.mkdtemp()) / "demo.toml"
+    >>> _ = path.write_text('name = "demo"\\n[data]\\nsimulate = "cluster-field"\\n'
+    ...                     '[model]\\nkind = "cluster-field"\\n[sampler]\\nnum_samples = 500\\n')
+    >>> spec = load_spec(path)
+    >>> spec.model.kind, spec.sampler.num_samples, spec.sampler.num_warmup
+    ('cluster-field', 500, 300)
+    >>> _ = path.write_text('[data]\\nsimulate = "cluster-field"\\n[model]\\nkind = "cluster-field"\\n'
+    ...                     '[sampler]\\nnum_sample = 500\\n')
+    >>> try:
+    ...     load_spec(path)
+    ... except SpecError as err:
+    ...     print(err.key)
+    demo.toml [sampler] num_sample
     """
     path = Path(path)
     if not path.is_file():

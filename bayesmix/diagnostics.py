@@ -274,6 +274,24 @@ def summary(fit_or_idata, var_names: Sequence[str] | None = None, hdi_prob: floa
         ``hdi_<a>%`` and ``hdi_<b>%`` (ArviZ's names, 3% and 97% by default),
         ``ess_bulk``, ``ess_tail``, ``r_hat``, ``mcse_mean``. Constant quantities
         (frozen parameters) have NaN ESS and R-hat.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bayesmix import posterior_from_draws
+    >>> from bayesmix.simulate import simulate_cluster_field
+    >>> cat = simulate_cluster_field(0, 100).catalogue
+    >>> rng = np.random.default_rng(0)  # stand-in draws (2 chains x 50); sample_posterior makes real ones
+    >>> draws = {"weights": rng.dirichlet([36, 64], size=(2, 50)),
+    ...          "means": rng.normal([-44.7, 2.8], [0.3, 3.0], size=(2, 50, 2)),
+    ...          "scales": rng.normal([2.3, 46.0], [0.2, 2.0], size=(2, 50, 2))}
+    >>> fit = posterior_from_draws(draws, cat, component_names=["cluster", "field"])
+    >>> from bayesmix.diagnostics import summary
+    >>> table = summary(fit, var_names=["means"])
+    >>> list(table.index)
+    ['means[cluster, RV]', 'means[field, RV]']
+    >>> {"p16", "p50", "p84", "r_hat", "ess_bulk"} <= set(table.columns)
+    True
     """
     if not 0.0 < float(hdi_prob) < 1.0:
         raise ValueError(f"hdi_prob must lie in (0, 1); got {hdi_prob}.")
@@ -483,6 +501,27 @@ def check_convergence(fit_or_idata, r_hat_max: float = 1.01, ess_min: float = 40
     chains did not explore it (for example a mean whose steps were below the rounding
     of its value), and the run is NOT converged. For a single chain, R-hat compares
     its halves.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bayesmix import posterior_from_draws
+    >>> from bayesmix.simulate import simulate_cluster_field
+    >>> cat = simulate_cluster_field(0, 100).catalogue
+    >>> rng = np.random.default_rng(0)  # stand-in draws (2 chains x 50); sample_posterior makes real ones
+    >>> draws = {"weights": rng.dirichlet([36, 64], size=(2, 50)),
+    ...          "means": rng.normal([-44.7, 2.8], [0.3, 3.0], size=(2, 50, 2)),
+    ...          "scales": rng.normal([2.3, 46.0], [0.2, 2.0], size=(2, 50, 2))}
+    >>> fit = posterior_from_draws(draws, cat, component_names=["cluster", "field"])
+    >>> import warnings
+    >>> from bayesmix.diagnostics import ConvergenceWarning, check_convergence
+    >>> with warnings.catch_warnings(record=True) as caught:  # 100 draws: too few for ESS >= 400
+    ...     warnings.simplefilter("always")
+    ...     report = check_convergence(fit)
+    >>> report.ok, any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    (False, True)
+    >>> report.min_ess_bulk < 400
+    True
     """
     if not float(r_hat_max) >= 1.0:
         raise ValueError(f"r_hat_max must be >= 1 (1.01 is the usual threshold); got {r_hat_max}.")

@@ -63,7 +63,7 @@ from jax.scipy.special import xlogy
 from bayesmix import _programs, _x64  # noqa: F401  (float64 before any array is made)
 from bayesmix._choices import EM_INITS
 from bayesmix._constraints import Interval, Options, validate_params
-from bayesmix._padding import pad_rows
+from bayesmix._padding import bucket, pad_rows
 from bayesmix._random import as_key
 from bayesmix.components import GaussianBackground, UniformBackground
 from bayesmix.likelihood import (
@@ -1247,10 +1247,13 @@ def _resolve_frozen(k: int, d: int, frozen_weights, frozen_means, frozen_covaria
 
 
 def _block(stars: _Stars, log_background, chunk_size: int) -> _Blocks:
-    """Equal blocks of at most ``chunk_size`` stars, so that padding is a few rows at most."""
+    """Equal blocks of at most ``chunk_size`` stars holding the bucket size of N
+    (:func:`bayesmix._padding.bucket`): catalogues in one bucket share a compiled program."""
     n, d = stars.values.shape
-    n_blocks = -(-n // int(chunk_size))
-    block = -(-n // n_blocks)
+    # (One block of n stars when the bucket would not fit in one block but n does.)
+    padded = bucket(n) if n > int(chunk_size) or bucket(n) <= int(chunk_size) else n
+    n_blocks = -(-padded // int(chunk_size))
+    block = -(-padded // n_blocks)
     if n_blocks > 1:
         block = -(-block // 8) * 8
     rows = n_blocks * block
@@ -1703,6 +1706,16 @@ def scan_n_components(key, data, k_max, *, k_min=1, errors=None, return_fits=Fal
         ``best_bic`` and ``best_aic`` (the K with the smallest value).
     fits : dict of int to EMResult
         Only with ``return_fits=True``.
+
+    Examples
+    --------
+    >>> from bayesmix.em import scan_n_components
+    >>> from bayesmix.simulate import simulate_mixture, thin_thick_disc_params
+    >>> sim = simulate_mixture(0, thin_thick_disc_params(), 2000, error_scale=[0.08, 0.05])  # doctest: +SKIP
+    >>> scan = scan_n_components(1, sim.catalogue, k_max=3, n_init=2)  # doctest: +SKIP
+    >>> scan["n_components", "bic", "delta_bic"]  # doctest: +SKIP
+    >>> scan.meta["best_bic"]  # doctest: +SKIP
+    2
     """
     from astropy.table import Table  # astropy is heavy; only the scan needs it
 

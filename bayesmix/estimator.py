@@ -510,9 +510,9 @@ default="auto"
         EM's log-likelihood per star (sample-weighted mean, errors included): the
         training ``score`` of the EM fit.
     n_features_in_ : int
-    feature_names_in_ : ndarray of str, shape (n_features_in_,)
+    feature_names_in_ : ndarray of str, shape (``n_features_in_``,)
         Only when X had string column names (a DataFrame or an astropy Table).
-    feature_units_ : tuple of astropy.units.Unit or None, length n_features_in_
+    feature_units_ : tuple of astropy.units.Unit or None, length ``n_features_in_``
         Unit of each feature (from the Table columns or the Quantity; None for plain
         numbers). The fitted arrays are plain ndarrays in these units: ``means_`` in
         ``feature_units_[j]``, ``covariances_[:, a, b]`` in
@@ -936,7 +936,7 @@ default="auto"
 
         Returns
         -------
-        list of str, length n_features_in_
+        list of str, length ``n_features_in_``
             The column name (``x0``, ``x1``, ... without names), followed by the unit in
             brackets when the feature has one (none for plain numbers or dimensionless).
         """

@@ -186,7 +186,7 @@ def _gradient_and_hessian(value_and_grad, z):
     return grads[0], 0.5 * (hess + hess.T)
 
 
-def laplace(potential_fn, position, args, num_newton: int = 6) -> LaplaceResult:
+def laplace(potential_fn, position, args, num_newton: int = 6, hessian_fn=None) -> LaplaceResult:
     """Newton steps to the mode of the unconstrained potential, then the inverse Hessian.
 
     The EM start maximises the likelihood (and its own MAP prior) in the constrained
@@ -201,6 +201,10 @@ def laplace(potential_fn, position, args, num_newton: int = 6) -> LaplaceResult:
     position : array (n_params,)
     args : pytree passed to ``potential_fn``
     num_newton : int
+    hessian_fn : callable (value_and_grad, z) -> (gradient, Hessian), optional
+        How the Hessian is found; the default differences all ``n_params`` gradient
+        directions. A model whose Hessian is sparse can pass a coloured one
+        (e.g. :func:`bayesmix.cluster_runs` for many independent groups).
 
     Returns
     -------
@@ -208,10 +212,11 @@ def laplace(potential_fn, position, args, num_newton: int = 6) -> LaplaceResult:
     """
     f = lambda z: potential_fn(z, args)  # noqa: E731
     value_and_grad = jax.value_and_grad(f)
+    gradient_and_hessian = _gradient_and_hessian if hessian_fn is None else hessian_fn
 
     def newton(i, carry):
         z, pot, _ = carry
-        g, h_raw = _gradient_and_hessian(value_and_grad, z)
+        g, h_raw = gradient_and_hessian(value_and_grad, z)
         h, _ = _repair_spd(h_raw)
         direction = -jnp.linalg.solve(h, g)
 

@@ -39,7 +39,10 @@ import numpy as np
 from jax import lax
 from jax.scipy.special import logsumexp
 
-from bayesmix import _x64  # noqa: F401  (float64 before any array is made)
+from bayesmix import (
+    _padding,
+    _x64,  # noqa: F401  (float64 before any array is made)
+)
 
 __all__ = [
     "MixtureParams",
@@ -53,6 +56,7 @@ __all__ = [
     "log_likelihood_per_star",
     "measured_values",
     "mvn_log_prob",
+    "pad_stars",
     "responsibilities",
     "spd_inverse",
     "spd_solve",
@@ -110,11 +114,18 @@ class Observations(NamedTuple):
     observed : array of bool, shape (n_stars, n_features), or None
         Which features each star has; None when every star has all of them (the
         common case, which compiles to the plain program).
+    weight : array, shape (n_stars,), or None
+        Each star's weight in the totals (:func:`total_log_likelihood`,
+        :func:`log_likelihood`); None when every star counts once. Rows padded to a
+        bucket size (:mod:`bayesmix._padding`, so that one compiled program serves
+        catalogues of many sizes) carry 0: they add exactly nothing to the value and
+        the gradient. Per-star arrays (:func:`log_joint`) still have a row for them.
     """
 
     values: Any
     error_covs: Any
     observed: Any = None
+    weight: Any = None
 
     @property
     def n_stars(self) -> int:
@@ -554,6 +565,8 @@ def log_likelihood(params: MixtureParams, data: Observations, log_weights=None,
     per_star = log_likelihood_per_star(params, data, log_weights)
     if sample_weight is not None:
         per_star = per_star * sample_weight
+    if data.weight is not None:
+        per_star = per_star * data.weight
     return jnp.sum(per_star)
 
 
@@ -627,12 +640,17 @@ def _observed_or_none(observed):
     return None if observed.shape[0] == 0 else observed
 
 
+def _weighted_sum(per_star, weight):
+    """``sum_i weight_i * per_star_i``; an empty ``weight`` stands for "every star once"."""
+    return jnp.sum(per_star) if weight.shape[0] == 0 else jnp.sum(per_star * weight)
+
+
 def _total_log_likelihood_impl(means, covariances, log_weights, values, error_covs, extra_log_prob,
-                               observed):
+                               observed, weight):
     lj = log_joint(MixtureParams(None, means, covariances),
                    Observations(values, error_covs, _observed_or_none(observed)),
                    log_weights, extra_log_prob)
-    return jnp.sum(logsumexp(lj, axis=1))
+    return _weighted_sum(logsumexp(lj, axis=1), weight)
 
 
 _total_log_likelihood = jax.custom_jvp(_total_log_likelihood_impl)
@@ -706,20 +724,23 @@ def _total_log_likelihood_jvp(primals, tangents):
     # d/dmu_k = sum_i r_ik u_ik, d/dSigma_k = 1/2 sum_i r_ik (u u^T - T^-1)_ik,
     # d/dlog w_ik = r_ik. One fused pass computes value and gradient; reverse-mode AD
     # would store and revisit every intermediate of the Cholesky chain instead.
-    means, covs, log_w, values, error_covs, extra, observed = primals
-    d_means, d_covs, d_log_w, d_values, d_error_covs, d_extra, _ = tangents
+    means, covs, log_w, values, error_covs, extra, observed, weight = primals
+    d_means, d_covs, d_log_w, d_values, d_error_covs, d_extra, _, d_weight = tangents
     log_prob, u, tinv = _score_terms(means, covs, values, error_covs,
                                      _observed_or_none(observed))  # (K, N)
     n_components = log_prob.shape[0]
     per_star, resp = _per_star_and_responsibilities(log_prob, log_w, extra)
+    if weight.shape[0]:  # each star's terms scaled by its weight (0 on padding rows)
+        resp = resp * weight[None, :]
     r = resp[:n_components]
     out = (jnp.zeros((), per_star.dtype)
+           + (0.0 if _is_zero(d_weight) or weight.shape[0] == 0 else jnp.sum(per_star * d_weight))
            + _weights_tangent(resp, log_w, d_log_w, d_extra, n_components)
            + _location_tangent(r, u, d_means, axis=1)
            + _location_tangent(r, u, d_values, axis=0)
            + _covariance_tangent(r, u, tinv, d_covs, axis=1)
            + _covariance_tangent(r, u, tinv, d_error_covs, axis=0))
-    return jnp.sum(per_star), out
+    return _weighted_sum(per_star, weight), out
 
 
 _total_log_likelihood.defjvp(_total_log_likelihood_jvp, symbolic_zeros=True)
@@ -758,8 +779,10 @@ def total_log_likelihood(params: MixtureParams, data: Observations, log_weights=
         extra = jnp.zeros((data.values.shape[0], 0), data.values.dtype)
     observed = (jnp.zeros((0,), data.values.dtype) if data.observed is None
                 else jnp.asarray(data.observed, data.values.dtype))
+    weight = (jnp.zeros((0,), data.values.dtype) if data.weight is None
+              else jnp.asarray(data.weight, data.values.dtype))
     return _total_log_likelihood(params.means, params.covariances, jnp.asarray(log_weights),
-                                 data.values, data.error_covs, extra, observed)
+                                 data.values, data.error_covs, extra, observed, weight)
 
 
 # --------------------------------------------------------------------------- boundary checks
@@ -940,7 +963,44 @@ def star_rows(data: Observations, rows) -> Observations:
     Observations with ``n_rows`` stars
     """
     observed = None if data.observed is None else np.asarray(data.observed)[rows]
-    return Observations(np.asarray(data.values)[rows], np.asarray(data.error_covs)[rows], observed)
+    weight = None if data.weight is None else np.asarray(data.weight)[rows]
+    return Observations(np.asarray(data.values)[rows], np.asarray(data.error_covs)[rows], observed, weight)
+
+
+def pad_stars(data: Observations, n_rows: int | None = None) -> Observations:
+    """``data`` padded to ``n_rows`` stars (default: its bucket size), padding rows of weight 0.
+
+    Compiled programs are specialised to array shapes; padded to one of a few bucket
+    sizes (:func:`bayesmix._padding.bucket`), catalogues of many sizes share a program.
+    Padding rows copy star 0 (finite everywhere, its observed mask too) and get weight
+    0, so :func:`total_log_likelihood` (value and gradient) equals the unpadded one to
+    rounding; per-star outputs must be cut back to ``data.n_stars`` rows.
+
+    Parameters
+    ----------
+    data : Observations (n_stars >= 1)
+    n_rows : int, optional
+        At least ``data.n_stars``; default ``bucket(data.n_stars)``.
+
+    Returns
+    -------
+    Observations with ``n_rows`` stars (numpy arrays) and a ``weight`` (n_rows,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> padded = pad_stars(Observations(np.zeros((300, 1)), np.ones((300, 1, 1))))
+    >>> padded.n_stars, float(padded.weight.sum())
+    (320, 300.0)
+    """
+    n = data.n_stars
+    n_rows = _padding.bucket(n) if n_rows is None else int(n_rows)
+    if n_rows < n:
+        raise ValueError(f"n_rows={n_rows} is below the number of stars ({n}).")
+    weight = np.ones(n) if data.weight is None else np.asarray(data.weight, float)
+    return Observations(_padding.pad_rows(data.values, n_rows), _padding.pad_rows(data.error_covs, n_rows),
+                        None if data.observed is None else _padding.pad_rows(data.observed, n_rows),
+                        np.concatenate([weight, np.zeros(n_rows - n)]))
 
 
 def _unpack_data(values, errors, observed):

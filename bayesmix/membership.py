@@ -37,6 +37,7 @@ from jax import lax
 
 from bayesmix import (
     _arviz,
+    _padding,
     _programs,
     _x64,  # noqa: F401  (float64 before any array is made)
 )
@@ -49,8 +50,10 @@ from bayesmix.likelihood import (
     cholesky_factor,
     log_joint,
     measured_values,
+    pad_stars,
     star_rows,
 )
+from bayesmix.models import MixtureModel
 
 __all__ = [
     "PROBABILITY_FLOOR",
@@ -273,6 +276,24 @@ def membership_probabilities(fit, *, max_draws: int = 1000, star_chunk: int = 20
     MembershipResult
         ``mean``, ``p16``, ``p84`` (n_stars, n_components incl. background) and
         ``labels`` (n_stars,).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bayesmix import posterior_from_draws
+    >>> from bayesmix.simulate import simulate_cluster_field
+    >>> cat = simulate_cluster_field(0, 100).catalogue
+    >>> rng = np.random.default_rng(0)  # stand-in draws (2 chains x 50); sample_posterior makes real ones
+    >>> draws = {"weights": rng.dirichlet([36, 64], size=(2, 50)),
+    ...          "means": rng.normal([-44.7, 2.8], [0.3, 3.0], size=(2, 50, 2)),
+    ...          "scales": rng.normal([2.3, 46.0], [0.2, 2.0], size=(2, 50, 2))}
+    >>> fit = posterior_from_draws(draws, cat, component_names=["cluster", "field"])
+    >>> from bayesmix.membership import membership_probabilities
+    >>> members = membership_probabilities(fit)
+    >>> members.mean.shape, members.p16.shape, members.labels.shape
+    ((100, 2), (100, 2), (100,))
+    >>> bool(np.allclose(members.mean.sum(axis=1), 1.0)), bool(np.all(members.p16 <= members.p84))
+    (True, True)
     """
     _check_fit(fit)
     star_chunk = _positive_int("star_chunk", star_chunk)
@@ -290,7 +311,8 @@ def membership_probabilities(fit, *, max_draws: int = 1000, star_chunk: int = 20
     if log_background is not None:
         log_background = np.asarray(log_background, dtype=float)
 
-    chunk = min(star_chunk, n_stars, max(1, _BLOCK_BYTES // (8 * n_draws * n_total)))
+    # At most the bucket size of N (not N itself): catalogues in one bucket share the program.
+    chunk = min(star_chunk, _padding.bucket(n_stars), max(1, _BLOCK_BYTES // (8 * n_draws * n_total)))
     n_chunks = math.ceil(n_stars / chunk)
     logger.info("memberships: %d stars in %d chunk(s) of %d, %d draws, %d components",
                 n_stars, n_chunks, chunk, n_draws, n_total)
@@ -300,7 +322,8 @@ def membership_probabilities(fit, *, max_draws: int = 1000, star_chunk: int = 20
         # Draws last (contiguous) for the host-side selection of the percentiles.
         return jnp.transpose(resp, (1, 2, 0)), jnp.mean(resp, axis=0)
 
-    compiled = jax.jit(chunk_responsibilities)
+    compiled = _programs.Program("memberships", jax.jit(chunk_responsibilities), program_fingerprint(model),
+                                 (Observations,))
     mean = np.empty((n_stars, n_total))
     p16 = np.empty((n_stars, n_total))
     p84 = np.empty((n_stars, n_total))
@@ -355,6 +378,22 @@ def membership_table(fit, result: MembershipResult, prefix: str = "p_", *, label
     astropy.table.Table
         Probabilities below :data:`PROBABILITY_FLOOR` (1e-300) are exactly 0, so no
         subnormal number reaches a written table (text readers overflow on them).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bayesmix import posterior_from_draws
+    >>> from bayesmix.simulate import simulate_cluster_field
+    >>> cat = simulate_cluster_field(0, 100).catalogue
+    >>> rng = np.random.default_rng(0)  # stand-in draws (2 chains x 50); sample_posterior makes real ones
+    >>> draws = {"weights": rng.dirichlet([36, 64], size=(2, 50)),
+    ...          "means": rng.normal([-44.7, 2.8], [0.3, 3.0], size=(2, 50, 2)),
+    ...          "scales": rng.normal([2.3, 46.0], [0.2, 2.0], size=(2, 50, 2))}
+    >>> fit = posterior_from_draws(draws, cat, component_names=["cluster", "field"])
+    >>> from bayesmix.membership import membership_probabilities, membership_table
+    >>> table = membership_table(fit, membership_probabilities(fit))
+    >>> [name for name in table.colnames if name.startswith("p_") or name == "label"]
+    ['p_cluster', 'p_cluster_16', 'p_cluster_84', 'p_field', 'p_field_16', 'p_field_84', 'label']
     """
     from astropy.table import Table
 
@@ -520,6 +559,35 @@ def _replicate(model, draw_key, sample, error_factors, covariates):
     return observed
 
 
+def pads_stars(model) -> bool:
+    """Whether ``model``'s programs take stars padded to a bucket size (zero-weight rows).
+
+    A :class:`MixtureModel` reaches the stars only through
+    :func:`bayesmix.likelihood.total_log_likelihood` (which gives a padding row weight 0)
+    and per-star terms; under a radius law its ``weights`` are a mean over the stars,
+    which padding rows would bias, so those programs keep the catalogue's own size.
+    """
+    return isinstance(model, MixtureModel) and getattr(model, "radius_fraction", None) is None
+
+
+def program_fingerprint(model) -> str:
+    """What a membership or predictive program of ``model`` closes over: the model's
+    structure (:meth:`MixtureModel.program_key`, without the prior values, which these
+    programs never read) when it pads stars, so that another catalogue shares them; the
+    whole ``repr`` otherwise (a radius law's reference radius is a constant of them)."""
+    return model.program_key() if pads_stars(model) else repr(model)
+
+
+def padded_data(model, obs: Observations, covariates: dict) -> tuple[Observations, dict]:
+    """``(obs, covariates)`` as a compiled program of ``model`` takes them: padded to the
+    bucket size (:func:`bayesmix.likelihood.pad_stars`, covariates copying row 0) when
+    :func:`pads_stars`, else unchanged."""
+    if not pads_stars(model):
+        return obs, covariates
+    n_rows = _padding.bucket(obs.n_stars)
+    return pad_stars(obs, n_rows), _padding.pad_columns(covariates, n_rows)
+
+
 class _Predictive:
     """The compiled replicate programs of one fit: data are arguments, the model a fingerprint.
 
@@ -536,8 +604,16 @@ class _Predictive:
         # A star's missing features are missing in its mocks too: NaN in the draws, and
         # not counted in the histograms (the data's counts skip them the same way).
         observed = np.ones(data.values.shape, bool) if data.observed is None else np.asarray(data.observed)
-        self.data_args = (jnp.asarray(_error_factors(np.asarray(data.error_covs))),
-                          {name: jnp.asarray(col) for name, col in _covariates(fit, data.n_stars).items()},
+        # Stars padded to a bucket size (one program for catalogues of many sizes): padding
+        # rows copy star 0 but count as unobserved, so no histogram counts them, and the
+        # draws are cut back to the catalogue's rows. Random draws come row by row, so a
+        # star's mocks are the same padded or not.
+        self.n_stars = n = data.n_stars
+        n_rows = _padding.bucket(n) if pads_stars(model) else n
+        observed = np.concatenate([observed, np.zeros((n_rows - n, observed.shape[1]), bool)])
+        self.data_args = (jnp.asarray(_padding.pad_rows(_error_factors(np.asarray(data.error_covs)), n_rows)),
+                          {name: jnp.asarray(col) for name, col in
+                           _padding.pad_columns(_covariates(fit, n), n_rows).items()},
                           jnp.asarray(observed))
 
         def draws(keys, sites, error_factors, covariates, observed):
@@ -559,7 +635,7 @@ class _Predictive:
 
             return lax.map(one, (keys, sites))
 
-        fingerprint = repr(model)
+        fingerprint = program_fingerprint(model)
         self.draws = _programs.Program("predictive_draws", jax.jit(draws), fingerprint)
         self.counts = _programs.Program("predictive_counts", jax.jit(counts), fingerprint)
 
@@ -601,7 +677,8 @@ def posterior_predictive(key, fit, n_draws: int = 100) -> np.ndarray:
     n_draws = _positive_int("n_draws", n_draws)
     programs = _Predictive(fit)
     keys = jax.random.key_data(jax.random.split(key, n_draws))
-    return np.asarray(programs.draws(keys, programs.sites(fit, n_draws), *programs.data_args))
+    mocks = programs.draws(keys, programs.sites(fit, n_draws), *programs.data_args)
+    return np.asarray(mocks)[:, :programs.n_stars]
 
 
 def posterior_predictive_counts(key, fit, edges, n_draws: int = 500) -> np.ndarray:

@@ -3,18 +3,18 @@
 A program fitted elsewhere (``numpyro.infer.MCMC``, or any sampler) joins bayesmix through one
 small protocol: its posterior draws name the mixture's quantities as bayesmix does,
 
-==================== ============================== =============================================
-name                 shape per draw                 meaning
-==================== ============================== =============================================
-``weights``          (K,)                           component weights (with a background: of the
-                                                    Gaussians only, summing to 1 - background)
-``means``            (K, D), or (K,) when D = 1     intrinsic component means
-``scales``           (K, D), or (K,) when D = 1     intrinsic dispersions (not convolved with
-                                                    the errors)
-``correlations``     (K, D, D), optional            intrinsic correlations (identity if absent)
-``covariances``      (K, D, D)                      instead of ``scales``/``correlations``
-``background_weight`` ()                            only with ``background=``
-==================== ============================== =============================================
+====================== ============================== =============================================
+name                   shape per draw                 meaning
+====================== ============================== =============================================
+``weights``            (K,)                           component weights (with a background: of the
+                                                      Gaussians only, summing to 1 - background)
+``means``              (K, D), or (K,) when D = 1     intrinsic component means
+``scales``             (K, D), or (K,) when D = 1     intrinsic dispersions (not convolved with
+                                                      the errors)
+``correlations``       (K, D, D), optional            intrinsic correlations (identity if absent)
+``covariances``        (K, D, D)                      instead of ``scales``/``correlations``
+``background_weight``  ()                             only with ``background=``
+====================== ============================== =============================================
 
 and each star's likelihood is the error-deconvolved one, ``sum_k w_k N(x_i | mu_k, Sigma_k +
 S_i)`` (plus ``w_bg p_bg(x_i)``). A program that calls its sites otherwise passes ``rename=``

@@ -29,6 +29,8 @@ import numpy as np
 from bayesmix._files import atomic_write
 
 __all__ = [
+    "cluster_shrinkage_plot",
+    "cluster_velocity_plot",
     "corner_plot",
     "dispersion_profile_plot",
     "element_labels",
@@ -305,6 +307,22 @@ def corner_plot(fit, var_names: Sequence[str], *, truths: Mapping[str, float] | 
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bayesmix import posterior_from_draws
+    >>> from bayesmix.simulate import simulate_cluster_field
+    >>> cat = simulate_cluster_field(0, 100).catalogue
+    >>> rng = np.random.default_rng(0)  # stand-in draws (2 chains x 50); sample_posterior makes real ones
+    >>> draws = {"weights": rng.dirichlet([36, 64], size=(2, 50)),
+    ...          "means": rng.normal([-44.7, 2.8], [0.3, 3.0], size=(2, 50, 2)),
+    ...          "scales": rng.normal([2.3, 46.0], [0.2, 2.0], size=(2, 50, 2))}
+    >>> fit = posterior_from_draws(draws, cat, component_names=["cluster", "field"])
+    >>> from bayesmix import plotting
+    >>> fig = plotting.corner_plot(fit, ["means", "scales"])
+    >>> len(fig.axes)  # 4 quantities: a 4 x 4 grid
+    16
     """
     import corner
 
@@ -354,6 +372,22 @@ def trace_plot(fit, var_names: Sequence[str] | None = None, *, fig=None):
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bayesmix import posterior_from_draws
+    >>> from bayesmix.simulate import simulate_cluster_field
+    >>> cat = simulate_cluster_field(0, 100).catalogue
+    >>> rng = np.random.default_rng(0)  # stand-in draws (2 chains x 50); sample_posterior makes real ones
+    >>> draws = {"weights": rng.dirichlet([36, 64], size=(2, 50)),
+    ...          "means": rng.normal([-44.7, 2.8], [0.3, 3.0], size=(2, 50, 2)),
+    ...          "scales": rng.normal([2.3, 46.0], [0.2, 2.0], size=(2, 50, 2))}
+    >>> fit = posterior_from_draws(draws, cat, component_names=["cluster", "field"])
+    >>> from bayesmix import plotting
+    >>> fig = plotting.trace_plot(fit, ["means"])
+    >>> fig.axes[0].get_ylabel()
+    'means[cluster, RV]'
     """
     import matplotlib.pyplot as plt
 
@@ -478,6 +512,24 @@ def membership_histogram(probability, *, ax=None, bins=20, component_name: str =
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bayesmix import posterior_from_draws
+    >>> from bayesmix.simulate import simulate_cluster_field
+    >>> cat = simulate_cluster_field(0, 100).catalogue
+    >>> rng = np.random.default_rng(0)  # stand-in draws (2 chains x 50); sample_posterior makes real ones
+    >>> draws = {"weights": rng.dirichlet([36, 64], size=(2, 50)),
+    ...          "means": rng.normal([-44.7, 2.8], [0.3, 3.0], size=(2, 50, 2)),
+    ...          "scales": rng.normal([2.3, 46.0], [0.2, 2.0], size=(2, 50, 2))}
+    >>> fit = posterior_from_draws(draws, cat, component_names=["cluster", "field"])
+    >>> from bayesmix import plotting
+    >>> from bayesmix.membership import membership_probabilities
+    >>> p_cluster = membership_probabilities(fit).probability("cluster")  # (n_stars,)
+    >>> fig = plotting.membership_histogram(p_cluster)
+    >>> type(fig).__name__
+    'Figure'
     """
     p = np.asarray(probability, dtype=float)
     if p.ndim == 2 and p.shape[1] > 1:
@@ -1186,7 +1238,7 @@ def dispersion_profile_plot(fit, ax=None, reference=None, *, radii=None, n_bins:
 
     Examples
     --------
-    >>> ref = {"radius": r, "sigma": s, "sigma_err": e}  # e.g. Baumgardt's binned profile
+    >>> ref = {"radius": r, "sigma": s, "sigma_err": e}  # e.g. Baumgardt's binned profile  # doctest: +SKIP
     >>> fig = dispersion_profile_plot(fit, reference=ref)  # doctest: +SKIP
     """
     import jax.numpy as jnp
@@ -1235,4 +1287,100 @@ def dispersion_profile_plot(fit, ax=None, reference=None, *, radii=None, n_bins:
     ax.set_xlabel(f"projected radius ({name})")
     ax.set_ylabel("velocity dispersion")
     ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
+# --------------------------------------------------------------------------- many clusters
+
+
+def _table_columns(table, names: Sequence[str], caller: str) -> dict[str, np.ndarray]:
+    missing = [n for n in names if n not in table.colnames]
+    if missing:
+        raise ValueError(f"{caller} needs the columns {missing} of bayesmix.cluster_runs.cluster_table "
+                         f"(it has {table.colnames}).")
+    return {n: np.asarray(table[n], float) for n in names}
+
+
+def cluster_velocity_plot(table, *, ax=None, label_beyond: float = 3.0):
+    """Each cluster's systemic velocity against a reference catalogue's, in combined standard deviations.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        :func:`bayesmix.cluster_runs.cluster_table` with a reference (``mu_pull``,
+        ``n_members``, ``cluster``).
+    ax : matplotlib Axes, optional
+    label_beyond : float
+        Clusters with ``|mu_pull|`` above this are named on the figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from astropy.table import Table
+    >>> t = Table({"cluster": ["A", "B"], "mu_pull": [0.4, -1.2], "n_members": [80.0, 12.0]})
+    >>> fig = cluster_velocity_plot(t)
+    """
+    cols = _table_columns(table, ("mu_pull", "n_members"), "cluster_velocity_plot")
+    fig, ax = _new_axes(ax, (6.0, 4.0))
+    ok = np.isfinite(cols["mu_pull"])
+    ax.axhspan(-1.0, 1.0, color="C0", alpha=0.15, lw=0, label="1 sd")
+    ax.axhspan(-3.0, 3.0, color="C0", alpha=0.07, lw=0, label="3 sd")
+    ax.scatter(cols["n_members"][ok], cols["mu_pull"][ok], s=14, color="C0", zorder=3)
+    for name, n, pull in zip(np.asarray(table["cluster"])[ok], cols["n_members"][ok], cols["mu_pull"][ok],
+                             strict=True):
+        if abs(pull) > label_beyond:
+            ax.annotate(str(name), (n, pull), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0.0, color="0.3", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("expected members")
+    ax.set_ylabel("(mu - reference) / combined sd")
+    within = int(np.sum(np.abs(cols["mu_pull"][ok]) <= 3))
+    ax.set_title(f"{ok.sum()} clusters with a reference; {within} within 3 sd", fontsize="medium")
+    ax.legend(frameon=False, fontsize="small", loc="upper right")
+    return fig
+
+
+def cluster_shrinkage_plot(table, *, ax=None):
+    """Each cluster's member dispersion fitted alone against the pooled fit (68% intervals).
+
+    Points below the diagonal were pulled down by the pooling, above it up; small clusters
+    (wide intervals alone) move most.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        :func:`bayesmix.cluster_runs.cluster_table` with ``alone`` (``sigma_alone_*``).
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from astropy.table import Table
+    >>> t = Table({"sigma_p50": [3.0, 6.0], "sigma_p16": [2.5, 5.5], "sigma_p84": [3.5, 6.5],
+    ...            "sigma_alone_p50": [4.0, 6.1], "sigma_alone_p16": [2.0, 5.5],
+    ...            "sigma_alone_p84": [7.0, 6.6]})
+    >>> fig = cluster_shrinkage_plot(t)
+    """
+    names = ("sigma_p50", "sigma_p16", "sigma_p84", "sigma_alone_p50", "sigma_alone_p16", "sigma_alone_p84")
+    c = _table_columns(table, names, "cluster_shrinkage_plot")
+    fig, ax = _new_axes(ax, (5.0, 5.0))
+    alone, pooled = c["sigma_alone_p50"], c["sigma_p50"]
+    ax.errorbar(alone, pooled, xerr=[alone - c["sigma_alone_p16"], c["sigma_alone_p84"] - alone],
+                yerr=[pooled - c["sigma_p16"], c["sigma_p84"] - pooled],
+                fmt="o", ms=3, lw=0.7, color="C0", ecolor="C0", alpha=0.8)
+    lo = 0.8 * min(c["sigma_alone_p16"].min(), c["sigma_p16"].min())
+    hi = 1.2 * max(c["sigma_alone_p84"].max(), c["sigma_p84"].max())
+    ax.plot([lo, hi], [lo, hi], color="0.3", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("member dispersion, each cluster alone")
+    ax.set_ylabel("member dispersion, pooled")
     return fig

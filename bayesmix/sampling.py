@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bayesmix import __version__, _arviz, _programs, _x64, hmc  # noqa: F401
+from bayesmix import __version__, _arviz, _padding, _programs, _x64, hmc  # noqa: F401
 from bayesmix._choices import CHAIN_METHODS
 from bayesmix._constraints import Interval, Options, validate_params
 from bayesmix._random import as_key
@@ -54,7 +54,7 @@ from bayesmix.checkpoint import Checkpoint, check_continues, read_checkpoint, wr
 from bayesmix.checkpoint import checkpoint_draws as _checkpoint_draws
 from bayesmix.em import EMResult, fit_em
 from bayesmix.likelihood import MixtureParams, Observations, as_observations, star_rows
-from bayesmix.membership import posterior_predictive
+from bayesmix.membership import padded_data, posterior_predictive, program_fingerprint
 from bayesmix.models import MixtureModel
 
 __all__ = [
@@ -149,26 +149,51 @@ class PosteriorFit:
                              jnp.asarray(post["covariances"].mean(("chain", "draw")).values))
 
 
+# Values of BAYESMIX_CACHE that keep the store off.
+_CACHE_OFF = frozenset({"off", "0", "none", "false", "no"})
+
+
 def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path | None:
-    """Keep compiled samplers on disk so a repeated scripted run skips compilation.
+    """Keep compiled programs on disk so later runs, on this catalogue or another, skip compiling.
 
     Two stores under one directory: JAX's persistent compilation cache (compiled
-    executables) and bayesmix's own store of the sampler's programs as serialized
-    :mod:`jax.export` modules, so a repeat also skips tracing the model. Both are keyed
-    by everything the program depends on (for bayesmix's store: the package source, the
-    model and sampler settings, the data's shapes), never by file names or dates.
+    executables) and bayesmix's own store of its programs (EM, Laplace, NUTS, constrain,
+    memberships, log-likelihood, mock catalogues) as serialized :mod:`jax.export` modules,
+    so a later run also skips tracing the model. Both are keyed by everything the program
+    depends on (for bayesmix's store: the package source, the model's structure and the
+    sampler settings, the data's shapes), never by file names or dates. Stars are padded to
+    a few bucket sizes (:mod:`bayesmix._padding`: four per octave, at most 25% extra rows,
+    given zero weight), so a catalogue of another size in the same bucket, with other
+    values and prior values, reuses every stored program.
+
+    The command line turns the store on by default (``--no-cache``, or ``BAYESMIX_CACHE=off``,
+    turns it off); in Python call this once, before fitting. The folder may be deleted at
+    any time (it is rebuilt); a damaged file is rebuilt with a warning.
 
     Parameters
     ----------
     directory : path, optional
-        Default ``$BAYESMIX_CACHE`` or ``~/.cache/bayesmix/jax``.
+        Default ``$BAYESMIX_CACHE``, else ``$XDG_CACHE_HOME/bayesmix/jax``, else
+        ``~/.cache/bayesmix/jax``. ``BAYESMIX_CACHE=off`` (or ``0``, ``none``, ``false``)
+        keeps the store off when no ``directory`` is given.
 
     Returns
     -------
-    Path of the cache, or None when it cannot be used (not a folder, not writable): the
-    run goes on without it, with a warning.
+    Path of the cache, or None when it is off or cannot be used (not a folder, not
+    writable): the run goes on without it, with a warning in the second case.
+
+    Examples
+    --------
+    >>> from bayesmix.sampling import enable_compilation_cache
+    >>> enable_compilation_cache()  # doctest: +SKIP
+    PosixPath('/home/me/.cache/bayesmix/jax')
     """
-    path = Path(directory or os.environ.get("BAYESMIX_CACHE") or Path.home() / ".cache" / "bayesmix" / "jax")
+    env = os.environ.get("BAYESMIX_CACHE", "")
+    if directory is None and env.strip().lower() in _CACHE_OFF:
+        _programs.set_store(None)
+        return None
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    path = Path(directory or env or (Path(xdg) if xdg else Path.home() / ".cache") / "bayesmix" / "jax")
     try:  # the cache only saves time: an unusable one is skipped, never fatal
         (path / "bayesmix-programs").mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=path / "bayesmix-programs", prefix=".probe-", delete=True)
@@ -284,8 +309,10 @@ class _Sampler:
         unravel = self.unravel
         shift = jnp.asarray(flat, jnp.float64)
         scale = jnp.asarray(ravel_pytree(model.coordinate_scales(obs, template))[0], jnp.float64)
-        # The map travels with the data as arguments, not as constants of the programs.
-        self.args = (obs, covariates, model.hyperparameters(), (shift, scale))
+        # The map travels with the data as arguments, not as constants of the programs;
+        # the stars are padded to a bucket size, so catalogues of many sizes share them.
+        self.args = (*padded_data(model, obs, covariates), model.hyperparameters(), (shift, scale))
+        self.data = (obs, covariates)  # as given (unpadded)
 
         def theta(z, args):
             shift, scale = args[3]
@@ -456,7 +483,9 @@ class _Sampler:
         n_chains, n_draws = z.shape[:2]
         flat = z.reshape((n_chains * n_draws, self.n_params))
         total = flat.shape[0]
-        chunk = int(max(1, min(total, 512, 20_000_000 // max(self.args[0].n_stars, 1))))
+        # A power of two (one compiled shape for any number of draws up to it).
+        chunk = int(max(1, min(512, 20_000_000 // max(self.args[0].n_stars, 1))))
+        chunk = 1 << (min(chunk, total).bit_length() - 1) if total < chunk else chunk
         parts = []
         for begin in range(0, total, chunk):
             rows = np.minimum(np.arange(begin, begin + chunk), total - 1)  # pad: one compiled shape
@@ -722,6 +751,18 @@ def sample_posterior(
     Returns
     -------
     PosteriorFit
+
+    Examples
+    --------
+    A real run (about 6 s of compilation the first time, so not run as a doctest here):
+
+    >>> from bayesmix.models import cluster_field_model
+    >>> from bayesmix.sampling import sample_posterior
+    >>> from bayesmix.simulate import simulate_cluster_field
+    >>> cat = simulate_cluster_field(0).catalogue  # doctest: +SKIP
+    >>> fit = sample_posterior(1, cluster_field_model(cat), cat, num_samples=1000)  # doctest: +SKIP
+    >>> fit.idata.posterior["means"].sizes  # doctest: +SKIP
+    Frozen({'chain': 4, 'draw': 1000, 'component': 2, 'feature': 1})
     """
 
     _check_sampler_args(num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples,
@@ -830,7 +871,7 @@ def _start_or_resume(key, sampler: _Sampler, saved: Checkpoint | None, start: tu
 
     if saved is not None:
         return _restored_states(saved.state), [(saved.samples, saved.stats)], dict(saved.start_info)
-    model, (obs, covariates) = sampler.model, sampler.args[:2]
+    model, (obs, covariates) = sampler.model, sampler.data
     # The first candidate is the best optimum, whose unconstrained values are the template.
     others = _candidate_starts(*start, sampler.num_chains)[1:]
     starts = [np.asarray(ravel_pytree(values)[0]) for values in [template, *(
@@ -873,7 +914,7 @@ def _draw_loop(sampler: _Sampler, states, parts: list, start_info: dict, num_sam
 def _unconstrained(model: MixtureModel, obs, covariates, values: dict) -> dict:
     from numpyro.infer.util import unconstrain_fn
 
-    args = (obs, covariates, model.hyperparameters())
+    args = (*padded_data(model, obs, covariates), model.hyperparameters())
     fn = _programs.Program("unconstrain", jax.jit(lambda v, a: unconstrain_fn(model.model, a, {}, v)),
                            model.program_key(), (Observations,))
     return jax.device_get(fn({k: jnp.asarray(v) for k, v in values.items()}, args))
@@ -1020,7 +1061,7 @@ def add_log_likelihood(fit: PosteriorFit, *, max_draws: int | None = None,
              for name in post.data_vars}
     model, data = fit.model, fit.data
     n_stars = data.n_stars
-    chunk = min(star_chunk, n_stars)
+    chunk = min(star_chunk, _padding.bucket(n_stars))  # catalogues in one bucket share the program
 
     def per_star(sample, block, covariates):
         if getattr(model, "kinematics", None) is not None:  # a per-star member density: the model joins it
@@ -1029,7 +1070,8 @@ def add_log_likelihood(fit: PosteriorFit, *, max_draws: int | None = None,
             lj = model.joint_log_prob(model.params(sample), model.log_weights(sample, covariates), block)
         return logsumexp(lj, axis=1)
 
-    compiled = jax.jit(jax.vmap(per_star, in_axes=(0, None, None)))
+    compiled = _programs.Program("log_likelihood", jax.jit(jax.vmap(per_star, in_axes=(0, None, None))),
+                                 program_fingerprint(model), (Observations,))
     out = np.empty((n_chains * keep.size, n_stars))
     for start in range(0, n_stars, chunk):
         rows = np.minimum(np.arange(start, start + chunk), n_stars - 1)  # pad: one compiled shape

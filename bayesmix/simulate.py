@@ -184,6 +184,16 @@ def simulate_cluster_field(
     Returns
     -------
     ClusterFieldSimulation
+
+    Examples
+    --------
+    >>> from bayesmix.simulate import simulate_cluster_field
+    >>> sim = simulate_cluster_field(0, n_stars=200)
+    >>> sim.catalogue.n_stars, sim.catalogue.values.shape
+    (200, (200, 1))
+    >>> t = sim.truth  # the values the data were drawn from
+    >>> t.cluster_mean, t.cluster_dispersion, t.member_fraction
+    (-44.73, 2.3, 0.365)
     """
     n_stars = _n_stars(n_stars)
     for name, value in (("cluster_dispersion", cluster_dispersion),
@@ -542,6 +552,14 @@ def simulate_mixture(
     Returns
     -------
     MixtureSimulation
+
+    Examples
+    --------
+    >>> from bayesmix.simulate import simulate_mixture, thin_thick_disc_params
+    >>> sim = simulate_mixture(0, thin_thick_disc_params(), 500, error_scale=[0.08, 0.05],
+    ...                        feature_names=["FeH", "MgFe"])
+    >>> sim.catalogue.values.shape, sim.catalogue.error_covs.shape
+    ((500, 2), (500, 2, 2))
     """
     params = check_params(*params)
     n_features = params.n_features

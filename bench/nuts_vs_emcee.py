@@ -124,6 +124,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -135,7 +136,13 @@ import numpy as np
 PARAMS = ("mean1", "sigma1", "mean2", "sigma2", "frac1")
 FULL_NS = [300, 1500, 20_000]
 QUICK_NS = [300, 1500]
-METHODS = ("emcee_tutorial", "emcee_tutorial_ess", "emcee_fixed", "emcee_ess", "bayesmix", "bayesmix_cached")
+METHODS = ("emcee_tutorial", "emcee_tutorial_ess", "emcee_fixed", "emcee_ess", "bayesmix", "bayesmix_cached",
+           "bayesmix_new_catalogue", "bayesmix_new_bucket", "blackjax", "pymc_nutpie")
+# First runs on a new catalogue with a warm store: the store is filled by one untimed run on
+# another catalogue (another data seed) of this size times the factor, then the timed runs
+# start fresh processes on this one. 0.97: another size in the same bucket (bayesmix._padding);
+# 0.7: a size in another bucket, so only the programs that do not depend on N are found.
+NEW_CATALOGUE = {"bayesmix_new_catalogue": 0.97, "bayesmix_new_bucket": 0.7}
 N_WALKERS = 32
 TUTORIAL_STEPS = 1500
 BURN_IN = 1000
@@ -394,7 +401,7 @@ def _work_bayesmix(method, data, seed, args):
     from bayesmix.models import cluster_field_model
     from bayesmix.sampling import enable_compilation_cache, extend, sample_posterior
     import_s = time.perf_counter() - t0
-    if method == "bayesmix_cached":
+    if method == "bayesmix_cached" or method in NEW_CATALOGUE:
         enable_compilation_cache(args.cache_dir)
     clog = _CompileLog()
     v, e = data["v"], data["e"]
@@ -448,9 +455,154 @@ def _work_bayesmix(method, data, seed, args):
     return out
 
 
+# --------------------------------------------------------------------------- peers: BlackJAX, PyMC + nutpie
+
+
+def _until_ess(draw_block, constrained, args):
+    """Draw blocks until min bulk ESS >= target and R-hat <= 1.01 (at most 8 blocks beyond the
+    first); returns (chains {param: (chain, draw)}, n_blocks)."""
+    blocks = [draw_block()]
+    while True:
+        chains = constrained(blocks)
+        ess, rhat_max = _arviz_stats(chains)
+        if (min(ess.values()) >= args.target_ess and rhat_max <= 1.01) or len(blocks) > 8:
+            return chains, len(blocks)
+        blocks.append(draw_block())
+
+
+def _work_blackjax(method, data, seed, args):
+    """BlackJAX NUTS with Stan's window adaptation on the same NumPyro model (bayesmix's
+    ``cluster_field_model``: the same likelihood and priors), chains vmapped, from NumPyro's
+    default random initialisation, ``--peer-warmup`` adaptation steps, then blocks of
+    ``--nuts-samples`` draws until the ESS target."""
+    t0 = time.perf_counter()
+    import blackjax
+    import jax
+    import jax.numpy as jnp
+    from numpyro.infer.util import constrain_fn, initialize_model
+
+    from bayesmix.likelihood import as_observations
+    from bayesmix.models import cluster_field_model
+    import_s = time.perf_counter() - t0
+    clog = _CompileLog()
+    clog.active = True
+    t_start = time.perf_counter()
+    obs = as_observations(data["v"][:, None], data["e"][:, None])
+    model = cluster_field_model(obs)
+    model_args = (obs, {}, model.hyperparameters())
+    n_chains = args.nuts_chains
+    keys = jax.random.split(jax.random.key(seed), n_chains + 1)
+    inits = [initialize_model(k, model.model, model_args=model_args) for k in keys[1:]]
+    potential = inits[0].potential_fn
+
+    def logdensity(z):
+        return -potential(z)
+
+    z0 = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[i.param_info.z for i in inits])
+
+    @jax.jit
+    def adapt(key, z):
+        def one(k, position):
+            warm = blackjax.window_adaptation(blackjax.nuts, logdensity, target_acceptance_rate=0.8)
+            (state, params), _ = warm.run(k, position, num_steps=args.peer_warmup)
+            return state, params
+
+        return jax.vmap(one)(jax.random.split(key, n_chains), z)
+
+    states, params = adapt(keys[0], z0)
+
+    @jax.jit
+    def block(key, states, params):
+        def chain(k, state, p):
+            step = blackjax.nuts(logdensity, **p).step
+
+            def one(st, kk):
+                st, info = step(kk, st)
+                return st, (st.position, info.num_integration_steps)
+
+            return jax.lax.scan(one, state, jax.random.split(k, args.nuts_samples))
+
+        return jax.vmap(chain)(jax.random.split(key, n_chains), states, params)
+
+    state = {"states": states, "key": jax.random.key(seed + 7919), "steps": []}
+
+    def draw_block():
+        state["key"], k = jax.random.split(state["key"])
+        state["states"], (positions, n_steps) = block(k, state["states"], params)
+        state["steps"].append(np.asarray(n_steps))
+        return positions
+
+    to_sites = jax.jit(jax.vmap(lambda z: constrain_fn(model.model, model_args, {}, z,
+                                                       return_deterministic=True)))
+
+    def constrained(blocks):
+        z = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a, axis=1), *blocks)
+        flat = jax.tree_util.tree_map(lambda a: a.reshape((-1, *a.shape[2:])), z)
+        sites = to_sites(flat)
+        return {p: np.asarray(sites[p]).reshape(n_chains, -1) for p in PARAMS}
+
+    chains, n_blocks = _until_ess(draw_block, constrained, args)
+    wall_s = time.perf_counter() - t_start
+    clog.active = False
+    ess_d, rhat_max = _arviz_stats(chains)
+    quant, sd = _summaries({p: c.ravel() for p, c in chains.items()})
+    return {"wall_s": wall_s, "import_s": import_s, "compile_s": clog.total, "n_compiles": clog.n_compiles,
+            "num_chains": n_chains, "num_warmup": args.peer_warmup,
+            "num_samples": n_blocks * args.nuts_samples, "steps_per_draw": float(np.mean(state["steps"])),
+            "ess_bulk": ess_d, "ess_bulk_min": min(ess_d.values()), "r_hat_max": rhat_max,
+            "quantiles": quant, "sd": sd}
+
+
+def _work_pymc_nutpie(method, data, seed, args):
+    """PyMC model with the same likelihood and priors (bayesmix's defaults, resolved in the data
+    file), compiled and sampled by nutpie (numba backend); ``--peer-warmup`` tuning draws, then
+    ``--nuts-samples`` draws per chain, doubled until the ESS target. Needs ``pymc`` and
+    ``nutpie`` (run this method with ``--peer-python`` naming an interpreter that has them)."""
+    t0 = time.perf_counter()
+    try:
+        import nutpie
+        import pymc as pm
+    except ImportError as exc:
+        raise RuntimeError(f"pymc_nutpie needs pymc and nutpie ({exc}); install them (pip install pymc "
+                           "nutpie) or pass --peer-python /path/to/python-with-them") from exc
+    import_s = time.perf_counter() - t0
+    v, e = data["v"], data["e"]
+    t_start = time.perf_counter()
+    with pm.Model() as model:
+        mean = pm.Normal("means", float(data["mean_loc"]), float(data["mean_scale"]), shape=2)
+        # sigma1 < sigma2, both HalfNormal(scale_scale): bayesmix's ordered-scale prior.
+        transforms = pm.distributions.transforms
+        positive_ordered = (transforms.Chain([transforms.log, transforms.ordered])
+                            if hasattr(transforms, "Chain") else transforms.ordered)
+        sigma = pm.HalfNormal("sigmas", float(data["scale_scale"]), shape=2, transform=positive_ordered,
+                              initval=np.array([0.2, 1.0]) * float(data["scale_scale"]))
+        frac = pm.Dirichlet("w", np.ones(2))
+        total = pm.math.sqrt(sigma[None, :] ** 2 + e[:, None] ** 2)
+        pm.Mixture("v", w=frac, comp_dists=pm.Normal.dist(mean[None, :], total), observed=v)
+    compiled = nutpie.compile_pymc_model(model)
+    draws = args.nuts_samples
+    while True:
+        trace = nutpie.sample(compiled, draws=draws, tune=args.peer_warmup, chains=args.nuts_chains,
+                              seed=seed, progress_bar=False)
+        post = trace.posterior
+        chains = {"mean1": post["means"].values[..., 0], "sigma1": post["sigmas"].values[..., 0],
+                  "mean2": post["means"].values[..., 1], "sigma2": post["sigmas"].values[..., 1],
+                  "frac1": post["w"].values[..., 0]}
+        ess_d, rhat_max = _arviz_stats(chains)
+        if (min(ess_d.values()) >= args.target_ess and rhat_max <= 1.01) or draws >= 16 * args.nuts_samples:
+            break
+        draws *= 2
+    wall_s = time.perf_counter() - t_start
+    quant, sd = _summaries({p: c.ravel() for p, c in chains.items()})
+    return {"wall_s": wall_s, "import_s": import_s, "num_chains": args.nuts_chains,
+            "num_warmup": args.peer_warmup, "num_samples": draws, "ess_bulk": ess_d,
+            "ess_bulk_min": min(ess_d.values()), "r_hat_max": rhat_max, "quantiles": quant, "sd": sd}
+
+
 def _worker_main(method, path, seed, args):
     data = dict(np.load(path))
-    fn = _work_bayesmix if method.startswith("bayesmix") else _work_emcee
+    fn = {"blackjax": _work_blackjax, "pymc_nutpie": _work_pymc_nutpie}.get(
+        method, _work_bayesmix if method.startswith("bayesmix") else _work_emcee)
     out = fn(method, data, seed, args)
     out["peak_mb"] = _peak_mb()
     print("RESULT " + json.dumps(out, default=float), flush=True)
@@ -480,13 +632,14 @@ def _make_data(n, seed, path):
     return pv
 
 
-def _run_worker(method, path, seed, args, timeout):
-    cmd = [sys.executable, __file__, "--worker", method, "--data", str(path), "--seed", str(seed),
+def _run_worker(method, path, seed, args, timeout, cache_dir=None):
+    python = args.peer_python if method == "pymc_nutpie" and args.peer_python else sys.executable
+    cmd = [python, __file__, "--worker", method, "--data", str(path), "--seed", str(seed),
            "--priors", args.priors, "--target-ess", str(args.target_ess),
            "--nuts-chains", str(args.nuts_chains), "--nuts-warmup", str(args.nuts_warmup),
-           "--nuts-samples", str(args.nuts_samples)]
-    if method == "bayesmix_cached":
-        cmd += ["--cache-dir", args.cache_dir]
+           "--nuts-samples", str(args.nuts_samples), "--peer-warmup", str(args.peer_warmup)]
+    if method == "bayesmix_cached" or method in NEW_CATALOGUE:
+        cmd += ["--cache-dir", cache_dir or args.cache_dir]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -499,6 +652,24 @@ def _run_worker(method, path, seed, args, timeout):
             return out
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
     return {"status": "failed", "reason": " | ".join(tail)}
+
+
+def _warm_new_catalogue_stores(n, tmp, args, log) -> dict:
+    """For each new-catalogue method asked for: (a store filled by one untimed run on another
+    catalogue, of size n times the method's factor, data seed + 1000; that size)."""
+    stores = {}
+    for method, factor in NEW_CATALOGUE.items():
+        if method not in args.methods:
+            continue
+        n_warm = max(50, round(n * factor))
+        warm_path = Path(tmp) / f"warm_{method}_{n}.npz"
+        _make_data(n_warm, args.data_seed + 1000, warm_path)
+        store = Path(tmp) / f"store_{method}_{n}"
+        warm = _run_worker(method, warm_path, 0, args, args.timeout, str(store))
+        print(f"  N={n:>6d} {method} store warmed at N={n_warm}: {warm['status']} "
+              f"wall={_fmt(warm.get('wall_s'), '.3g')} s", file=log, flush=True)
+        stores[method] = (store, n_warm)
+    return stores
 
 
 def _agreement(run, ref):
@@ -545,6 +716,11 @@ def main(argv=None):
     parser.add_argument("--nuts-samples", type=int, default=250, help="first-run draws per chain")
     parser.add_argument("--cache-dir", default=None,
                         help="JAX persistent compilation cache of bayesmix_cached (default: a temporary one)")
+    parser.add_argument("--peer-warmup", type=int, default=500,
+                        help="adaptation steps of the BlackJAX and nutpie runs (from a random start)")
+    parser.add_argument("--peer-python", default=None,
+                        help="interpreter with pymc and nutpie for the pymc_nutpie column "
+                             "(default: this one)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -568,10 +744,18 @@ def main(argv=None):
                 cache_warmup[n] = warm.get("wall_s")
                 print(f"  N={n:>6d} bayesmix_cached cache warm-up run: {warm['status']} "
                       f"wall={_fmt(warm.get('wall_s'), '.3g')} s", file=log, flush=True)
+            new_stores = _warm_new_catalogue_stores(n, tmp, args, log)
             for rep in range(repeats):
                 for method in args.methods:
                     row = {"n_stars": n, "method": method, "repeat": rep, "seed": rep}
-                    row.update(_run_worker(method, path, rep, args, args.timeout))
+                    if method in NEW_CATALOGUE:  # each repeat on a copy of the warm store: a first run
+                        store = Path(tmp) / f"store_{method}_{n}_rep{rep}"
+                        shutil.copytree(new_stores[method][0], store)
+                        row["store_warmed_at_n"] = new_stores[method][1]
+                        row.update(_run_worker(method, path, rep, args, args.timeout, str(store)))
+                        shutil.rmtree(store, ignore_errors=True)
+                    else:
+                        row.update(_run_worker(method, path, rep, args, args.timeout))
                     runs.append(row)
                     print(f"  N={n:>6d} {method:15s} rep {rep} {row['status']:7s} "
                           f"wall={_fmt(row.get('wall_s'), '.3g')} s "

@@ -10,10 +10,19 @@ from bayesmix.catalogue import Catalogue
 from bayesmix.cluster_runs import (
     cluster_table,
     fit_groups,
+    keep_detected,
     read_reference_velocities,
+    scan_catalogue,
     select_groups,
 )
-from bayesmix.clusters import GroupParams, group_log_joint, group_log_likelihood, many_cluster_model
+from bayesmix.clusters import (
+    GroupParams,
+    group_log_joint,
+    group_log_likelihood,
+    log_radius_about_median,
+    many_cluster_model,
+    scan_groups,
+)
 from bayesmix.config import RunSpec, SpecError
 from bayesmix.likelihood import MixtureParams, as_observations
 from bayesmix.models import cluster_field_model
@@ -32,7 +41,7 @@ def _simulate(seed=3):
     sigma[SMALL] = 11.0
     frac = rng.uniform(0.4, 0.8, N_GROUPS)
     n = rng.integers(80, 200, N_GROUPS)
-    n[SMALL] = 14
+    n[SMALL] = 20
     values, errors, labels = [], [], []
     for c in range(N_GROUPS):
         member = rng.random(n[c]) < frac[c]
@@ -53,7 +62,7 @@ SETTINGS = {"num_chains": 2, "num_warmup": 200, "num_samples": 250, "target_acce
 @pytest.fixture(scope="module")
 def simulated():
     values, errors, labels, truth = _simulate()
-    model, data, group = many_cluster_model(values, errors, labels)
+    model, data, group, _ = many_cluster_model(values, errors, labels)
     pooled = fit_groups(0, model, data, group, **SETTINGS)
     alone = fit_groups(0, dataclasses.replace(model, pooling=False), data, group, **SETTINGS)
     return model, pooled, alone, truth
@@ -103,8 +112,132 @@ def test_model_refuses_bad_arguments():
         many_cluster_model(v, err, ["A"] * 11)
 
 
+def test_radial_fraction_matches_a_brute_force_mixture():
+    """logit f(R) = logit f + b log(R / R_c): the per-star weights, against scipy."""
+    from scipy.special import expit
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(4)
+    v = rng.normal(0.0, 30.0, 40)
+    err = rng.uniform(0.5, 2.0, 40)
+    radius = rng.uniform(10.0, 500.0, 40)
+    group = np.repeat([0, 1], 20)
+    log_radius, median = log_radius_about_median(radius, group)
+    assert np.allclose(median, [np.median(radius[:20]), np.median(radius[20:])])
+    p = GroupParams(*(np.array(x) for x in ([-5.0, 20.0], [2.0, 4.0], [0.3, 0.6], [1.0, -3.0], [40.0, 35.0],
+                                            [-2.0, -0.5])))
+    got = np.asarray(group_log_joint(GroupParams(*map(jnp.asarray, p)), as_observations(v, err),
+                                     jnp.asarray(group), jnp.asarray(log_radius)))
+    f = expit(np.log(p.frac[group] / (1 - p.frac[group])) + p.slope[group] * np.log(radius / median[group]))
+    member = np.log(f) + norm.logpdf(v, p.mu[group], np.hypot(p.sigma[group], err))
+    field = np.log1p(-f) + norm.logpdf(v, p.field_mean[group], np.hypot(p.field_sigma[group], err))
+    np.testing.assert_allclose(got, np.stack([member, field], axis=1), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"radius: 1 star.*rows \[3\]"):
+        log_radius_about_median(np.where(np.arange(40) == 3, 0.0, radius), group)
+
+
+def _groups_with_radii(seed=2):
+    """Four groups: a faint cold cluster in a broad field, a rich one, a field alone, and a
+    field whose cold 'peak' is spread evenly over the radii (a lump of field, not a cluster)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for name, n_mem, n_field, sigma in (("faint", 12, 300, 3.0), ("rich", 150, 100, 6.0),
+                                        ("field", 0, 250, 0.0), ("lump", 0, 250, 0.0)):
+        r_mem = 30.0 * np.sqrt(rng.uniform(0, 1, n_mem) ** -1.0 - 1.0)  # Plummer, a = 30
+        r_field = 1500.0 * np.sqrt(rng.uniform(0, 1, n_field))           # uniform over the disc
+        v = np.concatenate([rng.normal(-120.0, sigma, n_mem), rng.normal(0.0, 90.0, n_field)])
+        if name == "lump":
+            v[:25] = rng.normal(60.0, 2.0, 25)  # cold, but at random radii
+        err = rng.uniform(0.5, 2.0, v.size)
+        parts.append((v + rng.normal(0, err), err, np.concatenate([r_mem, r_field]), [name] * v.size,
+                      np.r_[np.ones(n_mem), np.zeros(n_field)]))
+    v, err, r, labels, member = (np.concatenate(x) for x in zip(*parts, strict=True))
+    return v, err, np.maximum(r, 0.5), np.asarray(labels), member
+
+
+def test_scan_finds_faint_clusters_and_reports_groups_without_members():
+    v, err, r, labels, _ = _groups_with_radii()
+    names, group = np.unique(labels, return_inverse=True)
+    log_radius, _ = log_radius_about_median(r, group)
+    scan = scan_groups(v, err, group, log_radius=log_radius)
+    found = dict(zip(names, scan.detected, strict=True))
+    assert found == {"faint": True, "rich": True, "field": False, "lump": False}, scan.reason
+    for name in ("faint", "rich"):
+        c = list(names).index(name)
+        assert abs(scan.params.mu[c] + 120.0) < 3.0 and scan.params.slope[c] < -1.0
+    lump = scan.reason[list(names).index("lump")]
+    assert "not concentrated" in lump or "gain only" in lump, lump
+    # Without radii the cold lump of field looks like a cluster: radii are what tell them apart.
+    blind = scan_groups(v, err, group)
+    assert bool(blind.detected[list(names).index("lump")])
+
+
+def test_detection_leaves_groups_out_with_their_rows_reported():
+    v, err, r, labels, _ = _groups_with_radii()
+    cat = Catalogue.from_arrays(v, err, feature_names=["RV"], covariates={"DCEN": r})
+    cat.table["Cluster"] = labels
+    names, scan = scan_catalogue(cat, "Cluster", radius="DCEN")
+    kept, skipped, kept_scan = keep_detected(cat, "Cluster", names, scan)
+    assert sorted(skipped["group"]) == ["field", "lump"] and len(kept_scan.log_lik) == 2
+    assert kept.n_stars == int(np.isin(labels, ["faint", "rich"]).sum())
+    assert kept.report.counts() == {"[groups] detect: Cluster shows no members (skipped_groups.csv says why)":
+                                    int(np.isin(labels, ["field", "lump"]).sum())}
+    assert all(skipped["reason"]) and np.all(np.isfinite(skipped["scan_delta_log_lik"]))
+    with pytest.raises(ValueError, match="\\[groups\\] radius: 'R' is not a covariate"):
+        scan_catalogue(cat, "Cluster", radius="R")
+
+
+def test_radial_fraction_is_sampled_and_sharpens_memberships():
+    v, err, r, labels, member = _groups_with_radii()
+    keep = np.isin(labels, ["faint", "rich"])
+    model, data, group, log_radius = many_cluster_model(v[keep], err[keep], labels[keep], radius=r[keep])
+    assert model.uses_radius and log_radius.shape == (keep.sum(),)
+    # Each group alone (two groups cannot inform a population's spread: its tau is a funnel).
+    model = dataclasses.replace(model, pooling=False)
+    fit = fit_groups(2, model, data, group, log_radius, **SETTINGS)
+    assert fit.max_r_hat < 1.05 and fit.n_divergent == 0
+    slope = fit.draws("slope").reshape(-1, 2)
+    assert np.all(np.percentile(slope, 97.5, axis=0) < 0.0)  # members crowd to the centre, in both
+    blind_model, data, group, _ = many_cluster_model(v[keep], err[keep], labels[keep])
+    blind = fit_groups(2, dataclasses.replace(blind_model, pooling=False), data, group, **SETTINGS)
+    truth = member[keep]
+
+    def log_loss(p):
+        p = np.clip(p, 1e-9, 1 - 1e-9)
+        return -np.mean(truth * np.log(p) + (1 - truth) * np.log1p(-p))
+
+    assert log_loss(fit.membership[:, 0]) < 0.8 * log_loss(blind.membership[:, 0])
+
+
 # ----------------------------------------------------------------------------- sampling
 
+
+@pytest.mark.parametrize("field", ["per-group", "shared"])
+def test_coloured_hessian_equals_the_dense_one(field):
+    """Groups share only hyper-parameters, so ~2 x 10 coloured gradient differences give the
+    Hessian that 2 x n_params single-coordinate differences give."""
+    import jax
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import potential_energy
+
+    from bayesmix.cluster_runs import _coloured_hessian, _hessian_colouring, _unconstrained
+    from bayesmix.hmc import _gradient_and_hessian
+
+    v, err, r, labels, _ = _groups_with_radii()
+    keep = np.isin(labels, ["faint", "rich", "field"])
+    model, data, group, log_radius = many_cluster_model(v[keep], err[keep], labels[keep], radius=r[keep],
+                                                        field=field)
+    args = (data, jnp.asarray(group), jnp.asarray(log_radius), model.hyperparameters())
+    template = _unconstrained(model, model.init_values(), args)
+    flat, unravel = ravel_pytree(template)
+    value_and_grad = jax.value_and_grad(lambda z: potential_energy(model.model, args, {}, unravel(z)))
+    colour, member_of = _hessian_colouring(template, model.n_groups)
+    assert colour.max() + 1 < flat.size
+    g1, dense = _gradient_and_hessian(value_and_grad, flat)
+    g2, coloured = _coloured_hessian(colour, member_of)(value_and_grad, flat)
+    np.testing.assert_array_equal(np.asarray(g1), np.asarray(g2))
+    np.testing.assert_allclose(np.asarray(coloured), np.asarray(dense), rtol=1e-5,
+                               atol=1e-6 * float(np.abs(dense).max()))
 
 def test_simulated_truth_is_recovered(simulated):
     model, pooled, _, truth = simulated
@@ -125,7 +258,7 @@ def test_pooling_pulls_a_small_group_towards_the_population(simulated):
     table = cluster_table(pooled, alone)
     row = table[SMALL]
     m_sigma = np.exp(pooled.summary.loc["m_sigma", "p50"])
-    # Alone, the 14-star group keeps its own high dispersion; pooled, it moves towards exp(m_sigma).
+    # Alone, the 20-star group keeps its own high dispersion; pooled, it moves towards exp(m_sigma).
     assert row["sigma_alone_p50"] > row["sigma_p50"] > m_sigma
     assert row["sigma_shift"] < -0.5 * row["sigma_alone_sd"]
     # A well-measured group hardly moves: its own stars outweigh the population.
@@ -138,7 +271,7 @@ def test_pooling_pulls_a_small_group_towards_the_population(simulated):
 def test_shared_field_option_runs():
     values, errors, labels, truth = _simulate(seed=5)
     keep = np.isin(labels, ["G01", "G02", "G03"])
-    model, data, group = many_cluster_model(values[keep], errors[keep], labels[keep], field="shared")
+    model, data, group, _ = many_cluster_model(values[keep], errors[keep], labels[keep], field="shared")
     fit = fit_groups(1, model, data, group, num_chains=2, num_warmup=150, num_samples=150)
     assert "log_field_sigma" in fit.summary.index and "m_field" not in fit.summary.index
     field_sigma = fit.draws("field_sigma")
@@ -188,6 +321,9 @@ def _spec(**groups):
     ({"model": {"kind": "cluster-field", "radius_fraction": {"covariate": "DCEN"}},
       "data": {"path": "x.txt", "values": ["RV"], "covariates": ["DCEN"]}}, "[model.radius_fraction]"),
     ({"model": {"kind": "cluster-field", "priors": {"frac_scale": 1.0}}}, "[model.priors]"),
+    ({"groups": {"column": "Cluster", "radius": "DCEN"}}, "[groups] radius"),
+    ({"groups": {"column": "Cluster", "sigma_max": 0}}, "[groups] sigma_max"),
+    ({"groups": {"column": "Cluster", "detect": "yes"}}, "[groups] detect"),
 ])
 def test_spec_errors_name_the_key(change, key):
     table = _spec()
@@ -216,6 +352,28 @@ def test_reference_velocities_are_read(shared_data):
 
 
 @pytest.mark.shared_data
+def test_detection_on_all_baumgardt_clusters(shared_data):
+    """The scan over every cluster of the compilation: the clusters it detects sit at Baumgardt's
+    catalogue means, and those it leaves out hold few of Baumgardt's own likely members."""
+    from bayesmix.catalogue import read_catalogue
+
+    cat = read_catalogue(shared_data / "baumgardt_gc_rv" / "appendix_combined_table.txt", values=["RV"],
+                         errors=["E_RV"], covariates=["DCEN"])
+    cat, _ = select_groups(cat, "Cluster", None, min_stars=5)
+    names, scan = scan_catalogue(cat, "Cluster", radius="DCEN")
+    ref = read_reference_velocities(shared_data / "baumgardt_gc_rv" / "orbits_table.txt")
+    labels = np.char.strip(np.asarray(cat.table["Cluster"]).astype(str))
+    likely = np.asarray(cat.table["P_Mem"], float) >= 0.5
+    found = [n for n, ok in zip(names, scan.detected, strict=True) if ok and n in ref]
+    mu = dict(zip(names, scan.params.mu, strict=True))
+    off = {n: round(mu[n] - ref[n][0], 1) for n in found if abs(mu[n] - ref[n][0]) > 8.0}
+    assert len(found) >= 75 and len(off) <= 1, off
+    missed = [n for n, ok in zip(names, scan.detected, strict=True) if not ok]
+    n_likely = np.array([likely[labels == n].sum() for n in missed])
+    assert len(missed) <= 45 and np.median(n_likely) <= 8, dict(zip(missed, n_likely, strict=True))
+
+
+@pytest.mark.shared_data
 def test_baumgardt_clusters_through_the_cli(shared_data, tmp_path, monkeypatch):
     from astropy.table import Table
 
@@ -226,8 +384,8 @@ def test_baumgardt_clusters_through_the_cli(shared_data, tmp_path, monkeypatch):
     names = ", ".join(f'"{n}"' for n in REAL)
     spec.write_text(
         'name = "few-clusters"\n[data]\npath = "{shared_data}/baumgardt_gc_rv/appendix_combined_table.txt"\n'
-        'values = ["RV"]\nerrors = ["E_RV"]\n[model]\nkind = "cluster-field"\n'
-        f'[groups]\ncolumn = "Cluster"\nselect = [{names}]\ncompare_alone = false\n'
+        'values = ["RV"]\nerrors = ["E_RV"]\ncovariates = ["DCEN"]\n[model]\nkind = "cluster-field"\n'
+        f'[groups]\ncolumn = "Cluster"\nselect = [{names}]\nradius = "DCEN"\ncompare_alone = false\n'
         'reference = "{shared_data}/baumgardt_gc_rv/orbits_table.txt"\n'
         '[sampler]\nnum_chains = 2\nnum_warmup = 200\nnum_samples = 250\nmembership_draws = 100\n'
         '[output]\nformats = ["csv"]\n')

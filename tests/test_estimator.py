@@ -212,7 +212,7 @@ def test_evaluation_in_padded_chunks_matches_one_chunk(fitted, monkeypatch):
     assert [c[2] for c in _padding.chunks(240, _padding.chunk_rows(8))] == [64] * 4
     np.testing.assert_allclose(est.score_samples(x, sigma), whole[0], rtol=1e-13)
     np.testing.assert_allclose(est.predict_proba(x, sigma), whole[1], rtol=1e-12, atol=1e-15)
-    assert [_padding.bucket(n) for n in (1, 256, 257, 65536, 65537)] == [256, 256, 512, 65536, 81920]
+    assert [_padding.bucket(n) for n in (1, 256, 257, 65536, 65537)] == [256, 256, 320, 65536, 81920]
 
 
 def test_fit_predict_equals_fit_then_predict(fitted):

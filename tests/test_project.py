@@ -1,4 +1,5 @@
-"""The project as a user meets it: README commands, CI script, import cost, command line."""
+"""The project as a user meets it: README and documentation commands and examples, CI script, import
+cost, command line. The examples on the documentation pages (docs/) are run here, so they cannot drift."""
 
 import os
 import re
@@ -15,16 +16,18 @@ from bayesmix.catalogue import read_provenance, read_table
 from bayesmix.cli import main
 
 README = (REPO_ROOT / "README.md").read_text()
+DOCS = REPO_ROOT / "docs"
 
 
-def _fenced_blocks(language):
-    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+def _fenced_blocks(language, text=README):
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
 
 
-def _python_block(marker):
-    """The README's one Python example that contains ``marker``."""
-    blocks = [b for b in _fenced_blocks("python") if marker in b]
-    assert len(blocks) == 1, f"{len(blocks)} README Python blocks contain {marker!r}"
+def _python_block(marker, page="README.md"):
+    """The one Python example on ``page`` (README.md or a docs/ page) that contains ``marker``."""
+    text = README if page == "README.md" else (DOCS / page).read_text()
+    blocks = [b for b in _fenced_blocks("python", text) if marker in b]
+    assert len(blocks) == 1, f"{len(blocks)} Python blocks of {page} contain {marker!r}"
     return blocks[0]
 
 
@@ -61,8 +64,17 @@ def test_runtime_dependencies_leave_out_the_test_tools():
     assert (REPO_ROOT / "CITATION.cff").is_file() and (REPO_ROOT / "CHANGELOG.md").is_file()
 
 
-def test_readme_python_example_runs(shared_data, tmp_path, monkeypatch):
-    code = _fenced_blocks("python")[0].replace("../shared/data", str(shared_data))
+def test_getting_started_repeats_the_readme_commands():
+    page = (DOCS / "getting-started.md").read_text()
+    for command in _fenced_blocks("bash")[:2]:
+        assert command in _fenced_blocks("bash", page), f"docs/getting-started.md lacks {command.strip()!r}"
+    # and its Python example is the README's
+    assert _python_block("sample_posterior", "getting-started.md") == _python_block("sample_posterior")
+
+
+def test_by_hand_likelihood_example_runs(shared_data, tmp_path, monkeypatch):
+    code = _python_block("by-hand parameters", "explanation/likelihood.md")
+    code = code.replace("../shared/data", str(shared_data))
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     out = read_table(tmp_path / "ngc288_members.fits")
@@ -161,8 +173,8 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and __version__ in out.stdout
 
 
-def test_readme_em_example_runs_and_recovers_the_disc(capsys):
-    code = _fenced_blocks("python")[1]
+def test_em_example_runs_and_recovers_the_disc(capsys):
+    code = _python_block("scan_n_components(2", "explanation/em.md")
     assert "fit_em" in code
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
@@ -175,8 +187,8 @@ def test_readme_em_example_runs_and_recovers_the_disc(capsys):
 
 
 def test_readme_nuts_example_runs():
-    code = _fenced_blocks("python")[2]
-    assert "sample_posterior" in code
+    code = _python_block("sample_posterior")
+    assert len(code.strip().splitlines()) <= 15, "the README's example is meant to be short"
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["report"].ok
@@ -231,8 +243,8 @@ def test_cli_demo_bad_settings_are_a_message(tmp_path, capsys):
     assert "--num-samples must be positive" in capsys.readouterr().err
 
 
-def test_readme_whole_path_example_runs_on_harps(shared_data, tmp_path, monkeypatch):
-    code = _python_block("# HARPS dwarfs").replace("../shared/data", str(shared_data))
+def test_whole_path_example_runs_on_harps(shared_data, tmp_path, monkeypatch):
+    code = _python_block("# HARPS dwarfs", "how-to/abundances.md").replace("../shared/data", str(shared_data))
     assert "read_catalogue" in code and "sample_posterior" in code and "membership_probabilities" in code
     monkeypatch.chdir(tmp_path)
     namespace = {}
@@ -249,22 +261,63 @@ def test_readme_whole_path_example_runs_on_harps(shared_data, tmp_path, monkeypa
         assert (tmp_path / name).stat().st_size > 10_000
 
 
-def test_readme_model_file_example_is_a_valid_spec():
+def _toml_blocks(page):
+    """The TOML examples of a docs page, Markdown (```toml) or reStructuredText (code-block:: toml)."""
+    text = (DOCS / page).read_text()
+    blocks = _fenced_blocks("toml", text)
+    for block in re.findall(r"\.\. code-block:: toml\n\n((?:   .*\n|\n)+)", text):
+        blocks.append("\n".join(line[3:] for line in block.splitlines()))
+    return blocks
+
+
+def test_spec_reference_example_is_a_valid_spec_and_every_model_file_is_listed():
     import tomllib
 
     from bayesmix.config import RunSpec
 
-    spec = RunSpec.from_dict(tomllib.loads(_fenced_blocks("toml")[0]))
+    spec = RunSpec.from_dict(tomllib.loads(_toml_blocks("reference/spec.rst")[0]))
     assert spec.model.kind == "cluster-field" and spec.model.radius_fraction.covariate == "DCEN"
-    documented = README.split("## Scripted runs", 1)[1].split("## A first look", 1)[0]
+    documented = (DOCS / "reference" / "spec.rst").read_text().split("Ready specs", 1)[1]
     for path in sorted((REPO_ROOT / "models").glob("*.toml")):
-        assert path.name in documented, f"{path.name} is not described in the README"
+        assert f"``{path.name}``" in documented, f"{path.name} is not described in docs/reference/spec.rst"
 
 
-def test_readme_own_model_example_runs():
+@pytest.mark.parametrize("page", ["how-to/own-cluster.md", "how-to/abundances.md", "how-to/many-clusters.md"])
+def test_docs_spec_examples_are_valid_specs(page):
+    """Every whole spec on a how-to page is read by the spec reader (fragments of [model] are skipped)."""
+    import tomllib
+
+    from bayesmix.config import RunSpec
+
+    checked = 0
+    for block in _toml_blocks(page):
+        table = tomllib.loads(block)
+        if "data" in table and "model" in table:
+            RunSpec.from_dict(table)
+            checked += 1
+    assert checked, f"{page} holds no whole spec"
+
+
+def test_spec_reference_describes_every_key():
+    """The generated reference (docs/_ext/spec_reference.py) finds a type and a description for every key."""
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        import spec_reference
+    finally:
+        sys.path.remove(str(DOCS / "_ext"))
+    lines, problems = spec_reference.spec_reference_rst()
+    assert not problems, "\n".join(problems)
+    text = "\n".join(lines)
+    for key in ("``num_warmup``", "``membership_draws``", "[data.sky]", "[model.priors.<component>]",
+                "[groups]"):
+        assert key in text
+    assert '``"cluster-field"``' in text and ">= 20" in text  # allowed values and bounds come from the checks
+
+
+def test_docs_own_model_example_runs():
     from bayesmix.simulate import simulate_cluster_field
 
-    code = _python_block("posterior_from_draws(mcmc.get_samples")
+    code = _python_block("posterior_from_draws(mcmc.get_samples", "how-to/own-model.md")
     code = code.replace("num_warmup=500, num_samples=1000", "num_warmup=200, num_samples=200")
     cat = simulate_cluster_field(0, 200).catalogue
     namespace = {"rv": np.asarray(cat.values[:, 0]), "rv_err": np.sqrt(np.asarray(cat.error_covs[:, 0, 0]))}
@@ -274,8 +327,8 @@ def test_readme_own_model_example_runs():
     assert list(namespace["fit"].model.component_names) == ["cluster", "field"]
 
 
-def test_readme_estimator_example_runs_and_deconvolves():
-    code = _python_block("from bayesmix import DeconvolvedGaussianMixture")
+def test_docs_estimator_example_runs_and_deconvolves():
+    code = _python_block("from bayesmix import DeconvolvedGaussianMixture", "how-to/abundances.md")
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     plain, xd, bayes = namespace["plain"], namespace["xd"], namespace["bayes"]
@@ -289,9 +342,45 @@ def test_readme_estimator_example_runs_and_deconvolves():
     assert bayes.convergence_.ok and namespace["new_stars"].shape == (100, 2)
 
 
-def test_every_notebook_is_described_in_the_readme():
-    section = README.split("## Notebooks", 1)[1].split("\n## ", 1)[0]
+def test_every_notebook_is_described_and_rendered_in_the_docs():
+    page = (DOCS / "tutorials.md").read_text()
     notebooks = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
     assert len(notebooks) >= 4
     for path in notebooks:
-        assert f"(notebooks/{path.name})" in section, f"{path.name} is not described in the README"
+        assert f"(notebooks/{path.name})" in page, f"{path.name} is not described in docs/tutorials.md"
+        assert f"\nnotebooks/{path.stem}\n" in page, f"{path.name} is not in docs/tutorials.md's toctree"
+
+
+def test_readme_links_into_the_docs_resolve():
+    links = re.findall(r"\]\(((?:docs/|CHANGELOG)[^)#]*)\)", README)
+    assert len(links) >= 15
+    for link in links:
+        assert (REPO_ROOT / link).exists(), f"README links to {link}, which does not exist"
+
+
+def test_ci_builds_the_docs_with_warnings_as_errors_and_checks_links():
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    assert "sphinx-build -W --keep-going -q -b html docs docs/_build/html" in ci
+    assert "python docs/check_internal_links.py docs/_build/html" in ci
+    assert "export BAYESMIX_EXECUTED_NOTEBOOKS" in ci
+    test_command = ci.index('pip install -e ".[test]" && python -m pytest')
+    assert ci.index("export BAYESMIX_EXECUTED_NOTEBOOKS") < test_command < ci.index("sphinx-build")
+    assert 'pip install --quiet -e ".[test,docs]"' in ci
+
+
+def test_internal_link_checker_finds_missing_pages_and_anchors(tmp_path):
+    sys.path.insert(0, str(DOCS))
+    try:
+        from check_internal_links import broken_links, main
+    finally:
+        sys.path.remove(str(DOCS))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "index.html").write_text(
+        '<h1 id="top">x</h1><a href="sub/a.html#here">ok</a><a href="#top">ok</a>'
+        '<a href="https://example.org/x">external</a><a href="sub/a.html#gone">bad anchor</a>'
+        '<a href="missing.html">bad</a>')
+    (tmp_path / "sub" / "a.html").write_text(
+        '<section id="here"><a href="../index.html#top">ok</a></section>')
+    assert broken_links(tmp_path) == ["index.html: sub/a.html#gone (no anchor #gone)",
+                                      "index.html: missing.html (no such file)"]
+    assert main([str(tmp_path)]) == 1 and main([str(tmp_path / "sub")]) == 2

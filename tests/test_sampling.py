@@ -331,9 +331,10 @@ def test_stored_programs_replay_the_run_exactly(tmp_path, caplog):
         np.testing.assert_array_equal(first.idata.posterior["mean1"].values,
                                       rebuilt.idata.posterior["mean1"].values)
         assert run_file.read_bytes() != b"not a program"
-        # Another catalogue of the same size and model structure, other priors: the sampler's programs
-        # take the data and the prior values as arguments, so nothing new is stored.
-        other = simulate_cluster_field(12, 200)
+        # Another catalogue of the same model structure and another size in the same bucket (stars
+        # padded to 256 rows), other priors: the programs take the data and the prior values as
+        # arguments, so nothing new is stored.
+        other = simulate_cluster_field(12, 230)
         other_model = cluster_field_model(other.catalogue, priors=Priors(mean_loc=-40.0))
         sample_posterior(4, other_model, other.catalogue,
                          **{**kwargs, "init": fit_em(0, as_observations(other.catalogue), 2)})

@@ -29,10 +29,13 @@ The groups share what physics says they share:
 The hyper-parameters ``m_*`` and ``tau_*`` are sampled (``pooling=True``); with
 ``pooling=False`` they are fixed at the prior centre and a large ``alone_tau``, so every
 group is fitted on its own under the same independent priors: the comparison that
-measures how much the pooling shrinks each group. Every per-group quantity is
-non-centred (``z ~ N(0, 1)``, ``log sigma_c = m_sigma + tau_sigma z_sigma_c``), which
-removes the funnel between ``tau`` and the group values that centred hierarchies show
-under NUTS when the groups hold few stars.
+measures how much the pooling shrinks each group. Each group's pooled values are
+partially centred by a weight set by its stars (``ManyClusterModel._group_values``):
+non-centred (``log sigma_c = m_sigma + tau_sigma z_c``) for a group of a few stars, which
+removes the funnel between ``tau`` and the group values that a centred hierarchy shows
+under NUTS there, and centred for a rich group, whose data pin the value (non-centred,
+its ``z_c`` would have to follow every move of ``m`` and ``tau`` along a curved ridge).
+With tens of clusters of both kinds in one model, neither form alone samples well.
 
 The per-star densities are :func:`bayesmix.likelihood.mvn_log_prob` with each star's
 group parameters gathered by its group index; member and field enter
@@ -499,6 +502,11 @@ class ManyClusterModel:
         :func:`scan_groups`, without them each group's densest velocity window.
     radius_median : ndarray (n_groups,) or None
         Each group's median radius when the fraction follows radius; None otherwise.
+    information : dict of str to ndarray (n_groups,), or None
+        Each group's likelihood information about its pooled values (``"sigma"``,
+        ``"frac"``, ``"slope"``, ``"field"``, in log or logit units) at the start, from
+        ``_information`` (``ManyClusterModel._centring`` turns it into how far each
+        group's values are centred). None: every group non-centred.
     """
 
     group_names: tuple[str, ...]
@@ -514,6 +522,7 @@ class ManyClusterModel:
     pooling: bool = True
     alone_tau: float = 2.0
     radius_median: np.ndarray | None = None
+    information: dict | None = None
 
     @property
     def n_groups(self) -> int:
@@ -530,6 +539,8 @@ class ManyClusterModel:
                  "log_sigma_ref": np.log(self.sigma_ref), "log_field_ref": np.log(self.field_ref),
                  "global_centre": self.global_centre, "global_scale": 3.0 * self.global_spread,
                  "alone_tau": self.alone_tau}
+        pooled = ("sigma", "frac", "slope", "field")
+        hyper.update({f"centring_{name}": self._centring(name) for name in pooled})
         return {k: jnp.asarray(v, dtype=jnp.float64) for k, v in hyper.items()}
 
     def _pooled(self, name, loc, hyper):
@@ -540,9 +551,37 @@ class ManyClusterModel:
         tau = numpyro.sample(f"tau_{name}", dist.HalfNormal(1.0))
         return m, tau
 
-    def _group_values(self, name, m, tau):
-        z = numpyro.sample(f"z_{name}", dist.Normal(0.0, 1.0).expand([self.n_groups]).to_event(1))
-        return m + tau * z
+    def _centring(self, name: str) -> np.ndarray:
+        """Each group's centring weight of a pooled quantity: 0 non-centred, 1 centred.
+
+        For a normal likelihood of information ``I_c`` about a group value drawn from
+        ``Normal(m, tau)``, the partially centred form with weight ``w_c = tau^2 I_c / (1 +
+        tau^2 I_c)`` samples best (Papaspiliopoulos, Roberts & Skold 2007): about 0 where
+        the data say little (non-centred), about 1 where they pin the value (centred).
+        ``tau`` is the between-group spread of the start's values beyond what their
+        information explains (``_between_group_spread``): where the groups agree
+        within their errors it is 0 and every group stays non-centred, since a centred
+        group would then make a funnel as ``tau`` goes to 0.
+        """
+        if self.information is None or name not in self.information:
+            return np.zeros(self.n_groups)
+        information = np.asarray(self.information[name], float)
+        tau = _between_group_spread(_pooled_values(self.start)[name], information)
+        return tau**2 * information / (1.0 + tau**2 * information)
+
+    def _group_values(self, name, m, tau, hyper):
+        """Group values ``x_c ~ Normal(m, tau)``, each partially centred by its own weight.
+
+        The sampled site is ``u_c ~ Normal(w_c m, tau^w_c)`` and ``x_c = m + tau^(1 - w_c)
+        (u_c - w_c m)`` (so ``x_c ~ Normal(m, tau)`` for any ``w_c``): ``w_c = 0`` is the
+        non-centred ``m + tau z_c``, right for a group of few stars (the data leave ``x_c``
+        near its prior, and a centred ``x_c`` would make a funnel with ``tau``), ``w_c = 1``
+        the centred ``x_c`` itself, right for a rich group (the data pin ``x_c``, and a
+        non-centred ``z_c = (x_c - m) / tau`` would bend with every move of ``m`` and ``tau``).
+        """
+        w = hyper[f"centring_{name}"]
+        u = numpyro.sample(f"u_{name}", dist.Normal(w * m, tau**w).to_event(1))
+        return m + tau ** (1.0 - w) * (u - w * m)
 
     def _field(self, hyper, sigma):
         if self.field == "shared":
@@ -552,7 +591,7 @@ class ManyClusterModel:
             return ones * (hyper["global_centre"] + hyper["global_scale"] * z_mean), ones * jnp.exp(log_sd)
         z_mean = numpyro.sample("z_field_mean", dist.Normal(0.0, 1.0).expand([self.n_groups]).to_event(1))
         m, tau = self._pooled("field", hyper["log_field_ref"], hyper)
-        excess = jnp.exp(self._group_values("field", m, tau))
+        excess = jnp.exp(self._group_values("field", m, tau, hyper))
         return hyper["centre"] + hyper["field_mean_scale"] * z_mean, sigma + excess
 
     def group_params(self, hyper):
@@ -560,13 +599,13 @@ class ManyClusterModel:
         z_mu = numpyro.sample("z_mu", dist.Normal(0.0, 1.0).expand([self.n_groups]).to_event(1))
         mu = hyper["centre"] + hyper["mean_scale"] * z_mu
         m, tau = self._pooled("sigma", hyper["log_sigma_ref"], hyper)
-        sigma = jnp.exp(self._group_values("sigma", m, tau))
+        sigma = jnp.exp(self._group_values("sigma", m, tau, hyper))
         m, tau = self._pooled("frac", 0.0, hyper)
-        frac = jax.nn.sigmoid(self._group_values("frac", m, tau))
+        frac = jax.nn.sigmoid(self._group_values("frac", m, tau, hyper))
         slope = None
         if self.uses_radius:
             m, tau = self._pooled("slope", 0.0, hyper)
-            slope = self._group_values("slope", m, tau)
+            slope = self._group_values("slope", m, tau, hyper)
         field_mean, field_sigma = self._field(hyper, sigma)
         return GroupParams(mu, sigma, frac, field_mean, field_sigma, slope)
 
@@ -602,7 +641,8 @@ class ManyClusterModel:
         else:
             m = {"sigma": h["log_sigma_ref"], "frac": 0.0, "field": h["log_field_ref"], "slope": 0.0}[name]
             tau, out = self.alone_tau, {}
-        out[f"z_{name}"] = (values - m) / tau
+        w = np.asarray(self._centring(name))
+        out[f"u_{name}"] = w * m + (values - m) / tau ** (1.0 - w)
         return out
 
     def init_values(self) -> dict[str, np.ndarray]:
@@ -615,13 +655,11 @@ class ManyClusterModel:
         """
         s = GroupParams(*(None if a is None else np.asarray(a, float) for a in self.start))
         h = {k: np.asarray(v) for k, v in self.hyperparameters().items()}
-        frac = np.clip(s.frac, 1e-3, 1 - 1e-3)
-        excess = np.maximum(s.field_sigma - s.sigma, 0.1 * s.field_sigma)
-        pooled = {"sigma": np.log(s.sigma), "frac": np.log(frac) - np.log1p(-frac)}
-        if self.field != "shared":
-            pooled["field"] = np.log(excess)
-        if self.uses_radius:
-            pooled["slope"] = s.slope
+        pooled = _pooled_values(self.start)
+        if self.field == "shared":
+            pooled.pop("field")
+        if not self.uses_radius:
+            pooled.pop("slope", None)
         out = {"z_mu": (s.mu - h["centre"]) / h["mean_scale"]}
         for name, values in pooled.items():
             out.update(self._pooled_start(name, values, h))
@@ -662,6 +700,65 @@ def _peak_start(x: np.ndarray, err: np.ndarray, width: float) -> tuple[float, ..
     rest = x[~inside] if (~inside).sum() >= 3 else x
     field_sigma = max(_robust_spread(rest), float(np.std(rest)), 2.0 * sigma, width)
     return float(np.median(x[inside])), sigma, frac, float(np.median(rest)), field_sigma
+
+
+def _pooled_values(start: GroupParams) -> dict[str, np.ndarray]:
+    """The pooled quantities of a start, in the units the hierarchy pools them."""
+    s = GroupParams(*(None if a is None else np.asarray(a, float) for a in start))
+    frac = np.clip(s.frac, 1e-3, 1 - 1e-3)
+    values = {"sigma": np.log(s.sigma), "frac": np.log(frac) - np.log1p(-frac),
+              "field": np.log(np.maximum(s.field_sigma - s.sigma, 0.1 * s.field_sigma))}
+    if s.slope is not None:
+        values["slope"] = s.slope
+    return values
+
+
+def _between_group_spread(values: np.ndarray, information: np.ndarray) -> float:
+    """DerSimonian & Laird's moment estimate of the spread of group values beyond their errors.
+
+    ``values`` are the groups' estimates, ``information`` their inverse variances (groups
+    with none are left out); 0 when the groups agree within their errors.
+    """
+    keep = information > 0
+    if keep.sum() < 2:
+        return 0.0
+    x, w = np.asarray(values, float)[keep], information[keep]
+    mean = np.sum(w * x) / np.sum(w)
+    q = np.sum(w * (x - mean) ** 2)
+    excess = (q - (x.size - 1)) / (np.sum(w) - np.sum(w**2) / np.sum(w))
+    return math.sqrt(max(float(excess), 0.0))
+
+
+def _information(start: GroupParams, data: Observations, group, log_radius=None, *,
+                 shared_field: bool = False) -> dict[str, np.ndarray]:
+    """Each group's likelihood information about its pooled values at the start.
+
+    Minus the second derivative of the log-likelihood in each group's value (``log sigma``,
+    ``logit f``, the slope, the field's log excess dispersion). The groups share nothing in
+    the likelihood, so one difference of gradients along a whole site gives every group's
+    at once: eight gradients in all.
+    """
+    s = GroupParams(*(None if a is None else jnp.asarray(a, jnp.float64) for a in start))
+    values = {k: jnp.asarray(v) for k, v in _pooled_values(start).items()}
+    if shared_field:
+        values.pop("field")
+    group = jnp.asarray(group)
+
+    def log_likelihood(x):
+        sigma = jnp.exp(x["sigma"])
+        field_sigma = sigma + jnp.exp(x["field"]) if "field" in x else s.field_sigma
+        frac = jax.nn.sigmoid(x["frac"])
+        params = GroupParams(s.mu, sigma, frac, s.field_mean, field_sigma, x.get("slope"))
+        return group_log_likelihood(params, data, group, log_radius)
+
+    gradient = jax.jit(jax.grad(log_likelihood))
+    information, h = {}, 1e-4
+    for name in values:
+        step = {k: (h if k == name else 0.0) * jnp.ones_like(a) for k, a in values.items()}
+        up = gradient({k: a + step[k] for k, a in values.items()})[name]
+        down = gradient({k: a - step[k] for k, a in values.items()})[name]
+        information[name] = np.maximum(-np.asarray(up - down) / (2 * h), 0.0)
+    return information
 
 
 def _group_index(groups, min_stars: int) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -776,5 +873,6 @@ def many_cluster_model(values, errors, groups, *, radius=None, field: str = "per
         centre=centre, spread=spread, sigma_ref=float(np.median(start.sigma)),
         field_ref=float(np.median(start.field_sigma)), global_centre=float(np.median(v)),
         global_spread=max(float(np.std(v)), floor), start=start, field=field, pooling=bool(pooling),
-        alone_tau=float(alone_tau), radius_median=radius_median)
+        alone_tau=float(alone_tau), radius_median=radius_median,
+        information=_information(start, data, group, log_radius, shared_field=field == "shared"))
     return model, data, group, log_radius

@@ -112,6 +112,48 @@ def test_model_refuses_bad_arguments():
         many_cluster_model(v, err, ["A"] * 11)
 
 
+def test_partial_centring_keeps_the_population_prior():
+    """Whatever a group's centring weight, its value is drawn from Normal(m, tau)."""
+    import jax
+    import numpyro
+    from numpyro.infer import Predictive
+
+    rng = np.random.default_rng(1)
+    n_rich, n_poor = 400, 12
+    v = np.concatenate([rng.normal(10.0, 3.0, n_rich), rng.normal(-5.0, 40.0, n_poor)])
+    model = many_cluster_model(v, np.ones(v.size), ["rich"] * n_rich + ["poor"] * n_poor)[0]
+    hyper = model.hyperparameters()
+    weights = np.asarray(hyper["centring_sigma"])
+    assert weights[0] < 0.8 and weights[1] > 0.98  # sorted names: "poor", "rich"
+    m, tau = 1.3, 0.4
+
+    def prior():
+        with numpyro.handlers.condition(data={"m_sigma": m, "tau_sigma": tau}):
+            numpyro.deterministic("log_sigma", jnp.log(model.group_params(hyper).sigma))
+
+    draws = np.asarray(Predictive(prior, num_samples=20000)(jax.random.PRNGKey(0))["log_sigma"])
+    tolerance = 5 * tau / np.sqrt(draws.shape[0])
+    np.testing.assert_allclose(draws.mean(axis=0), m, atol=tolerance)
+    np.testing.assert_allclose(draws.std(axis=0), tau, atol=tolerance)
+
+
+def test_centring_follows_the_information_and_the_groups_spread():
+    """Rich groups of a spread population are centred; groups that agree within errors are not."""
+    from bayesmix.clusters import _between_group_spread
+
+    rng = np.random.default_rng(2)
+    information = rng.uniform(5.0, 500.0, 400)
+    same = rng.normal(0.0, 1.0 / np.sqrt(information))
+    spread = rng.normal(0.0, 0.7, 400) + same
+    assert _between_group_spread(same, information) < 0.05
+    assert abs(_between_group_spread(spread, information) - 0.7) < 0.1
+    values, errors, labels, _ = _simulate()
+    model = many_cluster_model(values, errors, labels)[0]
+    weights = np.asarray(model.hyperparameters()["centring_frac"])
+    n = np.asarray(model.n_stars)
+    assert weights[SMALL] < 0.5 < weights[np.argmax(n)]  # 20 stars against 80-200
+
+
 def test_radial_fraction_matches_a_brute_force_mixture():
     """logit f(R) = logit f + b log(R / R_c): the per-star weights, against scipy."""
     from scipy.special import expit

@@ -389,7 +389,6 @@ def _gradient_cost(model, obs, init_values, repeats=20):
 
 def _work_bayesmix(method, data, seed, args):
     t0 = time.perf_counter()
-    import arviz as az
 
     from bayesmix.sampling import set_host_device_count
 
@@ -418,11 +417,9 @@ def _work_bayesmix(method, data, seed, args):
                            num_samples=num_samples, progress_bar=False)
     n_extends = 0
     while True:
-        post = fit.idata.posterior[list(PARAMS)]
-        ess = az.ess(post, method="bulk")
-        rhat = az.rhat(post)
-        ess_min = min(float(ess[p].values) for p in PARAMS)
-        rhat_max = max(float(rhat[p].values) for p in PARAMS)
+        # Each variable on its own: ArviZ 1.x's DataTree refuses a list of names as a selection.
+        ess, rhat_max = _arviz_stats({p: fit.idata.posterior[p].values for p in PARAMS})
+        ess_min = min(ess.values())
         if (ess_min >= args.target_ess and rhat_max <= 1.01) or n_extends >= 5:
             break
         draws = fit.n_draws

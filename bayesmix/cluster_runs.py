@@ -318,8 +318,7 @@ def _to_centred(unravel, hyper: dict):
     return to_centred
 
 
-def _laplace_start(model: ManyClusterModel, programs: _Programs, template: dict, args, *,
-                   max_tree_depth: int):
+def _laplace_start(model: ManyClusterModel, programs: _Programs, template: dict, args):
     """The Laplace approximation the chains start from, in the sampled (partially centred) program.
 
     A centred hierarchy's joint density grows without bound as a ``tau`` goes to zero with
@@ -333,9 +332,9 @@ def _laplace_start(model: ManyClusterModel, programs: _Programs, template: dict,
     plain = dataclasses.replace(model, information=None)
     plain_args = (*args[:3], plain.hyperparameters())
     plain_z0 = ravel_pytree(_unconstrained(plain, plain.init_values(), plain_args))[0]  # the same start
-    plain_programs = _Programs(plain, template, num_samples=1, target_accept=0.8,
-                               max_tree_depth=max_tree_depth)
-    lap = _newton_rounds(plain_programs, plain_z0, plain_args)
+    # The centring weights are an argument of the compiled program (zero: non-centred), so
+    # the sampled program's Laplace step serves the non-centred one without a second compile.
+    lap = _newton_rounds(programs, plain_z0, plain_args)
     to_centred = _to_centred(programs.unravel, args[3])
     jacobian = np.asarray(jax.jacfwd(to_centred)(jnp.asarray(lap.mode)))
     lap = lap._replace(mode=np.asarray(to_centred(jnp.asarray(lap.mode))),
@@ -451,7 +450,7 @@ def fit_groups(key, model: ManyClusterModel, data, group, log_radius=None, *, nu
                          max_tree_depth=int(max_tree_depth))
     logger.info("%d groups, %d parameters: Laplace approximation at the peak start", model.n_groups,
                 programs.n_params)
-    lap = _laplace_start(model, programs, template, args, max_tree_depth=int(max_tree_depth))
+    lap = _laplace_start(model, programs, template, args)
     c = int(num_chains)
     modes = jnp.broadcast_to(jnp.asarray(lap.mode), (c, programs.n_params))
     inverse = jnp.broadcast_to(jnp.asarray(lap.inverse_hessian), (c, programs.n_params, programs.n_params))

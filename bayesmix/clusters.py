@@ -641,7 +641,7 @@ class ManyClusterModel:
         else:
             m = {"sigma": h["log_sigma_ref"], "frac": 0.0, "field": h["log_field_ref"], "slope": 0.0}[name]
             tau, out = self.alone_tau, {}
-        w = np.asarray(self._centring(name))
+        w = self._centring(name)
         out[f"u_{name}"] = w * m + (values - m) / tau ** (1.0 - w)
         return out
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CHUNK", "bucket", "chunk_rows", "chunks", "pad_columns", "pad_rows"]
+__all__ = ["CHUNK", "MIN_BINS", "bucket", "chunk_rows", "chunks", "pad_columns", "pad_rows"]
 
 # Most stars per compiled evaluation chunk; also the largest power-of-two bucket.
 CHUNK = 2**16
@@ -23,20 +23,30 @@ CHUNK_FLOATS = 2**23
 MIN_BUCKET = 256
 # Above CHUNK stars, rows are padded to a multiple of this (<= 25% extra rows, usually far less).
 LARGE_STEP = 2**14
+# Smallest bucket of histogram bins (posterior predictive counts): typical binnings share one.
+MIN_BINS = 16
 
 
-def bucket(n: int) -> int:
+def bucket(n: int, smallest: int = MIN_BUCKET) -> int:
     """Padded number of rows for ``n`` stars (few distinct values, so few compilations).
+
+    Parameters
+    ----------
+    n : int
+    smallest : int
+        The smallest bucket, a power of two >= 8 (:data:`MIN_BINS` for histogram bins).
 
     Examples
     --------
     >>> from bayesmix._padding import bucket
     >>> bucket(10), bucket(300), bucket(1500), bucket(20000), bucket(70000)
     (256, 320, 1536, 20480, 81920)
+    >>> bucket(10, smallest=16), bucket(18, smallest=16), bucket(40, smallest=16)
+    (16, 20, 40)
     """
     n = max(int(n), 1)
-    if n <= MIN_BUCKET:
-        return MIN_BUCKET
+    if n <= smallest:
+        return smallest
     if n <= CHUNK:
         # Quarter octaves: 2^e * (4, 5, 6, 7) / 4, the smallest that holds n.
         quarter = 1 << ((n - 1).bit_length() - 3)

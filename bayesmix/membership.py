@@ -317,13 +317,15 @@ def membership_probabilities(fit, *, max_draws: int = 1000, star_chunk: int = 20
     logger.info("memberships: %d stars in %d chunk(s) of %d, %d draws, %d components",
                 n_stars, n_chunks, chunk, n_draws, n_total)
 
-    def chunk_responsibilities(sites, block, covs, log_bg):
-        resp = jax.vmap(lambda s: _memberships_one_draw(model, s, block, covs, log_bg))(sites)
+    fingerprint, constants = _program_constants(model)
+
+    def chunk_responsibilities(sites, block, covs, log_bg, constants):
+        bound = _bind_constants(model, constants)
+        resp = jax.vmap(lambda s: _memberships_one_draw(bound, s, block, covs, log_bg))(sites)
         # Draws last (contiguous) for the host-side selection of the percentiles.
         return jnp.transpose(resp, (1, 2, 0)), jnp.mean(resp, axis=0)
 
-    compiled = _programs.Program("memberships", jax.jit(chunk_responsibilities), program_fingerprint(model),
-                                 (Observations,))
+    compiled = _programs.Program("memberships", jax.jit(chunk_responsibilities), fingerprint, (Observations,))
     mean = np.empty((n_stars, n_total))
     p16 = np.empty((n_stars, n_total))
     p84 = np.empty((n_stars, n_total))
@@ -333,7 +335,7 @@ def membership_probabilities(fit, *, max_draws: int = 1000, star_chunk: int = 20
         rows = np.minimum(np.arange(start, start + chunk), n_stars - 1)
         chunk_covariates = {name: col[rows] for name, col in covariates.items()}
         return compiled(sites, star_rows(data, rows), chunk_covariates,
-                        None if log_background is None else log_background[rows])
+                        None if log_background is None else log_background[rows], constants)
 
     starts = list(range(0, n_stars, chunk))
     pending = submit(starts[0])
@@ -563,19 +565,26 @@ def pads_stars(model) -> bool:
     """Whether ``model``'s programs take stars padded to a bucket size (zero-weight rows).
 
     A :class:`MixtureModel` reaches the stars only through
-    :func:`bayesmix.likelihood.total_log_likelihood` (which gives a padding row weight 0)
-    and per-star terms; under a radius law its ``weights`` are a mean over the stars,
-    which padding rows would bias, so those programs keep the catalogue's own size.
+    :func:`bayesmix.likelihood.total_log_likelihood` (which gives a padding row weight 0),
+    per-star terms, and, with per-star log weights (a radius law), the ``weights`` mean
+    over the stars, weighted by the same zero weights. Any other model keeps the
+    catalogue's own size: nothing says how it reduces over the stars.
     """
-    return isinstance(model, MixtureModel) and getattr(model, "radius_fraction", None) is None
+    return isinstance(model, MixtureModel)
 
 
-def program_fingerprint(model) -> str:
-    """What a membership or predictive program of ``model`` closes over: the model's
-    structure (:meth:`MixtureModel.program_key`, without the prior values, which these
-    programs never read) when it pads stars, so that another catalogue shares them; the
-    whole ``repr`` otherwise (a radius law's reference radius is a constant of them)."""
-    return model.program_key() if pads_stars(model) else repr(model)
+def _program_constants(model) -> tuple[str, dict]:
+    """``(fingerprint, constants)`` of a program that takes ``model``'s data-derived constants
+    as an argument and binds them with :func:`_bind_constants`: the structure alone then
+    identifies it, so that catalogues with other radii (and sizes) share it."""
+    if not pads_stars(model):
+        return repr(model), {}
+    return model.program_key(), model.program_constants()
+
+
+def _bind_constants(model, constants: dict):
+    """``model`` reading ``constants`` (traced arguments) instead of its own values."""
+    return model.with_constants(constants) if constants else model
 
 
 def padded_data(model, obs: Observations, covariates: dict) -> tuple[Observations, dict]:
@@ -611,31 +620,37 @@ class _Predictive:
         self.n_stars = n = data.n_stars
         n_rows = _padding.bucket(n) if pads_stars(model) else n
         observed = np.concatenate([observed, np.zeros((n_rows - n, observed.shape[1]), bool)])
+        # A radius law's reference and minimum radius travel as an argument too.
+        fingerprint, constants = _program_constants(model)
         self.data_args = (jnp.asarray(_padding.pad_rows(_error_factors(np.asarray(data.error_covs)), n_rows)),
                           {name: jnp.asarray(col) for name, col in
                            _padding.pad_columns(_covariates(fit, n), n_rows).items()},
-                          jnp.asarray(observed))
+                          jnp.asarray(observed), constants)
 
-        def draws(keys, sites, error_factors, covariates, observed):
+        def draws(keys, sites, error_factors, covariates, observed, constants):
+            bound = _bind_constants(model, constants)
+
             def one(a):
-                return jnp.where(observed, _replicate(model, a[0], a[1], error_factors, covariates), jnp.nan)
+                return jnp.where(observed, _replicate(bound, a[0], a[1], error_factors, covariates), jnp.nan)
 
             return lax.map(one, (keys, sites))
 
-        def counts(keys, sites, error_factors, covariates, observed, table):
+        def counts(keys, sites, error_factors, covariates, observed, constants, table, last_bin):
+            bound = _bind_constants(model, constants)
             n_bins = table.shape[1] - 1
 
             def one(a):
-                mock = _replicate(model, a[0], a[1], error_factors, covariates)
+                mock = _replicate(bound, a[0], a[1], error_factors, covariates)
                 index = jax.vmap(lambda e, x: jnp.searchsorted(e, x, side="right") - 1,
                                  in_axes=(0, 1))(table, mock)
-                index = jnp.clip(index, 0, n_bins - 1)
+                # Out-of-range mocks fall in the end bins of the real table (last_bin, an
+                # argument: the table's bins are padded).
+                index = jnp.clip(index, 0, last_bin)
                 return jax.vmap(lambda i, m: jnp.zeros(n_bins, jnp.int32).at[i].add(m.astype(jnp.int32)))(
                     index, observed.T)
 
             return lax.map(one, (keys, sites))
 
-        fingerprint = program_fingerprint(model)
         self.draws = _programs.Program("predictive_draws", jax.jit(draws), fingerprint)
         self.counts = _programs.Program("predictive_counts", jax.jit(counts), fingerprint)
 
@@ -713,11 +728,16 @@ def posterior_predictive_counts(key, fit, edges, n_draws: int = 500) -> np.ndarr
     if any(e.ndim != 1 or e.size < 2 or np.any(np.diff(e) <= 0) for e in edges):
         raise ValueError("every entry of edges must be an increasing 1-D array of at least 2 edges.")
     n_bins = max(e.size for e in edges) - 1
-    # Pad with +inf: searchsorted never reaches the padded bins.
-    table = jnp.asarray(np.stack([np.concatenate([e, np.full(n_bins + 1 - e.size, np.inf)]) for e in edges]))
+    # Pad with +inf: searchsorted never reaches the padded bins. Their number is padded to a
+    # few sizes too, so that the program's shapes do not follow each catalogue's binning.
+    n_padded = _padding.bucket(n_bins, _padding.MIN_BINS)
+    table = jnp.asarray(np.stack([np.concatenate([e, np.full(n_padded + 1 - e.size, np.inf)])
+                                  for e in edges]))
     programs = _Predictive(fit)
     keys = jax.random.key_data(jax.random.split(key, n_draws))
-    return np.asarray(programs.counts(keys, programs.sites(fit, n_draws), *programs.data_args, table))
+    counts = programs.counts(keys, programs.sites(fit, n_draws), *programs.data_args, table,
+                             jnp.asarray(n_bins - 1, jnp.int32))
+    return np.asarray(counts)[..., :n_bins]
 
 
 def posterior_predictive_idata(key, fit, n_draws: int = 100):

@@ -755,6 +755,25 @@ class MixtureModel:
             parts.append(f"{f.name}={value!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
+    def program_constants(self) -> dict[str, Any]:
+        """The data-derived constants that :meth:`log_weights` (and so :meth:`star_log_joint`)
+        read: a radius law's ``reference_radius`` and ``minimum_radius``, as float64 arrays;
+        empty for other models.
+
+        A compiled program of those methods takes them as an argument and rebinds them with
+        :meth:`with_constants`, so that catalogues with other radii share it (the NumPyro
+        program reads the same values from :meth:`hyperparameters`).
+        """
+        if self.radius_fraction is None:
+            return {}
+        return {name: jnp.asarray(getattr(self, name), jnp.float64)
+                for name in ("reference_radius", "minimum_radius")}
+
+    def with_constants(self, constants: dict) -> MixtureModel:
+        """This model with :meth:`program_constants` replaced by ``constants`` (traced values
+        inside a compiled program); ``self`` when there are none."""
+        return dataclasses.replace(self, **constants) if constants else self
+
     @property
     def member_apart(self) -> bool:
         """Whether the cluster (component 0) stands outside the ordering: a radius law with
@@ -843,8 +862,22 @@ class MixtureModel:
                              "star_log_joint(sample, data, covariates).")
         return log_joint(params, data, log_w, self.log_background(data))
 
-    def _mean_weights(self, log_w):
-        return jnp.exp(log_w) if log_w.ndim == 1 else jnp.mean(jnp.exp(log_w), axis=0)
+    @staticmethod
+    def _mean_weights(log_w, weight=None):
+        """The global weights: ``exp(log_w)``, or for per-star log weights (n_stars, n_total)
+        their mean over the stars, ``sum_i w_i exp(log_w_i) / sum_i w_i`` with ``weight`` the
+        data's :attr:`~bayesmix.likelihood.Observations.weight` (None: every star once).
+
+        Weighted so that rows padded to a bucket size (weight 0) leave it unchanged: one
+        compiled program then serves catalogues of many sizes.
+        """
+        w = jnp.exp(log_w)
+        if w.ndim == 1:
+            return w
+        if weight is None:
+            return jnp.mean(w, axis=0)
+        weight = jnp.asarray(weight, w.dtype)
+        return weight @ w / jnp.sum(weight)
 
     def _sample_log_weights(self, data, covariates, h):
         """Sample the weight sites: returns the (per-star) log weights and the global weights
@@ -852,7 +885,7 @@ class MixtureModel:
         log_w = self._sample_log_weight_sites(data, covariates, h)
         if isinstance(log_w, tuple):
             return log_w
-        return log_w, self._mean_weights(log_w)
+        return log_w, self._mean_weights(log_w, data.weight)
 
     def _sample_spatial_weights(self, covariates, alpha):
         """The spatial term's sites: per-star log weights and the global weights ``(f, 1 - f ...)``."""
@@ -864,21 +897,30 @@ class MixtureModel:
             numpyro.deterministic("background_weight", w[-1])
         return self.spatial.log_weights(law, covariates or {}, n_field), w
 
+    def _sample_radius_weights(self, data, covariates, h):
+        """The radius law's sites: per-star log weights and the global weights, their mean over
+        the stars (weighted: padding rows do not count).
+
+        The reference and minimum radius come from the data, so they are arguments
+        (``h``), not constants of the program: catalogues with other radii share it.
+        """
+        rf = self.radius_fraction
+        radius = jnp.asarray((covariates or {})[rf.covariate])
+        law = rf.sample_law(h, self.n_total - 1)
+        log_w = rf.log_weights(law, radius, h["reference_radius"], self.n_total - 1, h["minimum_radius"])
+        mean_w = self._mean_weights(log_w, data.weight)
+        numpyro.deterministic("weights", mean_w[: self.n_components])
+        if self.background is not None:
+            numpyro.deterministic("background_weight", mean_w[-1])
+        return log_w, mean_w
+
     def _sample_log_weight_sites(self, data, covariates, h):
         k_total = self.n_total
         alpha = h["alpha"]
         if self.spatial is not None:
             return self._sample_spatial_weights(covariates, alpha)
         if self.radius_fraction is not None:
-            rf = self.radius_fraction
-            radius = jnp.asarray((covariates or {})[rf.covariate])
-            law = rf.sample_law(h, k_total - 1)
-            log_w = rf.log_weights(law, radius, h["reference_radius"], k_total - 1, h["minimum_radius"])
-            mean_w = jnp.mean(jnp.exp(log_w), axis=0)
-            numpyro.deterministic("weights", mean_w[: self.n_components])
-            if self.background is not None:
-                numpyro.deterministic("background_weight", mean_w[-1])
-            return log_w
+            return self._sample_radius_weights(data, covariates, h)
         if self.frozen_weights is not None and any(self.frozen_weights):
             fixed = np.asarray(self.frozen_weights + (False,) * (k_total - self.n_components))
             n_free = int(np.sum(~fixed))

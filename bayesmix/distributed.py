@@ -16,6 +16,7 @@ only taken in another order).
 * :func:`sharded_total_log_likelihood` and :func:`sharded_model`: the NUTS
   log-density as a sum over star shards; its gradient is the ``psum`` of the shards'
   closed-form gradients (JAX transposes the replicated parameters' use into that sum).
+  :func:`bayesmix.sampling.sample_posterior` with ``mesh=`` runs NUTS on it.
 * Several processes (hosts): call :func:`initialize` (``jax.distributed.initialize``)
   first in every process, give each process its own rows (e.g.
   ``open_catalogue(...).shard(jax.process_index(), jax.process_count())``), and

@@ -54,7 +54,7 @@ from bayesmix.checkpoint import Checkpoint, check_continues, read_checkpoint, wr
 from bayesmix.checkpoint import checkpoint_draws as _checkpoint_draws
 from bayesmix.em import EMResult, fit_em
 from bayesmix.likelihood import MixtureParams, Observations, as_observations, star_rows
-from bayesmix.membership import padded_data, posterior_predictive, program_fingerprint
+from bayesmix.membership import _bind_constants, _program_constants, padded_data, posterior_predictive
 from bayesmix.models import MixtureModel
 
 __all__ = [
@@ -239,14 +239,11 @@ _MODE_MIN_MASS = 1e-3
 START_DISPERSION = 2.0
 
 
-def _initial_point(key, model: MixtureModel, obs: Observations, init, em_kwargs):
+def _initial_point(key, model: MixtureModel, obs: Observations, init, em_kwargs, mesh=None):
     """(MixtureParams, background_weight, EMResult or None) to start the chains from."""
 
     if init is None:
-        kwargs = {"n_init": 4, **(em_kwargs or {})}
-        if model.background is not None:
-            kwargs.setdefault("background", model.background)
-        init = fit_em(key, obs, model.n_components, **kwargs)
+        init = _em_start(key, model, obs, em_kwargs, mesh)
     if isinstance(init, EMResult):
         if init.n_components != model.n_components:
             raise ValueError(f"init has {init.n_components} components; the model has "
@@ -257,6 +254,19 @@ def _initial_point(key, model: MixtureModel, obs: Observations, init, em_kwargs)
             raise ValueError("init parameters do not match the model's components/features.")
         return init, None, None
     raise ValueError(f"init must be None, an EMResult or MixtureParams; got {type(init).__name__}.")
+
+
+def _em_start(key, model: MixtureModel, obs: Observations, em_kwargs, mesh) -> EMResult:
+    """The EM fit the chains start from: :func:`bayesmix.em.fit_em`, or with a mesh
+    :func:`bayesmix.distributed.fit_em_sharded` (E-step statistics summed over the shards)."""
+    kwargs = {"n_init": 4, **(em_kwargs or {})}
+    if mesh is not None:
+        from bayesmix.distributed import fit_em_sharded
+
+        return fit_em_sharded(key, obs, model.n_components, mesh=mesh, **kwargs)
+    if model.background is not None:
+        kwargs.setdefault("background", model.background)
+    return fit_em(key, obs, model.n_components, **kwargs)
 
 
 def _candidate_starts(params, background_weight, em, num_chains: int) -> list[tuple]:
@@ -296,11 +306,12 @@ class _Sampler:
 
     def __init__(self, model: MixtureModel, obs: Observations, covariates: dict, template: dict, *,
                  num_chains: int, chain_method: str, block: int, target_accept: float,
-                 max_tree_depth: int):
+                 max_tree_depth: int, mesh=None):
         from jax.flatten_util import ravel_pytree
         from numpyro.infer.util import constrain_fn, potential_energy
 
         self.model = model
+        self.mesh = mesh
         self.num_chains = int(num_chains)
         self.block = int(block)
         self.chain_method = chain_method
@@ -309,54 +320,58 @@ class _Sampler:
         unravel = self.unravel
         shift = jnp.asarray(flat, jnp.float64)
         scale = jnp.asarray(ravel_pytree(model.coordinate_scales(obs, template))[0], jnp.float64)
+        shift, scale = _shared_map(mesh, model, shift, scale)
         # The map travels with the data as arguments, not as constants of the programs;
-        # the stars are padded to a bucket size, so catalogues of many sizes share them.
-        self.args = (*padded_data(model, obs, covariates), model.hyperparameters(), (shift, scale))
-        self.data = (obs, covariates)  # as given (unpadded)
+        # the stars are padded to a bucket size, so catalogues of many sizes share them
+        # (with a mesh: split over its devices, and the potential sums over the shards).
+        target, data_args = _sampled_target(model, obs, covariates, mesh)
+        self.args = (*data_args, model.hyperparameters(), (shift, scale))
+        self.data = (obs, covariates)  # as given (unpadded, unsharded)
 
         def theta(z, args):
             shift, scale = args[3]
             return unravel(shift + scale * z)
 
         def potential(z, args):
-            return potential_energy(model.model, args[:3], {}, theta(z, args))
+            return potential_energy(target.model, args[:3], {}, theta(z, args))
 
         def constrain(z, args):
-            return constrain_fn(model.model, args[:3], {}, theta(z, args), return_deterministic=True)
+            return constrain_fn(target.model, args[:3], {}, theta(z, args), return_deterministic=True)
 
         self.potential = potential
         self._pending = None
         self.warmup_divergences = None
-        fingerprint = (f"{model.program_key()}|{_template_structure(template)}|chains={self.num_chains}|"
+        fingerprint = (f"{target.program_key()}|{_template_structure(template)}|chains={self.num_chains}|"
                        f"method={chain_method}|block={self.block}|accept={target_accept}|"
                        f"depth={max_tree_depth}")
         classes = (Observations, MixtureParams, *hmc.state_types())
-        self._laplace = _programs.Program("laplace", jax.jit(lambda z, args: hmc.laplace(potential, z, args)),
-                                          fingerprint, classes)
-        self._start = _programs.Program("start", jax.jit(
+        jit = _mesh_jit(mesh)
+        self._laplace = _placed(mesh, _programs.Program(
+            "laplace", jit(lambda z, args: hmc.laplace(potential, z, args)), fingerprint, classes))
+        self._start = _placed(mesh, _programs.Program("start", jit(
             lambda key, modes, inverse_hessians, dispersion, args: hmc.start(
                 key, potential, modes, inverse_hessians, args, dispersion=dispersion)),
-            fingerprint, classes)
+            fingerprint, classes))
         self._run = self._over_chains(lambda st, args, extra: hmc.run(
             potential, st[0], st[1], args, extra[0], extra[1], self.block, target_accept=target_accept,
             max_tree_depth=max_tree_depth))
         if chain_method != "parallel":  # jax.export cannot store a pmap
-            self._run = _programs.Program("run", self._run, fingerprint, classes)
+            self._run = _placed(mesh, _programs.Program("run", self._run, fingerprint, classes))
         # Deterministic sites only: XLA drops the (unused) likelihood from this program.
-        self._constrain = _programs.Program("constrain", jax.jit(jax.vmap(constrain, in_axes=(0, None))),
-                                            fingerprint, classes)
+        self._constrain = _placed(mesh, _programs.Program(
+            "constrain", jit(jax.vmap(constrain, in_axes=(0, None))), fingerprint, classes))
 
     def _over_chains(self, fn):
         """Run ``fn(chain_state, args, extra)`` for every chain, as the chain method says."""
         method, n_chains = self.chain_method, self.num_chains
         if method == "vectorized":
-            return jax.jit(jax.vmap(fn, in_axes=(0, None, None)))
+            return _mesh_jit(self.mesh)(jax.vmap(fn, in_axes=(0, None, None)))
 
         def per_device(states, args, extra):
             return lax.map(lambda st: fn(st, args, extra), states)
 
         if method == "sequential":
-            return jax.jit(per_device)
+            return _mesh_jit(self.mesh)(per_device)
         n_dev = _n_parallel_devices(n_chains)
 
         # Typed PRNG keys have no NumPy form: across the host copies below they travel as
@@ -495,6 +510,77 @@ class _Sampler:
                 for k in parts[0]}
 
 
+def _sampled_target(model: MixtureModel, obs: Observations, covariates: dict, mesh):
+    """(the model whose program the potential runs, its data arguments ``(obs, covariates)``).
+
+    Without a mesh: ``model`` and the stars padded to a bucket size. With one: the model
+    whose likelihood is summed over star shards (:func:`bayesmix.distributed.sharded_model`,
+    another stored program) and the stars split over the mesh's devices
+    (:func:`bayesmix.distributed.shard_observations`, weight-0 padding rows); no covariates,
+    since the models it accepts never read them.
+    """
+    if mesh is None:
+        return model, padded_data(model, obs, covariates)
+    from bayesmix.distributed import shard_observations, sharded_model
+
+    return sharded_model(model, mesh), (shard_observations(obs, mesh), {})
+
+
+def _shared_map(mesh, model: MixtureModel, shift, scale):
+    """The coordinate map ``(shift, scale)`` every process uses.
+
+    One process: as computed. Over several processes each holds its own stars, whose spread
+    gives another ``scale``: process 0's map is used everywhere (any common map gives the
+    same posterior). The prior values, which every process passes to the same programs as
+    replicated arguments, must then agree; a model built from each process's own stars is
+    refused.
+    """
+    if mesh is None or jax.process_count() == 1:
+        return shift, scale
+    from bayesmix.distributed import _allgather, _from_process_zero
+
+    hyper = _allgather({k: np.asarray(v) for k, v in model.hyperparameters().items()})
+    differ = sorted(k for k, v in hyper.items() if not np.array_equal(v, np.broadcast_to(v[:1], v.shape)))
+    if differ:
+        raise ValueError(f"mesh=: the model's prior values {differ} differ between processes (a model built "
+                         "from each process's own stars?); build it identically in every process, e.g. "
+                         "mixture_model(...) on the same stars or with explicit priors=.")
+    return tuple(jnp.asarray(a) for a in _from_process_zero((np.asarray(shift), np.asarray(scale))))
+
+
+def _mesh_jit(mesh):
+    """``jax.jit``; with a mesh, every output replicated over it (so each process can read it)."""
+    if mesh is None:
+        return jax.jit
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return lambda fn: jax.jit(fn, out_shardings=sharding)
+
+
+def _on_mesh(tree, mesh):
+    """``tree`` with every value not yet on ``mesh`` (host values, one-device arrays, typed
+    PRNG keys) replicated over it; over several processes a program takes only such
+    global arrays, and every process passes the same values."""
+    from bayesmix.distributed import replicate
+
+    devices = set(mesh.devices.flat)
+
+    def put(x):
+        if isinstance(x, jax.Array) and x.sharding.device_set == devices:
+            return x
+        if jax.dtypes.issubdtype(getattr(x, "dtype", np.float64), jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)))
+        return replicate(np.asarray(x), mesh)
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def _placed(mesh, program):
+    """``program``, called with its arguments placed on ``mesh`` (unchanged without one)."""
+    if mesh is None:
+        return program
+    return lambda *args: program(*_on_mesh(args, mesh))
+
+
 def _distinct_modes(found: list[tuple]) -> list[tuple]:
     """``(log mass, LaplaceResult)`` pairs, best first, one per mode, without negligible ones.
 
@@ -540,9 +626,12 @@ def _n_parallel_devices(num_chains: int) -> int:
 _PARALLEL_MIN_TERMS = 10_000
 
 
-def _resolve_chain_method(chain_method: str, num_chains: int, n_terms: int = _PARALLEL_MIN_TERMS) -> str:
+def _resolve_chain_method(chain_method: str, num_chains: int, n_terms: int = _PARALLEL_MIN_TERMS,
+                          mesh=None) -> str:
     if chain_method not in CHAIN_METHODS:
         raise ValueError(f"chain_method={chain_method!r}; use one of {CHAIN_METHODS}.")
+    if mesh is not None:  # the devices hold star shards: chains share them
+        return _mesh_chain_method(chain_method)
     if chain_method != "auto":
         if chain_method == "parallel" and _n_parallel_devices(num_chains) < 2:
             logger.info("chain_method='parallel' with one usable device: chains run sequentially. "
@@ -554,6 +643,13 @@ def _resolve_chain_method(chain_method: str, num_chains: int, n_terms: int = _PA
     if _n_parallel_devices(num_chains) >= 2 and n_terms >= _PARALLEL_MIN_TERMS:
         return "parallel"
     return "sequential"
+
+
+def _mesh_chain_method(chain_method: str) -> str:
+    """Chains over star shards: one after another, or batched ("auto": batched on an accelerator)."""
+    if chain_method != "auto":
+        return chain_method
+    return "vectorized" if jax.default_backend() != "cpu" else "sequential"
 
 
 def set_host_device_count(n: int | None = None) -> None:
@@ -692,6 +788,7 @@ def sample_posterior(
     chunk_size: int | None = None,
     em_kwargs: dict | None = None,
     start_dispersion: float = START_DISPERSION,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> PosteriorFit:
     """Sample the posterior of ``model`` with NUTS, started from an EM/MAP fit.
 
@@ -747,6 +844,22 @@ def sample_posterior(
         Starting draws come from each mode's Laplace approximation with its standard
         deviations times this (default 2: over-dispersed, so that R-hat can reveal chains
         that have not forgotten their starts; 1: draws from the approximation itself).
+    mesh : jax.sharding.Mesh, optional
+        Split the stars over the devices of this mesh (one axis ``"stars"``, e.g.
+        :func:`bayesmix.distributed.star_mesh`): every evaluation of the log density and
+        its gradient (Laplace start, warmup, draws) is the ``psum`` of the devices' sums
+        over their own stars (:func:`bayesmix.distributed.sharded_model`), equal to the
+        one-device value to round-off; with ``init=None`` the EM start is
+        :func:`bayesmix.distributed.fit_em_sharded` (``em_kwargs`` are its options).
+        Chains then run ``"sequential"`` or ``"vectorized"`` (``"auto"``: vectorized on
+        an accelerator, else sequential); ``"parallel"`` is refused, since the devices
+        hold star shards. Refused: models with per-star log weights (``radius_fraction``,
+        ``spatial``, ``kinematics``), stars with missing features or per-star weights, and
+        a background component without ``init``. The fit is an ordinary
+        :class:`PosteriorFit` (``data`` unsharded), and a checkpoint resumes only with a
+        mesh of the same size. Over several processes (:func:`bayesmix.distributed.initialize`)
+        each passes its own stars as ``data`` and the same model and settings; all get the
+        same draws (``checkpoint`` is then refused). Default None: one device.
 
     Returns
     -------
@@ -768,17 +881,19 @@ def sample_posterior(
     _check_sampler_args(num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples,
                         target_accept=target_accept, max_tree_depth=max_tree_depth, chunk_size=chunk_size,
                         start_dispersion=start_dispersion, chain_method=chain_method)
+    _check_mesh(mesh, model, chain_method, init, checkpoint)
     seed = int(key) if isinstance(key, (int, np.integer)) else None
     key = as_key(key)
     obs, covariates, catalogue = _resolve_data(data, covariates)
     _check_data_fits_model(model, obs, covariates)
-    method = _resolve_chain_method(chain_method, int(num_chains), obs.n_stars * model.n_total)
+    _check_mesh_data(mesh, obs)
+    method = _resolve_chain_method(chain_method, int(num_chains), obs.n_stars * model.n_total, mesh)
     progress_bar = _default_progress_bar() if progress_bar is None else progress_bar
     settings = {"seed": seed, "num_chains": int(num_chains), "num_warmup": int(num_warmup),
                 "num_samples": int(num_samples), "target_accept": float(target_accept),
                 "adapt_mass": bool(adapt_mass), "max_tree_depth": int(max_tree_depth),
                 "start_dispersion": float(start_dispersion), "bayesmix_version": __version__,
-                "data_sha256": _data_digest(obs, covariates)}
+                "data_sha256": _data_digest(obs, covariates), **_mesh_settings(mesh)}
     k_em, k_start = jax.random.split(key)
 
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -786,12 +901,12 @@ def sample_posterior(
     if saved is not None:
         start = (saved.params, saved.background_weight, saved.em)
     else:
-        start = _initial_point(k_em, model, obs, init, em_kwargs)
+        start = _initial_point(k_em, model, obs, init, em_kwargs, mesh)
     template = _unconstrained(model, obs, covariates,
                               model.init_values(start[0], start[1], data=obs, covariates=covariates))
     sampler = _Sampler(model, obs, covariates, template, num_chains=int(num_chains), chain_method=method,
                        block=_block_size(int(num_samples), ckpt, chunk_size, progress_bar),
-                       target_accept=target_accept, max_tree_depth=int(max_tree_depth))
+                       target_accept=target_accept, max_tree_depth=int(max_tree_depth), mesh=mesh)
     states, parts, start_info = _start_or_resume(
         k_start, sampler, saved, start, template, warmup=hmc.warmup_schedule(num_warmup, adapt_mass),
         dispersion=start_dispersion)
@@ -840,6 +955,54 @@ def _check_data_fits_model(model: MixtureModel, obs: Observations, covariates: d
     if model.radius_fraction is not None and model.radius_fraction.covariate not in covariates:
         raise ValueError(f"the model's radius law needs covariate {model.radius_fraction.covariate!r}; "
                          f"got {sorted(covariates)}.")
+
+
+# Models whose log weights depend on each star: the sharded likelihood cannot evaluate them.
+_PER_STAR_TERMS = ("radius_fraction", "spatial", "kinematics")
+
+
+def _check_mesh(mesh, model: MixtureModel, chain_method: str, init, checkpoint) -> None:
+    """Refuse, before any work, what ``sample_posterior(..., mesh=)`` cannot run."""
+    if mesh is None:
+        return
+    from bayesmix.distributed import STARS
+
+    if not isinstance(mesh, jax.sharding.Mesh) or tuple(mesh.axis_names) != (STARS,):
+        raise ValueError(f"mesh must be a one-axis jax.sharding.Mesh with the axis {STARS!r} "
+                         f"(bayesmix.distributed.star_mesh()); got {mesh!r}.")
+    if chain_method == "parallel":
+        raise ValueError("chain_method='parallel' spreads chains over devices, but with mesh= the devices "
+                         "hold star shards; use chain_method='sequential', 'vectorized' or 'auto' with "
+                         "mesh=, or drop mesh= to run chains in parallel.")
+    for name in _PER_STAR_TERMS:
+        if getattr(model, name, None) is not None:
+            raise ValueError(f"mesh=: the model's {name} gives each star its own log weights, which the "
+                             f"sharded likelihood cannot evaluate (model.{name} is set); sample this model "
+                             "without mesh=.")
+    if model.background is not None and init is None:
+        raise ValueError("mesh=: the sharded EM start (fit_em_sharded) has no background component and the "
+                         "model has one (model.background); pass init= (e.g. bayesmix.em.fit_em(..., "
+                         "background=model.background)).")
+    if checkpoint is not None and jax.process_count() > 1:
+        raise ValueError("checkpoint= with mesh= over several processes is not supported (each process "
+                         "would write its own stars' run to the file); drop checkpoint=, or run one process.")
+
+
+def _check_mesh_data(mesh, obs: Observations) -> None:
+    """With a mesh, the stars must be complete and unweighted (what the shards can hold)."""
+    if mesh is None:
+        return
+    if obs.observed is not None:
+        raise ValueError("mesh=: the data have stars with missing features (Observations.observed), which "
+                         "the sharded likelihood cannot evaluate; sample without mesh=, or drop those stars.")
+    if obs.weight is not None:
+        raise ValueError("mesh=: the data carry per-star weights (Observations.weight), which the sharded "
+                         "likelihood cannot evaluate; sample without mesh=.")
+
+
+def _mesh_settings(mesh) -> dict:
+    """What a run records of its mesh (a checkpoint resumes only with one of the same size)."""
+    return {} if mesh is None else {"mesh_devices": int(mesh.devices.size)}
 
 
 def _block_size(num_samples: int, ckpt: Path | None, chunk_size: int | None, progress_bar: bool) -> int:
@@ -1063,21 +1226,27 @@ def add_log_likelihood(fit: PosteriorFit, *, max_draws: int | None = None,
     n_stars = data.n_stars
     chunk = min(star_chunk, _padding.bucket(n_stars))  # catalogues in one bucket share the program
 
-    def per_star(sample, block, covariates):
-        if getattr(model, "kinematics", None) is not None:  # a per-star member density: the model joins it
-            lj = model.star_log_joint(sample, block, covariates)
+    # A radius law's reference and minimum radius are an argument: other radii share the program.
+    fingerprint, constants = _program_constants(model)
+
+    def per_star(sample, block, covariates, constants):
+        bound = _bind_constants(model, constants)
+        if getattr(bound, "kinematics", None) is not None:  # a per-star member density: the model joins it
+            lj = bound.star_log_joint(sample, block, covariates)
         else:
-            lj = model.joint_log_prob(model.params(sample), model.log_weights(sample, covariates), block)
+            lj = bound.joint_log_prob(bound.params(sample), bound.log_weights(sample, covariates), block)
         return logsumexp(lj, axis=1)
 
-    compiled = _programs.Program("log_likelihood", jax.jit(jax.vmap(per_star, in_axes=(0, None, None))),
-                                 program_fingerprint(model), (Observations,))
+    compiled = _programs.Program("log_likelihood",
+                                 jax.jit(jax.vmap(per_star, in_axes=(0, None, None, None))),
+                                 fingerprint, (Observations,))
     out = np.empty((n_chains * keep.size, n_stars))
     for start in range(0, n_stars, chunk):
         rows = np.minimum(np.arange(start, start + chunk), n_stars - 1)  # pad: one compiled shape
         n = min(start + chunk, n_stars) - start
         cov_rows = {name: v[rows] for name, v in fit.covariates.items()}
-        out[:, start:start + n] = np.asarray(compiled(sites, star_rows(data, rows), cov_rows))[:, :n]
+        values = compiled(sites, star_rows(data, rows), cov_rows, constants)
+        out[:, start:start + n] = np.asarray(values)[:, :n]
     stars = fit.idata.observed_data.coords["star"].values
     group = xr.Dataset({"values": (("chain", "draw", "star"), out.reshape(n_chains, keep.size, n_stars))},
                        coords={"chain": np.arange(n_chains), "draw": keep, "star": stars})

@@ -6,6 +6,8 @@ subprocess: four host-platform devices in one process, and two processes on loca
 ``jax.distributed.initialize`` with gloo CPU collectives.
 The subprocesses print JSON; the single-device references come from the four-device
 run (``fit_em``, ``total_log_likelihood`` and the model's potential on one device).
+``sample_posterior(..., mesh=)`` is checked the same way: its potential and gradient against
+the one-device sampler's, a whole run against a one-device run, and a run over two processes.
 """
 
 import json
@@ -155,3 +157,165 @@ def test_two_processes_equal_one_device(runs):
     kinds, means = zip(*(runs[name]["subsample_start"] for name in ("p0", "p1")), strict=True)
     assert kinds == ("subsample", "subsample") and np.isfinite(means[0]).all()
     np.testing.assert_array_equal(means[0], means[1])  # one start and one fit, in both processes
+
+
+# --------------------------------------------------------------------------- sample_posterior(mesh=)
+
+NUTS_SCRIPT = r"""
+import json
+import jax
+import numpy as np
+from bayesmix.distributed import star_mesh
+from bayesmix.em import fit_em
+from bayesmix.likelihood import Observations
+from bayesmix.models import mixture_model
+from bayesmix.sampling import _Sampler, _unconstrained, sample_posterior
+import arviz as az
+
+rng = np.random.default_rng(5)
+n, d, k = 600, 2, 2
+comp = rng.random(n) < 0.35
+x = np.where(comp[:, None], rng.normal(1.5, 0.4, (n, d)), rng.normal(-1.0, 1.2, (n, d)))
+err = rng.uniform(0.1, 0.5, (n, d))
+x = x + err * rng.normal(size=(n, d))
+obs = Observations(x, np.einsum("na,ab->nab", err**2, np.eye(d)))
+model = mixture_model(obs, k)
+mesh = star_mesh()
+init = fit_em(0, obs, k)
+out = {"devices": jax.device_count()}
+
+# (a) The potential and its gradient as the two samplers' programs evaluate them (their own
+# potential function and data arguments), at the EM start (z = 0) and at a point away from it.
+template = _unconstrained(model, obs, {}, model.init_values(init.params, init.background_weight, data=obs))
+samplers = {name: _Sampler(model, obs, {}, template, num_chains=2, chain_method="sequential", block=10,
+                           target_accept=0.8, max_tree_depth=10, mesh=m)
+            for name, m in (("one", None), ("mesh", mesh))}
+z_away = 0.3 * np.random.default_rng(1).standard_normal(samplers["one"].n_params)
+for name, s in samplers.items():
+    vg = jax.jit(jax.value_and_grad(s.potential))
+    out[name] = [[float(v), np.asarray(g).tolist()] for v, g in (vg(np.zeros(s.n_params), s.args),
+                                                                vg(z_away, s.args))]
+out["data_devices"] = len(samplers["mesh"].args[0].values.sharding.device_set)
+out["rows"] = [samplers["one"].args[0].n_stars, samplers["mesh"].args[0].n_stars]
+
+# (b) Whole runs from the same key and start, with and without the mesh.
+kw = dict(init=init, num_chains=2, num_warmup=150, num_samples=200, progress_bar=False)
+fits = {"mesh": sample_posterior(1, model, obs, mesh=mesh, **kw),
+        "one": sample_posterior(1, model, obs, chain_method="sequential", **kw)}
+for name, fit in fits.items():
+    post = fit.posterior
+    out[name + "_run"] = {
+        "mean": post["means"].mean(("chain", "draw")).values.tolist(),
+        "sd": post["means"].std(("chain", "draw")).values.tolist(),
+        "ess": az.ess(post[["means"]], method="bulk")["means"].values.tolist(),
+        "divergences": int(np.sum(fit.idata.sample_stats["diverging"].values)),
+        "laplace_potential": float(post.attrs["start_laplace_potential"]),
+        "chain_method": post.attrs["chain_method"], "settings": fit.settings,
+        "data": [type(fit.data.values).__name__, len(fit.data.values.sharding.device_set)
+                 if hasattr(fit.data.values, "sharding") else 1], "n_stars": fit.data.n_stars}
+print("RESULT " + json.dumps(out), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def nuts_run():
+    """sample_posterior on four host devices (and on one, in the same process, for reference)."""
+    proc = subprocess.Popen([sys.executable, "-c", NUTS_SCRIPT], env=_env(4), cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _result(proc, timeout=400)
+
+
+def test_sharded_sampler_potential_equals_one_device(nuts_run):
+    assert nuts_run["devices"] == 4 and nuts_run["data_devices"] == 4  # the programs take sharded stars
+    assert nuts_run["rows"] == [640, 600]  # one device: a bucket size; the mesh: 4 x 150 rows
+    for (v1, g1), (vm, gm) in zip(nuts_run["one"], nuts_run["mesh"], strict=True):
+        np.testing.assert_allclose(vm, v1, rtol=1e-9)
+        np.testing.assert_allclose(gm, g1, rtol=1e-9, atol=1e-9 * np.max(np.abs(g1)))
+
+
+def test_sharded_sample_posterior_agrees_with_one_device(nuts_run):
+    mesh, one = nuts_run["mesh_run"], nuts_run["one_run"]
+    assert mesh["divergences"] == 0 and one["divergences"] == 0
+    assert mesh["chain_method"] == "sequential"  # "auto" with a mesh on CPUs
+    assert mesh["settings"]["mesh_devices"] == 4 and "mesh_devices" not in one["settings"]
+    assert mesh["data"] == one["data"] and mesh["data"][1] == 1 and mesh["n_stars"] == 600  # plain stars
+    np.testing.assert_allclose(mesh["laplace_potential"], one["laplace_potential"], rtol=1e-9)
+    diff = np.subtract(mesh["mean"], one["mean"])
+    # Monte Carlo standard error of the difference of two independent runs' means.
+    mcse = np.hypot(*(np.divide(r["sd"], np.sqrt(r["ess"])) for r in (mesh, one)))
+    assert np.all(np.isfinite(mcse)) and np.all(np.abs(diff) < 4 * mcse), (diff, mcse)
+
+
+def _small_data(n=60, d=2):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, d)), np.full((n, d), 0.2)
+
+
+def test_sample_posterior_mesh_refusals():
+    from bayesmix.distributed import star_mesh
+    from bayesmix.likelihood import as_observations
+    from bayesmix.models import cluster_field_model, mixture_model
+    from bayesmix.sampling import sample_posterior
+    from bayesmix.simulate import simulate_cluster_field
+
+    x, err = _small_data()
+    obs = as_observations(x, err)
+    model, mesh = mixture_model(obs, 2), star_mesh()
+    with pytest.raises(ValueError, match=r"chain_method='parallel'.*mesh=.*'sequential', 'vectorized'"):
+        sample_posterior(0, model, obs, mesh=mesh, chain_method="parallel")
+    sim = simulate_cluster_field(0)
+    radius_model = cluster_field_model(sim.catalogue, radius_fraction="R_proj")
+    with pytest.raises(ValueError, match=r"model\.radius_fraction"):
+        sample_posterior(0, radius_model, sim.catalogue, mesh=mesh)
+    mask = np.ones(x.shape, bool)
+    mask[0, 1] = False
+    missing = as_observations(np.where(mask, x, np.nan), err, observed=mask)
+    with pytest.raises(ValueError, match=r"missing features \(Observations\.observed\)"):
+        sample_posterior(0, model, missing, mesh=mesh)
+    with pytest.raises(ValueError, match=r"axis 'stars'"):
+        sample_posterior(0, model, obs, mesh="stars")
+
+
+PROCESS_NUTS_SCRIPT = r"""
+import json, sys
+import jax
+from bayesmix.distributed import initialize, star_mesh
+initialize(f"127.0.0.1:{sys.argv[1]}", 2, int(sys.argv[2]))
+import numpy as np
+from bayesmix.likelihood import Observations
+from bayesmix.models import mixture_model
+from bayesmix.sampling import sample_posterior
+
+rng = np.random.default_rng(5)
+n, d, k = 400, 2, 2
+comp = rng.random(n) < 0.35
+x = np.where(comp[:, None], rng.normal(1.5, 0.4, (n, d)), rng.normal(-1.0, 1.2, (n, d)))
+err = rng.uniform(0.1, 0.5, (n, d))
+x = x + err * rng.normal(size=(n, d))
+covs = np.einsum("na,ab->nab", err**2, np.eye(d))
+model = mixture_model(Observations(x, covs), k)  # the same priors in both processes
+p = jax.process_index()
+mine = Observations(x[p::2], covs[p::2])  # each process holds its own half of the stars
+fit = sample_posterior(1, model, mine, mesh=star_mesh(), num_chains=2, num_warmup=100, num_samples=100,
+                       progress_bar=False)
+post = fit.posterior
+print("RESULT " + json.dumps({
+    "devices": jax.device_count(), "n_stars": fit.data.n_stars,
+    "draws": post["means"].values.tolist(), "em_means": np.asarray(fit.em.means).tolist(),
+    "divergences": int(np.sum(fit.idata.sample_stats["diverging"].values))}), flush=True)
+"""
+
+
+def test_two_processes_sample_posterior():
+    """Each process passes its own stars; both get the same draws of the posterior of all of them."""
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", PROCESS_NUTS_SCRIPT, str(port), str(rank)], env=_env(1),
+                              cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    r0, r1 = (_result(p, timeout=400) for p in procs)
+    assert r0["devices"] == 2 and r0["n_stars"] == 200 and r1["n_stars"] == 200
+    np.testing.assert_array_equal(r0["draws"], r1["draws"])  # one chain state, replicated
+    assert r0["divergences"] == 0
+    draws = np.asarray(r0["draws"]).reshape(-1, 2, 2)
+    # The posterior of all 400 stars: its mean near the (sharded) EM fit of all of them.
+    assert np.all(np.abs(draws.mean(0) - r0["em_means"]) < 3 * draws.std(0))

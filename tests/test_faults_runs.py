@@ -435,3 +435,23 @@ def test_a_failed_run_leaves_no_folder_behind(finished, tmp_path, monkeypatch, c
     assert main(["fit", str(finished["spec"]), "--out", str(out), *SMALL]) == EXIT_ENVIRONMENT_ERROR
     assert "not enough memory" in capsys.readouterr().err
     assert not out.exists()
+
+
+WITH_FIGURES = [a for a in SMALL if a != "--no-figures"]
+
+
+def test_a_failing_figure_fails_the_run_and_publishes_nothing(finished, tmp_path, monkeypatch, capsys):
+    """A figure's bug fails the run with the exit status of a bug: nothing is published, and
+    the checkpoint is kept to resume."""
+    import bayesmix.plotting as plotting
+
+    def broken(*args, **kwargs):
+        raise TypeError("simulated: a figure's bug")
+
+    monkeypatch.setattr(plotting, "trace_plot", broken)
+    out = tmp_path / "new_folder"
+    assert main(["fit", str(finished["spec"]), "--out", str(out), *WITH_FIGURES]) == EXIT_INTERNAL_ERROR
+    assert "a figure's bug" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [PARTIAL]
+    assert (out / PARTIAL / CHECKPOINT).is_file()
+

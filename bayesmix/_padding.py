@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CHUNK", "MIN_BINS", "bucket", "chunk_rows", "chunks", "pad_columns", "pad_rows"]
+__all__ = ["CHUNK", "MIN_BINS", "bin_bucket", "bucket", "chunk_rows", "chunks", "pad_columns", "pad_rows"]
 
 # Most stars per compiled evaluation chunk; also the largest power-of-two bucket.
 CHUNK = 2**16
@@ -23,35 +23,42 @@ CHUNK_FLOATS = 2**23
 MIN_BUCKET = 256
 # Above CHUNK stars, rows are padded to a multiple of this (<= 25% extra rows, usually far less).
 LARGE_STEP = 2**14
-# Smallest bucket of histogram bins (posterior predictive counts): typical binnings share one.
+# Smallest padded number of histogram bins (posterior predictive counts).
 MIN_BINS = 16
 
 
-def bucket(n: int, smallest: int = MIN_BUCKET) -> int:
+def bucket(n: int) -> int:
     """Padded number of rows for ``n`` stars (few distinct values, so few compilations).
-
-    Parameters
-    ----------
-    n : int
-    smallest : int
-        The smallest bucket, a power of two >= 8 (:data:`MIN_BINS` for histogram bins).
 
     Examples
     --------
     >>> from bayesmix._padding import bucket
     >>> bucket(10), bucket(300), bucket(1500), bucket(20000), bucket(70000)
     (256, 320, 1536, 20480, 81920)
-    >>> bucket(10, smallest=16), bucket(18, smallest=16), bucket(40, smallest=16)
-    (16, 20, 40)
     """
     n = max(int(n), 1)
-    if n <= smallest:
-        return smallest
+    if n <= MIN_BUCKET:
+        return MIN_BUCKET
     if n <= CHUNK:
         # Quarter octaves: 2^e * (4, 5, 6, 7) / 4, the smallest that holds n.
         quarter = 1 << ((n - 1).bit_length() - 3)
         return -(-n // quarter) * quarter
     return -(-n // LARGE_STEP) * LARGE_STEP
+
+
+def bin_bucket(n_bins: int) -> int:
+    """Padded number of histogram bins: a power of two, at least :data:`MIN_BINS`.
+
+    The model check's binnings follow each catalogue (tens of bins); doubling steps keep
+    nearly all of them in one or two programs, and an unused bin costs next to nothing.
+
+    Examples
+    --------
+    >>> from bayesmix._padding import bin_bucket
+    >>> bin_bucket(10), bin_bucket(17), bin_bucket(38), bin_bucket(50)
+    (16, 32, 64, 64)
+    """
+    return max(MIN_BINS, 1 << (max(int(n_bins), 1) - 1).bit_length())
 
 
 def pad_columns(columns: dict, n_rows: int) -> dict:

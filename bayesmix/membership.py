@@ -730,7 +730,7 @@ def posterior_predictive_counts(key, fit, edges, n_draws: int = 500) -> np.ndarr
     n_bins = max(e.size for e in edges) - 1
     # Pad with +inf: searchsorted never reaches the padded bins. Their number is padded to a
     # few sizes too, so that the program's shapes do not follow each catalogue's binning.
-    n_padded = _padding.bucket(n_bins, _padding.MIN_BINS)
+    n_padded = _padding.bin_bucket(n_bins)
     table = jnp.asarray(np.stack([np.concatenate([e, np.full(n_padded + 1 - e.size, np.inf)])
                                   for e in edges]))
     programs = _Predictive(fit)

@@ -157,7 +157,8 @@ def test_per_star_outputs_equal_unpadded(own_fit, monkeypatch):
               sampling.add_log_likelihood(own_fit).idata.log_likelihood["values"].values,
               membership.posterior_predictive(0, own_fit, 4),
               membership.posterior_predictive_counts(0, own_fit, [np.linspace(-200, 200, 21)], 3))
-    monkeypatch.setattr(_padding, "bucket", lambda n, smallest=0: n)  # rows and bins unpadded
+    monkeypatch.setattr(_padding, "bucket", lambda n: n)  # rows and bins unpadded
+    monkeypatch.setattr(_padding, "bin_bucket", lambda n: n)
     plain = (membership.membership_probabilities(own_fit, star_chunk=128),
              sampling.add_log_likelihood(own_fit).idata.log_likelihood["values"].values,
              membership.posterior_predictive(0, own_fit, 4),
@@ -211,7 +212,8 @@ def test_radius_law_outputs_equal_unpadded(monkeypatch):
     assert membership.pads_stars(fit.model)
     edges = [np.linspace(-200, 200, 21)]
     padded = _outputs(fit, edges)
-    monkeypatch.setattr(_padding, "bucket", lambda n, smallest=0: n)
+    monkeypatch.setattr(_padding, "bucket", lambda n: n)
+    monkeypatch.setattr(_padding, "bin_bucket", lambda n: n)
     plain = _outputs(fit, edges)
     assert padded[0].mean.shape == (300, 2) and padded[3].shape == (3, 1, 20)
     _assert_outputs_equal(padded, plain)

@@ -20,6 +20,17 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
+
+def simulated_stars(n: int) -> str:
+    """The subprocess scripts' stars: ``n`` two-feature stars of two blobs with errors ``err``
+    (the lines that define ``rng, n, d, k, x, err``)."""
+    return (f"rng = np.random.default_rng(5)\nn, d, k = {n}, 2, 2\n"
+            "comp = rng.random(n) < 0.35\n"
+            "x = np.where(comp[:, None], rng.normal(1.5, 0.4, (n, d)), rng.normal(-1.0, 1.2, (n, d)))\n"
+            "err = rng.uniform(0.1, 0.5, (n, d))\n"
+            "x = x + err * rng.normal(size=(n, d))\n")
+
+
 SCRIPT = r"""
 import json, sys
 mode = sys.argv[1]
@@ -32,12 +43,7 @@ from bayesmix.distributed import (fit_em_sharded, replicate, shard_observations,
                                   sharded_total_log_likelihood, star_mesh)
 from bayesmix.likelihood import MixtureParams
 
-rng = np.random.default_rng(5)
-n, d, k = 2001, 2, 2
-comp = rng.random(n) < 0.35
-x = np.where(comp[:, None], rng.normal(1.5, 0.4, (n, d)), rng.normal(-1.0, 1.2, (n, d)))
-err = rng.uniform(0.1, 0.5, (n, d))
-x = x + err * rng.normal(size=(n, d))
+# STARS: simulated_stars(n)
 start = MixtureParams(np.array([0.5, 0.5]), np.array([[1.0, 1.0], [-1.0, -0.5]]), np.stack([np.eye(d)] * 2))
 if mode == "process":  # each process reads its own rows (1000 and 1001) of a streamed catalogue
     from bayesmix.stream import open_catalogue
@@ -91,7 +97,7 @@ if mode == "devices":
     out["potential"] = [float(v) for v in potentials(obs, sharded)]
     out["program_key_differs"] = sm.program_key() != model.program_key()
 print("RESULT " + json.dumps(out), flush=True)
-"""
+""".replace("# STARS: simulated_stars(n)\n", simulated_stars(2001))
 
 
 def _env(n_devices):
@@ -172,12 +178,7 @@ from bayesmix.models import mixture_model
 from bayesmix.sampling import _Sampler, _unconstrained, sample_posterior
 import arviz as az
 
-rng = np.random.default_rng(5)
-n, d, k = 600, 2, 2
-comp = rng.random(n) < 0.35
-x = np.where(comp[:, None], rng.normal(1.5, 0.4, (n, d)), rng.normal(-1.0, 1.2, (n, d)))
-err = rng.uniform(0.1, 0.5, (n, d))
-x = x + err * rng.normal(size=(n, d))
+# STARS: simulated_stars(n)
 obs = Observations(x, np.einsum("na,ab->nab", err**2, np.eye(d)))
 model = mixture_model(obs, k)
 mesh = star_mesh()
@@ -214,7 +215,7 @@ for name, fit in fits.items():
         "data": [type(fit.data.values).__name__, len(fit.data.values.sharding.device_set)
                  if hasattr(fit.data.values, "sharding") else 1], "n_stars": fit.data.n_stars}
 print("RESULT " + json.dumps(out), flush=True)
-"""
+""".replace("# STARS: simulated_stars(n)\n", simulated_stars(600))
 
 
 @pytest.fixture(scope="module")
@@ -286,12 +287,7 @@ from bayesmix.likelihood import Observations
 from bayesmix.models import mixture_model
 from bayesmix.sampling import sample_posterior
 
-rng = np.random.default_rng(5)
-n, d, k = 400, 2, 2
-comp = rng.random(n) < 0.35
-x = np.where(comp[:, None], rng.normal(1.5, 0.4, (n, d)), rng.normal(-1.0, 1.2, (n, d)))
-err = rng.uniform(0.1, 0.5, (n, d))
-x = x + err * rng.normal(size=(n, d))
+# STARS: simulated_stars(n)
 covs = np.einsum("na,ab->nab", err**2, np.eye(d))
 model = mixture_model(Observations(x, covs), k)  # the same priors in both processes
 p = jax.process_index()
@@ -303,7 +299,7 @@ print("RESULT " + json.dumps({
     "devices": jax.device_count(), "n_stars": fit.data.n_stars,
     "draws": post["means"].values.tolist(), "em_means": np.asarray(fit.em.means).tolist(),
     "divergences": int(np.sum(fit.idata.sample_stats["diverging"].values))}), flush=True)
-"""
+""".replace("# STARS: simulated_stars(n)\n", simulated_stars(400))
 
 
 def test_two_processes_sample_posterior():

@@ -402,7 +402,9 @@ def trace_plot(fit, var_names: Sequence[str] | None = None, *, fig=None):
     if fig is None:
         fig = plt.figure(figsize=(9.0, 1.8 * n_rows + 0.7), layout="constrained")
     if not fig.axes:
-        axes = fig.subplots(n_rows, 2, squeeze=False, sharey="row", gridspec_kw={"width_ratios": [3, 1]})
+        # The density panels copy their trace's value range instead of sharing its y axis, so
+        # they can go without ticks (each tick is drawn several times by the layout engine).
+        axes = fig.subplots(n_rows, 2, squeeze=False, gridspec_kw={"width_ratios": [3, 1]})
         for row in range(1, n_rows):  # traces share the draw axis; densities keep their own scales
             axes[row, 0].sharex(axes[0, 0])
             axes[row - 1, 0].tick_params(labelbottom=False)
@@ -452,7 +454,8 @@ def _trace_row(ax_trace, ax_hist, name, draws, diverging):
     ax_trace.set_ylabel(name)
     ax_trace.set_xlim(0, n_draws - 1)
     ax_hist.set_ylim(ax_trace.get_ylim())
-    ax_hist.tick_params(labelbottom=False, labelleft=False)  # density values carry no information
+    ax_hist.set_xticks([])  # density values carry no information; values are on the trace's axis
+    ax_hist.set_yticks([])
 
 
 # --------------------------------------------------------------------------- memberships
@@ -546,8 +549,15 @@ def membership_histogram(probability, *, ax=None, bins=20, component_name: str =
         log_scale = filled.size > 1 and filled.max() > 30 * filled.min()
     # Headroom above the fullest bin for the counts written at the top.
     if log_scale:
+        from matplotlib import ticker
+
         ax.set_yscale("log")
         ax.set_ylim(0.7, 10 * counts.max())
+        # Star counts read as 1, 10, 100 (not 10^0 typeset as mathematics), with minor
+        # ticks at 2 and 5 only: 8 minor ticks per decade were half of this figure's time.
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     else:
         ax.set_ylim(0, 1.4 * counts.max())
     for threshold in (0.5, 0.9):

@@ -145,6 +145,16 @@ def test_trace_plot_density_panels_keep_their_own_scale(small_fit):
     assert tight > 5 * broad
 
 
+def test_trace_plot_density_panels_cover_the_trace_values_without_ticks(small_fit):
+    _, fit = small_fit
+    fig = trace_plot(fit, ["mean1", "sigma1"])
+    for row in range(2):
+        trace, density = fig.axes[2 * row], fig.axes[2 * row + 1]
+        assert density.get_ylim() == pytest.approx(trace.get_ylim())  # same values, side by side
+        assert list(density.get_xticks()) == [] and list(density.get_yticks()) == []
+        assert len(trace.get_yticks()) >= 3  # the values are read off the trace's axis
+
+
 def test_trace_plot_marks_divergences_and_uses_the_given_figure(small_fit):
     _, fit = small_fit
     clean = _with_divergences(fit, 0, [])
@@ -199,6 +209,10 @@ def test_membership_histogram_counts_and_annotation(tmp_path):
     assert ax.get_yscale() == "log"  # 300 stars in one bin, 5 in another
     assert "NGC 288" in ax.get_xlabel()
     _nonblank_png(fig, tmp_path / "membership_hist.png")
+    # Counts read as plain numbers on the log axis, not as typeset powers of ten.
+    fig.canvas.draw()
+    labels = {t.get_text() for t in ax.get_yticklabels() if t.get_text()}
+    assert {"1", "10", "100"} <= labels and not any("$" in label for label in labels)
     flat = membership_histogram(np.linspace(0, 1, 200)).axes[0]
     assert flat.get_yscale() == "linear"
 
@@ -481,3 +495,42 @@ def test_corner_and_trace_take_a_plain_inference_data(small_fit):
     plt.close(fig)
     with pytest.raises(ValueError, match="posterior_from_draws"):
         plotting.corner_plot({"mean1": [1.0]}, ["mean1"])
+
+
+# --------------------------------------------------------------------------- a run's figures
+
+
+def test_run_figures_draw_one_membership_histogram_for_two_components(small_fit, tmp_path, monkeypatch):
+    import gc
+
+    from bayesmix import workflow
+    from bayesmix.membership import membership_probabilities
+
+    sim, fit = small_fit
+    drawn = []
+    original = plotting.membership_histogram
+    monkeypatch.setattr(plotting, "membership_histogram",
+                        lambda p, **kw: drawn.append(kw["component_name"]) or original(p, **kw))
+    assert gc.isenabled()
+    written = workflow.run_figures(tmp_path, fit, membership_probabilities(fit), sim.catalogue)
+    assert drawn == ["cluster"]  # the field's panel would be 1 - p, mirrored
+    assert {p.name for p in written} >= {"corner.png", "trace.png", "membership_histogram.png", "ppc.png"}
+    assert gc.isenabled()  # the collector paused while drawing is back on
+
+
+def test_cyclic_gc_pause_restores_the_collector_state_even_on_error():
+    import gc
+
+    from bayesmix.workflow import _cyclic_gc_paused
+
+    with pytest.raises(RuntimeError, match="figure bug"), _cyclic_gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("figure bug")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable()

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bayesmix import _x64  # noqa: F401  (float64 before any array is made)
+from bayesmix import _padding, _x64  # noqa: F401  (_x64: float64 before any array is made)
 from bayesmix._random import as_key
 from bayesmix.em import EMOptions, EMResult, MAPPrior, _e_stats, _merged_options, _Model
 from bayesmix.likelihood import MixtureParams, Observations, as_observations, total_log_likelihood
@@ -163,9 +163,11 @@ def _padded(a: np.ndarray, rows: int) -> np.ndarray:
 
 
 def _rows_per_device(n_local: int, mesh: Mesh, multiple: int = 1) -> int:
-    """Rows on each device: the most any process needs, rounded up to ``multiple``."""
+    """Rows on each device: the most any process needs, padded to a bucket size
+    (:func:`bayesmix._padding.bucket`, so catalogues of other sizes in the same bucket run
+    the same compiled and stored programs) and rounded up to ``multiple``."""
     n_dev = _local_devices(mesh)
-    per = int(np.max(_allgather(np.asarray(-(-n_local // n_dev)))))
+    per = _padding.bucket(int(np.max(_allgather(np.asarray(-(-n_local // n_dev))))))
     return max(multiple, -(-per // multiple) * multiple)
 
 
@@ -320,8 +322,9 @@ def shard_observations(data, mesh: Mesh | None = None, errors=None) -> Observati
     -------
     Observations
         Global arrays: values (n_padded, D), error_covs (n_padded, D, D), weight
-        (n_padded,) with 1 on real rows and 0 on padding; ``n_padded`` is a multiple of
-        the mesh's size.
+        (n_padded,) with 1 on real rows and 0 on padding; ``n_padded`` is the mesh's size
+        times a bucket size (:func:`bayesmix._padding.bucket` of the rows each device needs),
+        so catalogues of nearby sizes share compiled programs.
 
     Examples
     --------

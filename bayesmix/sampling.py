@@ -1005,6 +1005,19 @@ def _mesh_settings(mesh) -> dict:
     return {} if mesh is None else {"mesh_devices": int(mesh.devices.size)}
 
 
+def _check_same_mesh(saved_settings: dict, mesh, what: str) -> None:
+    """Refuse to continue a run over a mesh of another size (or with or without one): the
+    draws would no longer be the ones one uninterrupted run gives."""
+    saved, now = saved_settings.get("mesh_devices"), _mesh_settings(mesh).get("mesh_devices")
+    if saved != now:
+        def say(n):
+            return "no mesh" if n is None else f"a mesh of {n} devices"
+
+        raise ValueError(f"{what} was sampled with {say(saved)}, and is now given {say(now)}; pass "
+                         + ("mesh=None" if saved is None else f"mesh=star_mesh() over {saved} devices")
+                         + " to continue it.")
+
+
 def _block_size(num_samples: int, ckpt: Path | None, chunk_size: int | None, progress_bar: bool) -> int:
     """Draws per compiled call: a checkpoint's chunk, a twentieth of the run for a progress bar
     to move, else the whole run."""
@@ -1102,7 +1115,7 @@ def _finish(model, obs, covariates, catalogue, em_result, settings, samples, sta
 
 
 def load_fit(checkpoint, model: MixtureModel, data, *, covariates: dict | None = None,
-             chain_method: str = "auto") -> PosteriorFit:
+             chain_method: str = "auto", mesh: jax.sharding.Mesh | None = None) -> PosteriorFit:
     """The run saved in a checkpoint, as a fit that :func:`extend` can continue.
 
     The checkpoint (written by :func:`sample_posterior` with ``checkpoint=``; plain
@@ -1118,6 +1131,9 @@ def load_fit(checkpoint, model: MixtureModel, data, *, covariates: dict | None =
     data : Catalogue, Observations or array (n_stars, n_features)
     covariates : dict of str to array (n_stars,), optional
     chain_method : {"auto", "sequential", "parallel", "vectorized"}
+    mesh : jax.sharding.Mesh, optional
+        For a run sampled with ``sample_posterior(..., mesh=)``: a mesh of the same number
+        of devices, over which :func:`extend` continues it.
 
     Returns
     -------
@@ -1128,7 +1144,7 @@ def load_fit(checkpoint, model: MixtureModel, data, *, covariates: dict | None =
     bayesmix.checkpoint.CheckpointError
         The file is damaged or not a checkpoint.
     ValueError
-        The data differ from the ones the run sampled.
+        The data differ from the ones the run sampled, or the mesh from the run's.
 
     Examples
     --------
@@ -1136,17 +1152,21 @@ def load_fit(checkpoint, model: MixtureModel, data, *, covariates: dict | None =
     >>> longer = extend(load_fit("run.npz", model, catalogue), 500)        # doctest: +SKIP
     """
     ckpt = Path(checkpoint)
+    # The saved chains are the start: no EM, so the mesh's EM-start refusal does not apply.
+    _check_mesh(mesh, model, chain_method, init=ckpt, checkpoint=ckpt)
     saved = read_checkpoint(ckpt)
     obs, covariates, catalogue = _resolve_data(data, covariates)
+    _check_mesh_data(mesh, obs)
     check_continues(saved, f"checkpoint {ckpt}", data_sha256=_data_digest(obs, covariates))
     settings = saved.settings
+    _check_same_mesh(settings, mesh, f"checkpoint {ckpt}")
     n_chains = int(np.shape(saved.state.hmc.position)[0])
-    method = _resolve_chain_method(chain_method, n_chains, obs.n_stars * model.n_total)
+    method = _resolve_chain_method(chain_method, n_chains, obs.n_stars * model.n_total, mesh)
     template = _unconstrained(model, obs, covariates, model.init_values(
         saved.params, saved.background_weight, data=obs, covariates=covariates))
     sampler = _Sampler(model, obs, covariates, template, num_chains=n_chains, chain_method=method,
                        block=max(saved.n_draws // 10, 1), target_accept=settings["target_accept"],
-                       max_tree_depth=int(settings["max_tree_depth"]))
+                       max_tree_depth=int(settings["max_tree_depth"]), mesh=mesh)
     states = _restored_states(saved.state)
     return _finish(model, obs, covariates, catalogue, saved.em, {**settings, "num_samples": saved.n_draws},
                    saved.samples, saved.stats, states, sampler, dict(saved.start_info), method)

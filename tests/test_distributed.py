@@ -214,6 +214,40 @@ for name, fit in fits.items():
         "chain_method": post.attrs["chain_method"], "settings": fit.settings,
         "data": [type(fit.data.values).__name__, len(fit.data.values.sharding.device_set)
                  if hasattr(fit.data.values, "sharding") else 1], "n_stars": fit.data.n_stars}
+
+# (c) Another catalogue of another size in the same bucket: the mesh run's stored programs
+# serve it (read, none exported); the store is filled by a first catalogue.
+import tempfile
+from bayesmix import _programs
+from bayesmix.sampling import enable_compilation_cache
+enable_compilation_cache(tempfile.mkdtemp())
+counts = []
+for n_cat in (600, 570):
+    sub = Observations(obs.values[:n_cat], obs.error_covs[:n_cat])
+    _programs.program_counts(reset=True)
+    fit = sample_posterior(2, model, sub, mesh=mesh, **kw)
+    counts.append(_programs.program_counts())
+out["store_counts"] = counts
+out["second_catalogue_stars"] = fit.data.n_stars
+
+# (d) A checkpointed mesh run read back with load_fit(mesh=) extends to the draws of one
+# longer run; without the mesh it is refused.
+import os
+from bayesmix.sampling import extend, load_fit
+folder = tempfile.mkdtemp()
+ck = dict(init=init, num_chains=2, num_warmup=60, num_samples=40, chunk_size=20, progress_bar=False)
+sample_posterior(3, model, obs, mesh=mesh, checkpoint=os.path.join(folder, "a.npz"), **ck)
+longer = sample_posterior(3, model, obs, mesh=mesh, checkpoint=os.path.join(folder, "b.npz"),
+                          **{**ck, "num_samples": 60})
+extended = extend(load_fit(os.path.join(folder, "a.npz"), model, obs, mesh=mesh), 20)
+got, want = extended.posterior["means"].values, longer.posterior["means"].values
+out["extend_equal"] = bool(np.array_equal(got, want))
+out["extend_max_diff"] = float(np.max(np.abs(got - want)))
+try:
+    load_fit(os.path.join(folder, "a.npz"), model, obs)
+    out["no_mesh_refused"] = ""
+except ValueError as err:
+    out["no_mesh_refused"] = str(err)
 print("RESULT " + json.dumps(out), flush=True)
 """.replace("# STARS: simulated_stars(n)\n", simulated_stars(600))
 
@@ -228,7 +262,8 @@ def nuts_run():
 
 def test_sharded_sampler_potential_equals_one_device(nuts_run):
     assert nuts_run["devices"] == 4 and nuts_run["data_devices"] == 4  # the programs take sharded stars
-    assert nuts_run["rows"] == [640, 600]  # one device: a bucket size; the mesh: 4 x 150 rows
+    # One device: the bucket of 600 stars; the mesh: 4 devices x the bucket of 150 rows.
+    assert nuts_run["rows"] == [640, 4 * 256]
     for (v1, g1), (vm, gm) in zip(nuts_run["one"], nuts_run["mesh"], strict=True):
         np.testing.assert_allclose(vm, v1, rtol=1e-9)
         np.testing.assert_allclose(gm, g1, rtol=1e-9, atol=1e-9 * np.max(np.abs(g1)))
@@ -245,6 +280,19 @@ def test_sharded_sample_posterior_agrees_with_one_device(nuts_run):
     # Monte Carlo standard error of the difference of two independent runs' means.
     mcse = np.hypot(*(np.divide(r["sd"], np.sqrt(r["ess"])) for r in (mesh, one)))
     assert np.all(np.isfinite(mcse)) and np.all(np.abs(diff) < 4 * mcse), (diff, mcse)
+
+
+def test_sharded_sample_posterior_reuses_stored_programs_for_another_catalogue(nuts_run):
+    first, second = nuts_run["store_counts"]
+    assert first.get("stored_exported", 0) >= 4  # laplace, start, run, constrain at least
+    reused = second.get("stored_read", 0) + second.get("stored_shared", 0)
+    assert reused >= 4 and second.get("stored_exported", 0) == 0, second
+    assert nuts_run["second_catalogue_stars"] == 570
+
+
+def test_load_fit_with_a_mesh_extends_like_one_longer_run(nuts_run):
+    assert nuts_run["extend_equal"], nuts_run["extend_max_diff"]
+    assert "sampled with a mesh of 4 devices, and is now given no mesh" in nuts_run["no_mesh_refused"]
 
 
 def _small_data(n=60, d=2):
@@ -275,6 +323,23 @@ def test_sample_posterior_mesh_refusals():
         sample_posterior(0, model, missing, mesh=mesh)
     with pytest.raises(ValueError, match=r"axis 'stars'"):
         sample_posterior(0, model, obs, mesh="stars")
+
+
+def test_load_fit_refuses_a_mesh_the_run_did_not_have(tmp_path):
+    from bayesmix.distributed import star_mesh
+    from bayesmix.likelihood import as_observations
+    from bayesmix.models import mixture_model
+    from bayesmix.sampling import load_fit, sample_posterior
+
+    x, err = _small_data()
+    obs = as_observations(x, err)
+    model = mixture_model(obs, 2)
+    sample_posterior(0, model, obs, num_chains=1, num_warmup=20, num_samples=10, progress_bar=False,
+                     checkpoint=tmp_path / "run.npz")
+    with pytest.raises(ValueError, match=r"sampled with no mesh, and is now given a mesh of 1 devices; "
+                                         r"pass mesh=None"):
+        load_fit(tmp_path / "run.npz", model, obs, mesh=star_mesh())
+    assert load_fit(tmp_path / "run.npz", model, obs).n_draws == 10
 
 
 PROCESS_NUTS_SCRIPT = r"""

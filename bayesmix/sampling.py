@@ -498,9 +498,9 @@ class _Sampler:
         n_chains, n_draws = z.shape[:2]
         flat = z.reshape((n_chains * n_draws, self.n_params))
         total = flat.shape[0]
-        # A power of two (one compiled shape for any number of draws up to it).
+        # One chunk size whatever the number of draws (a short extend() pads to it), so a run
+        # and its extensions share one compiled program.
         chunk = int(max(1, min(512, 20_000_000 // max(self.args[0].n_stars, 1))))
-        chunk = 1 << (min(chunk, total).bit_length() - 1) if total < chunk else chunk
         parts = []
         for begin in range(0, total, chunk):
             rows = np.minimum(np.arange(begin, begin + chunk), total - 1)  # pad: one compiled shape

@@ -339,6 +339,10 @@ def test_stored_programs_replay_the_run_exactly(tmp_path, caplog):
         sample_posterior(4, other_model, other.catalogue,
                          **{**kwargs, "init": fit_em(0, as_observations(other.catalogue), 2)})
         assert sorted((tmp_path / "bayesmix-programs").glob("*.jaxexport")) == stored
+        # A short extension (7 draws, not the run's 40) runs the same programs too: draws are
+        # constrained in chunks of one size, whatever their number.
+        assert sampling.extend(first, 7).n_draws == 47
+        assert sorted((tmp_path / "bayesmix-programs").glob("*.jaxexport")) == stored
     finally:
         if previous is not None:
             sampling.enable_compilation_cache(previous.parent)

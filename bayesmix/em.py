@@ -1084,6 +1084,11 @@ def _stars(data, errors, sample_weight, k: int) -> _Stars:
     values = np.asarray(obs.values)
     covs = np.asarray(obs.error_covs)
     n = values.shape[0]
+    if obs.weight is not None:  # an Observations that carries its stars' weights
+        if sample_weight is not None:
+            raise ValueError("the data carry per-star weights (Observations.weight) and sample_weight is "
+                             "given too; pass the weights once.")
+        sample_weight = np.asarray(obs.weight)
     if sample_weight is None:
         sw = np.ones(n)
     else:

@@ -874,7 +874,8 @@ def as_observations(values, errors=None, *, observed=None) -> Observations:
         Measured values. A 1-D array is one feature. An :class:`Observations`, or any
         object with ``values`` and ``error_covs`` attributes (a
         :class:`bayesmix.catalogue.Catalogue`, whose ``observed`` mask is kept), is
-        accepted as a whole, with ``errors`` and ``observed`` left as None.
+        accepted as a whole, with ``errors`` and ``observed`` left as None; an
+        Observations' per-star ``weight`` is kept too (checked: finite, >= 0).
     errors : array_like, optional
         None (no measurement error), standard errors of shape (n_stars, n_features)
         (or (n_stars,) for one feature), or full error covariances of shape
@@ -889,8 +890,8 @@ def as_observations(values, errors=None, *, observed=None) -> Observations:
     -------
     Observations
         Float64 JAX arrays: ``values`` (n_stars, n_features), ``error_covs``
-        (n_stars, n_features, n_features), and ``observed`` (n_stars, n_features) bool, or
-        None when nothing is missing.
+        (n_stars, n_features, n_features), ``observed`` (n_stars, n_features) bool, or
+        None when nothing is missing, and ``weight`` (n_stars,) or None.
 
     Raises
     ------
@@ -905,6 +906,7 @@ def as_observations(values, errors=None, *, observed=None) -> Observations:
     >>> np.asarray(obs.observed).tolist()
     [[True, True], [True, False]]
     """
+    weight = values.weight if isinstance(values, Observations) else None
     values, errors, observed = _unpack_data(values, errors, observed)
     x = _as_float_array("values", values)
     if x.ndim == 1:
@@ -929,8 +931,17 @@ def as_observations(values, errors=None, *, observed=None) -> Observations:
             "missing_features='marginalise')) to use the features they have."
         )
     covs = _error_covariances(errors, n_stars, n_features)
-    return Observations(jnp.asarray(x), jnp.asarray(covs),
-                        None if mask is None else jnp.asarray(mask))
+    return Observations(jnp.asarray(x), jnp.asarray(covs), None if mask is None else jnp.asarray(mask),
+                        None if weight is None else jnp.asarray(_checked_weight(weight, n_stars)))
+
+
+def _checked_weight(weight, n_stars: int) -> np.ndarray:
+    """An Observations' per-star weights, kept (never silently dropped) once checked."""
+    w = np.asarray(weight, dtype=float)
+    if w.shape != (n_stars,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"Observations.weight must be finite and >= 0 with a positive sum, shape "
+                         f"({n_stars},) (one per star); got shape {w.shape}.")
+    return w
 
 
 def measured_values(data) -> np.ndarray:

@@ -302,7 +302,7 @@ def _small_data(n=60, d=2):
 
 def test_sample_posterior_mesh_refusals():
     from bayesmix.distributed import star_mesh
-    from bayesmix.likelihood import as_observations
+    from bayesmix.likelihood import Observations, as_observations
     from bayesmix.models import cluster_field_model, mixture_model
     from bayesmix.sampling import sample_posterior
     from bayesmix.simulate import simulate_cluster_field
@@ -321,6 +321,9 @@ def test_sample_posterior_mesh_refusals():
     missing = as_observations(np.where(mask, x, np.nan), err, observed=mask)
     with pytest.raises(ValueError, match=r"missing features \(Observations\.observed\)"):
         sample_posterior(0, model, missing, mesh=mesh)
+    weighted = Observations(obs.values, obs.error_covs, None, np.full(len(x), 2.0))
+    with pytest.raises(ValueError, match=r"per-star weights \(Observations\.weight\)"):
+        sample_posterior(0, model, weighted, mesh=mesh)
     with pytest.raises(ValueError, match=r"axis 'stars'"):
         sample_posterior(0, model, obs, mesh="stars")
 

@@ -214,6 +214,24 @@ def test_integer_sample_weights_equal_duplicated_stars():
     assert weighted.n_effective == reps.sum()
 
 
+def test_weights_carried_by_the_observations_are_used_not_dropped():
+    rng = np.random.default_rng(13)
+    x = _blobs(rng, 60, [[0, 0], [3, 2]], [np.eye(2), 0.3 * np.eye(2)])
+    s = _random_error_covs(rng, len(x), 2, 0.3)
+    reps = rng.integers(1, 4, len(x)).astype(float)
+    init = (np.array([0.5, 0.5]), np.array([[0.5, 0.0], [2.5, 2.0]]), np.tile(np.eye(2), (2, 1, 1)))
+    carried = Observations(x, s, None, reps)
+    assert np.array_equal(np.asarray(as_observations(carried).weight), reps)  # kept, not dropped
+    by_data = fit_em(0, carried, 2, init_params=init, max_iter=25, tol=0.0)
+    by_argument = fit_em(0, x, 2, errors=s, sample_weight=reps, init_params=init, max_iter=25, tol=0.0)
+    np.testing.assert_array_equal(by_data.means, by_argument.means)
+    assert by_data.n_effective == reps.sum()
+    with pytest.raises(ValueError, match="pass the weights once"):
+        fit_em(0, carried, 2, sample_weight=reps)
+    with pytest.raises(ValueError, match=r"Observations\.weight must be finite and >= 0"):
+        as_observations(Observations(x, s, None, -reps))
+
+
 def test_frozen_parts_stay_and_parameter_count_drops():
     rng = np.random.default_rng(12)
     x = _blobs(rng, 150, [[0, 0], [4, 1]], [np.eye(2), 0.4 * np.eye(2)])

@@ -378,3 +378,19 @@ def test_extend_passes_the_run_program_arguments_placed_as_the_first_call(monkey
     assert extend(fit, 5).n_draws == 15
     assert len(placements) == 2 and placements[0] == placements[1], placements
     assert placements[0][0][0]  # committed
+
+
+def test_sample_posterior_keeps_the_stars_weights_of_an_observations():
+    """Per-star weights in an Observations reach the NUTS likelihood (they were once dropped
+    silently by as_observations), and the padded program data keep them."""
+    from bayesmix.likelihood import Observations
+    from bayesmix.membership import padded_data
+
+    sim = simulate_cluster_field(5, 150)
+    obs = as_observations(sim.catalogue)
+    w = np.random.default_rng(0).integers(1, 4, obs.n_stars).astype(float)
+    resolved, _, _ = sampling._resolve_data(Observations(obs.values, obs.error_covs, None, w), None)
+    np.testing.assert_array_equal(np.asarray(resolved.weight), w)
+    padded, _ = padded_data(cluster_field_model(obs), resolved, {})
+    np.testing.assert_array_equal(np.asarray(padded.weight)[:obs.n_stars], w)
+    assert not np.asarray(padded.weight)[obs.n_stars:].any()

@@ -477,7 +477,7 @@ class _Sampler:
                 # No warmup: the bookkeeping only fills the program's argument. Placed like the
                 # states (as the start program's bookkeeping is): an uncommitted argument would
                 # make JAX compile the stored run program a second time (1.4 s at N = 1500).
-                adapt, schedule = _like(jax.vmap(hmc.adapt_init)(states), states), (zero, zero, zero)
+                adapt, schedule = _on_devices_of(states, jax.vmap(hmc.adapt_init)(states)), (zero, zero, zero)
             n_now = jnp.asarray(m, jnp.int32)
             states, adapt, z, info = self._run((states, adapt), self.args, (schedule, n_now))
             if int(np.asarray(schedule[0])) > 0:
@@ -512,7 +512,7 @@ class _Sampler:
                 for k in parts[0]}
 
 
-def _like(tree, states):
+def _on_devices_of(states, tree):
     """``tree`` on the device(s) of the chain states (committed there, like a program's output)."""
     first = jax.tree_util.tree_leaves(states)[0]
     if not isinstance(first, jax.Array) or not first.committed or not first.sharding.is_fully_replicated:

@@ -70,6 +70,7 @@ from bayesmix.likelihood import (
     UNROLL_MAX_FEATURES,
     MixtureParams,
     Observations,
+    _checked_weight,
     _mask_missing,
     _spd_inverse_unrolled,
     as_observations,
@@ -1084,19 +1085,13 @@ def _stars(data, errors, sample_weight, k: int) -> _Stars:
     values = np.asarray(obs.values)
     covs = np.asarray(obs.error_covs)
     n = values.shape[0]
-    if obs.weight is not None:  # an Observations that carries its stars' weights
+    if obs.weight is not None:  # an Observations that carries its stars' weights (checked already)
         if sample_weight is not None:
             raise ValueError("the data carry per-star weights (Observations.weight) and sample_weight is "
                              "given too; pass the weights once.")
-        sample_weight = np.asarray(obs.weight)
-    if sample_weight is None:
-        sw = np.ones(n)
+        sw = np.asarray(obs.weight, dtype=float)
     else:
-        sw = np.asarray(sample_weight, dtype=float)
-        if sw.shape != (n,):
-            raise ValueError(f"sample_weight must have shape ({n},) (one per star); got {sw.shape}.")
-        if not np.isfinite(sw).all() or (sw < 0).any() or sw.sum() <= 0:
-            raise ValueError("sample_weight must be finite, >= 0, with a positive sum.")
+        sw = np.ones(n) if sample_weight is None else _checked_weight(sample_weight, n, "sample_weight")
     n_used = int((sw > 0).sum())
     if k > n_used:
         raise ValueError(

@@ -931,16 +931,23 @@ def as_observations(values, errors=None, *, observed=None) -> Observations:
             "missing_features='marginalise')) to use the features they have."
         )
     covs = _error_covariances(errors, n_stars, n_features)
+    if weight is not None:
+        weight = jnp.asarray(_checked_weight(weight, n_stars, "Observations.weight"))
     return Observations(jnp.asarray(x), jnp.asarray(covs), None if mask is None else jnp.asarray(mask),
-                        None if weight is None else jnp.asarray(_checked_weight(weight, n_stars)))
+                        weight)
 
 
-def _checked_weight(weight, n_stars: int) -> np.ndarray:
-    """An Observations' per-star weights, kept (never silently dropped) once checked."""
+def _checked_weight(weight, n_stars: int, name: str) -> np.ndarray:
+    """Per-star weights as float64 (n_stars,), checked: finite, >= 0, a positive sum.
+
+    The one check of star weights, whether they come as an argument (``sample_weight``) or
+    inside the data (``Observations.weight``); ``name`` is the one the message gives.
+    """
     w = np.asarray(weight, dtype=float)
-    if w.shape != (n_stars,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"Observations.weight must be finite and >= 0 with a positive sum, shape "
-                         f"({n_stars},) (one per star); got shape {w.shape}.")
+    if w.shape != (n_stars,):
+        raise ValueError(f"{name} must have shape ({n_stars},) (one per star); got {w.shape}.")
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"{name} must be finite and >= 0 with a positive sum.")
     return w
 
 

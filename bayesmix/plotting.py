@@ -1,8 +1,12 @@
 """Figures astronomers expect from a mixture fit.
 
-* posterior: :func:`corner_plot`, :func:`trace_plot` (chains and divergences);
+* posterior: :func:`corner_plot`, :func:`trace_plot` (chains and divergences), and
+  the same from plain arrays (:func:`corner_columns` / :func:`corner_figure`,
+  :func:`trace_variables` / :func:`trace_figure`);
 * memberships: :func:`membership_radius_plot`, :func:`membership_histogram`;
-* model checks: :func:`ppc_plot` / :func:`ppc_plot_fit` (posterior predictive histograms),
+* model checks: :func:`ppc_plot` / :func:`ppc_plot_fit` (posterior predictive histograms;
+  :func:`predictive_band` and :func:`predictive_band_plot`: their binned counts, and the
+  plot from them),
   :func:`ellipse_plot` (stars and each component's intrinsic covariance);
 * point fits: :func:`em_history_plot`, :func:`information_criterion_plot` (BIC/AIC
   against K), :func:`em_animation` (the EM iterations as a GIF).
@@ -23,14 +27,18 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from bayesmix._files import atomic_write
 
 __all__ = [
+    "PredictiveBand",
     "cluster_shrinkage_plot",
     "cluster_velocity_plot",
+    "corner_columns",
+    "corner_figure",
     "corner_plot",
     "dispersion_profile_plot",
     "element_labels",
@@ -43,7 +51,11 @@ __all__ = [
     "membership_radius_plot",
     "ppc_plot",
     "ppc_plot_fit",
+    "predictive_band",
+    "predictive_band_plot",
+    "trace_figure",
     "trace_plot",
+    "trace_variables",
 ]
 
 _BACKGROUND_COLOUR = "0.55"
@@ -324,8 +336,17 @@ def corner_plot(fit, var_names: Sequence[str], *, truths: Mapping[str, float] | 
     >>> len(fig.axes)  # 4 quantities: a 4 x 4 grid
     16
     """
-    import corner
+    columns, names, truth_values = corner_columns(fit, var_names, truths=truths, labels=labels)
+    return corner_figure(columns, names, truth_values, fig=fig, **corner_kwargs)
 
+
+def corner_columns(fit, var_names: Sequence[str], *, truths: Mapping[str, float] | None = None,
+                   labels: Sequence[str] | None = None) -> tuple[np.ndarray, list[str], list | None]:
+    """What :func:`corner_plot` draws, as plain data: (columns (n_draws, m), m labels, m
+    reference values or None).
+
+    Constant elements (frozen parameters) are left out: corner cannot draw a zero-width range.
+    """
     variables = _scalar_variables(fit, var_names)
     truth_values = _flat_truths(fit, var_names, truths)
     names = list(variables)
@@ -334,19 +355,40 @@ def corner_plot(fit, var_names: Sequence[str], *, truths: Mapping[str, float] | 
             raise ValueError(f"labels has {len(labels)} entries for {len(names)} plotted quantities {names}.")
         names = list(labels)
     columns = np.column_stack([v.reshape(-1) for v in variables.values()])
-    # Frozen parameters are constant: corner cannot draw a zero-width range, so they are left out.
     varying = np.ptp(columns, axis=0) > 0
     if not varying.any():
         raise ValueError(f"every selected quantity is constant over the draws ({names}); nothing to plot.")
     keep = np.flatnonzero(varying)
     truth_kept = [truth_values[i] for i in keep]
-    many = keep.size > 6  # long element labels over narrow panels: smaller text
+    return (columns[:, keep], [names[i] for i in keep],
+            truth_kept if any(t is not None for t in truth_kept) else None)
+
+
+def corner_figure(columns, labels: Sequence[str], truths: Sequence | None = None, *, fig=None,
+                  **corner_kwargs):
+    """:func:`corner_plot` drawn from plain data (the output of :func:`corner_columns`).
+
+    Parameters
+    ----------
+    columns : array_like, shape (n_draws, m)
+    labels : sequence of m str
+    truths : sequence of m floats (None where unknown), optional
+    fig : matplotlib Figure, optional
+    **corner_kwargs
+        Passed to :func:`corner.corner`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import corner
+
+    many = len(labels) > 6  # long element labels over narrow panels: smaller text
     options = {"quantiles": [0.16, 0.5, 0.84], "show_titles": True, "title_fmt": ".3g",
                "title_kwargs": {"fontsize": 7 if many else 10},
                "label_kwargs": {"fontsize": 8 if many else 10},
-               "labels": [names[i] for i in keep],
-               "truths": truth_kept if any(t is not None for t in truth_kept) else None, **corner_kwargs}
-    return corner.corner(columns[:, keep], fig=fig, **options)
+               "labels": list(labels), "truths": None if truths is None else list(truths), **corner_kwargs}
+    return corner.corner(np.asarray(columns), fig=fig, **options)
 
 
 def trace_plot(fit, var_names: Sequence[str] | None = None, *, fig=None):
@@ -389,16 +431,43 @@ def trace_plot(fit, var_names: Sequence[str] | None = None, *, fig=None):
     >>> fig.axes[0].get_ylabel()
     'means[cluster, RV]'
     """
-    import matplotlib.pyplot as plt
-
     post = _idata_of(fit).posterior
     if var_names is None:
         var_names = [name for name in post.data_vars if post[name].ndim == 2]
         if not var_names:
             raise ValueError(f"the posterior has no scalar variables (it has {sorted(post.data_vars)}); "
                              "pass var_names, or use arviz.plot_trace(fit.idata) for vector variables.")
-    variables = _scalar_variables(fit, var_names)
+    return trace_figure(*trace_variables(fit, var_names), fig=fig)
+
+
+def trace_variables(fit, var_names: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """What :func:`trace_plot` draws, as plain data: ({label: (chain, draw) array}, the
+    (chain, draw) divergence flags or None)."""
+    return _scalar_variables(fit, var_names), _divergences(fit)
+
+
+def trace_figure(variables: Mapping[str, np.ndarray], diverging=None, *, fig=None):
+    """:func:`trace_plot` drawn from plain data.
+
+    Parameters
+    ----------
+    variables : mapping of str to array, each shape (n_chains, n_draws)
+        One row of panels per entry, labelled by its key.
+    diverging : array of bool, shape (n_chains, n_draws), optional
+        Divergent transitions.
+    fig : matplotlib Figure, optional
+        Empty, or holding exactly ``2 * len(variables)`` axes.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    if not variables:
+        raise ValueError("variables is empty; pass at least one {label: (chain, draw) array}.")
     n_rows = len(variables)
+    n_chains = int(np.shape(next(iter(variables.values())))[0])
     if fig is None:
         fig = plt.figure(figsize=(9.0, 1.8 * n_rows + 0.7), layout="constrained")
     if not fig.axes:
@@ -413,13 +482,12 @@ def trace_plot(fit, var_names: Sequence[str] | None = None, *, fig=None):
     else:
         raise ValueError(f"fig has {len(fig.axes)} axes; pass an empty figure or one with "
                          f"2 * {n_rows} = {2 * n_rows} axes (trace and histogram per variable).")
-    diverging = _divergences(fit)
     for row, (name, draws) in enumerate(variables.items()):
         _trace_row(axes[row, 0], axes[row, 1], name, draws, diverging)
     axes[-1, 0].set_xlabel("draw")
     axes[-1, 1].set_xlabel("density")
     n_div = int(diverging.sum()) if diverging is not None else 0
-    handles = [plt.Line2D([], [], color=f"C{c % 10}", label=f"chain {c}") for c in range(post.sizes["chain"])]
+    handles = [plt.Line2D([], [], color=f"C{c % 10}", label=f"chain {c}") for c in range(n_chains)]
     if n_div:
         handles.append(plt.Line2D([], [], color="k", marker="|", ls="none", ms=8,
                                   label=f"divergent ({n_div})"))
@@ -613,6 +681,13 @@ def ppc_plot(observed, replicated, *, feature: int = 0, ax=None, bins=40, label:
     -------
     matplotlib.figure.Figure
     """
+    band = predictive_band(observed, replicated, feature=feature, bins=bins)
+    j = _check_feature("feature", feature, _values_2d("observed", observed).shape[1])
+    return predictive_band_plot(band, ax=ax, label=label if label is not None else f"feature {j}")
+
+
+def predictive_band(observed, replicated, *, feature: int = 0, bins=40) -> PredictiveBand:
+    """The binned counts :func:`ppc_plot` draws (same arguments), as a :class:`PredictiveBand`."""
     obs = _values_2d("observed", observed)
     rep = np.asarray(replicated, dtype=float)
     if rep.ndim == 2:
@@ -628,20 +703,44 @@ def ppc_plot(observed, replicated, *, feature: int = 0, ax=None, bins=40, label:
     # A star missing this feature (NaN) is in neither histogram, in the data or in its mocks.
     x_obs, x_rep = obs[:, j][~np.isnan(obs[:, j])], rep[:, ~np.isnan(obs[:, j]), j]
     edges = _ppc_edges(bins, x_obs, x_rep)
-    counts = _histograms(x_rep, edges)
-    low, median, high = np.percentile(counts, [16, 50, 84], axis=0)
-    observed_counts = _histograms(x_obs[None], edges)[0]
+    low, median, high = np.percentile(_histograms(x_rep, edges), [16, 50, 84], axis=0)
+    return PredictiveBand(edges, low, median, high, _histograms(x_obs[None], edges)[0], rep.shape[0])
 
+
+class PredictiveBand(NamedTuple):
+    """What :func:`ppc_plot` draws for one feature, as plain arrays.
+
+    ``edges`` (n_bins + 1,); ``low``, ``median``, ``high`` (n_bins,): the 16th, 50th and
+    84th percentiles of the mock catalogues' counts per bin; ``observed`` (n_bins,): the
+    data's counts; ``n_mocks``: the number of mock catalogues.
+    """
+
+    edges: np.ndarray
+    low: np.ndarray
+    median: np.ndarray
+    high: np.ndarray
+    observed: np.ndarray
+    n_mocks: int
+
+
+def predictive_band_plot(band: PredictiveBand, *, ax=None, label: str = "value"):
+    """:func:`ppc_plot` drawn from its binned counts (a :class:`PredictiveBand`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    edges, low, high = band.edges, band.low, band.high
     fig, ax = _new_axes(ax, (6.0, 4.0))
     ax.fill_between(edges, np.append(low, low[-1]), np.append(high, high[-1]), step="post", color="C0",
                     alpha=0.3, lw=0, label="posterior predictive 16–84%")
-    ax.stairs(median, edges, color="C0", lw=1.5, label="posterior predictive median")
-    ax.stairs(observed_counts, edges, color="k", lw=1.5, label="observed")
+    ax.stairs(band.median, edges, color="C0", lw=1.5, label="posterior predictive median")
+    ax.stairs(band.observed, edges, color="k", lw=1.5, label="observed")
     ax.set_xlim(edges[0], edges[-1])
     ax.set_ylim(0, None)
-    ax.set_xlabel(label if label is not None else f"feature {j}")
+    ax.set_xlabel(label)
     ax.set_ylabel("stars per bin")
-    ax.legend(fontsize="small", title=f"{rep.shape[0]} mock catalogues", title_fontsize="small")
+    ax.legend(fontsize="small", title=f"{band.n_mocks} mock catalogues", title_fontsize="small")
     return fig
 
 

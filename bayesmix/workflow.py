@@ -34,24 +34,29 @@ posterior predictive model check. Their verdicts are in every output's provenanc
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
-import gc
 import hashlib
 import json
 import logging
 import shutil
-import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from astropy.table import Table
 
 from bayesmix import _arviz, plotting, sampling  # sampling.<name>, looked up when called (patchable)
+from bayesmix._drawing import (
+    DrawingProcess,
+    EMHistory,
+    FigureJob,
+    cyclic_gc_paused,
+    save_figure,
+    use_agg,
+)
 from bayesmix._files import atomic_write
 from bayesmix._random import as_key
 from bayesmix.catalogue import (
@@ -74,7 +79,8 @@ from bayesmix.diagnostics import (
     summary,
 )
 from bayesmix.em import complete_start, fit_em
-from bayesmix.membership import membership_probabilities, membership_table
+from bayesmix.likelihood import measured_values
+from bayesmix.membership import membership_probabilities, membership_table, posterior_predictive
 from bayesmix.models import (
     ComponentPrior,
     MemberKinematics,
@@ -553,6 +559,37 @@ def _run_in_staging(spec, out, catalogue, truth, model, progress_bar, figures) -
     record = {"spec": spec_dict, "spec_sha256": _spec_digest(spec_dict), "status": "running",
               "provenance": make_provenance(spec=spec_dict, seed=spec.seed)}
     _write_json(stage / RUN_RECORD, record)
+    # The drawing process starts now, to import matplotlib while the sampler runs.
+    with DrawingProcess(figures if figures is not None else spec.output.figures) as drawing:
+        done = _fit_and_write(spec, stage, catalogue, truth, model, progress_bar, drawing)
+        written = done.written + drawing.finish()
+    fit, provenance = done.fit, done.provenance
+    files = [Path(p).name for p in written] + [CHECKPOINT]
+    _write_json(stage / RUN_RECORD, {**record, "status": "finished", "draws_done": fit.n_draws,
+                                     "data_sha256": fit.settings.get("data_sha256"), "files": files,
+                                     "provenance": provenance})
+    published = publish(out, [stage / name for name in [*files, RUN_RECORD]])
+    shutil.rmtree(stage)
+    written = [p for p in published if p.name != CHECKPOINT]
+    return RunResult(spec=spec, catalogue=catalogue, truth=truth, fit=fit, members=done.members,
+                     summary=done.table, convergence=done.report, directory=out, written=written,
+                     provenance=provenance, model_check=done.model_check)
+
+
+class _Written(NamedTuple):
+    fit: Any
+    table: Any
+    report: Any
+    model_check: Any
+    members: Any
+    provenance: dict
+    written: list  # tables, posterior.nc and the figures drawn from the fit itself
+
+
+def _fit_and_write(spec, stage, catalogue, truth, model, progress_bar, drawing: DrawingProcess) -> _Written:
+    """Sample, check, compute memberships and write the run's files into ``stage``; each
+    figure goes to ``drawing`` as soon as what it shows exists."""
+    spec_dict = spec.to_dict()
     s = spec.sampler
     fit = sampling.sample_posterior(
         spec.seed, model, catalogue, num_chains=s.num_chains, num_warmup=s.num_warmup,
@@ -563,10 +600,14 @@ def _run_in_staging(spec, out, catalogue, truth, model, progress_bar, figures) -
     )
     if spec.output.loo:
         fit = sampling.add_log_likelihood(fit)
+    if drawing.enabled:
+        drawing.submit(stage, posterior_figure_jobs(fit, truth=truth))
     var_names = corner_variables(fit) if model.tutorial_names else None
     table = summary(fit, var_names=var_names)
     report, model_check = run_checks(spec, fit, var_names)
     members = membership_probabilities(fit, max_draws=s.membership_draws)
+    if drawing.enabled:
+        drawing.submit(stage, membership_figure_jobs(fit, members, key=spec.seed))
     provenance = make_provenance(spec=spec_dict, spec_file=spec.source, seed=spec.seed,
                                  dropped_rows=catalogue.report.to_dict(), truth=truth,
                                  n_stars=catalogue.n_stars, draws_per_chain=fit.n_draws,
@@ -574,18 +615,9 @@ def _run_in_staging(spec, out, catalogue, truth, model, progress_bar, figures) -
                                  **_check_provenance(fit, report, model_check))
     written = _write_run_outputs(spec, stage, fit, table, members, catalogue, provenance,
                                  membership_table(fit, members, provenance=provenance), model_check)
-    if figures if figures is not None else spec.output.figures:
-        written += run_figures(stage, fit, members, catalogue, truth=truth, key=spec.seed)
-    files = [Path(p).name for p in written] + [CHECKPOINT]
-    _write_json(stage / RUN_RECORD, {**record, "status": "finished", "draws_done": fit.n_draws,
-                                     "data_sha256": fit.settings.get("data_sha256"), "files": files,
-                                     "provenance": provenance})
-    published = publish(out, [stage / name for name in [*files, RUN_RECORD]])
-    shutil.rmtree(stage)
-    written = [p for p in published if p.name != CHECKPOINT]
-    return RunResult(spec=spec, catalogue=catalogue, truth=truth, fit=fit, members=members, summary=table,
-                     convergence=report, directory=out, written=written, provenance=provenance,
-                     model_check=model_check)
+    if drawing.enabled:
+        written += fit_figures(stage, fit, members)
+    return _Written(fit, table, report, model_check, members, provenance, written)
 
 
 def run_checks(spec: RunSpec, fit, var_names=None):
@@ -752,7 +784,7 @@ def scan_spec(spec: RunSpec, *, k_range: tuple[int, int] | None = None, loo: boo
     with locked(out):  # two scans into one folder: the second is refused, not interleaved
         written = _table_files(write_table(table, out / "scan.csv", provenance=provenance))
         if figures if figures is not None else spec.output.figures:
-            written.append(_save(out / "information_criteria.png", _scan_plot(table)))
+            written.append(save_figure(out / "information_criteria.png", _scan_plot(table)))
     return ScanResult(table=table, preferred=preferred, fits=fits, directory=out, written=written)
 
 
@@ -769,29 +801,6 @@ def _loo_columns(spec, model, catalogue, em, progress_bar) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- figures
-
-
-FIGURE_DPI = 100
-"""Resolution of the run's PNGs (a 9-inch-wide figure is 900 pixels wide)."""
-
-
-def _save(path: Path, fig) -> Path:
-    """Write ``fig`` as a PNG, drawn once.
-
-    Every run figure lays itself out (constrained layout, or the corner plot's own margins),
-    so no ``bbox_inches="tight"``: that draws the whole figure a second time just to measure
-    it, which was half of the figures' time in ``bayesmix demo``.
-    """
-    import matplotlib.pyplot as plt  # pyplot only once a figure exists: run_figures picks the backend first
-
-    start = time.perf_counter()
-    try:
-        # zlib level 3, not PIL's 6: half the encoding time for files within 15% of the size.
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=FIGURE_DPI,
-                                                          pil_kwargs={"compress_level": 3}))
-    finally:
-        plt.close(fig)
-        logger.info("%s drawn and saved in %.2f s", path.name, time.perf_counter() - start)
 
 
 def _scan_plot(table):
@@ -814,81 +823,83 @@ def corner_variables(fit) -> list[str]:
 
 
 def run_figures(out: Path, fit, members, catalogue, *, truth=None, key=0) -> list[Path]:
-    """The figures of a run, as PNGs in ``out``; returns their paths.
+    """The figures of a run, as PNGs in ``out``, drawn in this process; returns their paths.
 
-    corner (EM values as reference lines; true values for simulated data), trace,
-    membership histograms (the first component's only, when there are two), posterior
-    predictive check per feature, the 2-D plane with
-    component ellipses (D >= 2), membership against radius (with a radius covariate)
-    and the EM log-likelihood per iteration.
+    corner (EM values as reference lines; true values for simulated data), trace, the EM
+    log-likelihood per iteration, membership histograms (the first component's only,
+    when there are two), posterior predictive check per feature, membership against
+    radius (with a radius covariate), the 2-D plane with component ellipses (D >= 2) and
+    the dispersion profile (a kinematic model with a radius). :func:`run_spec` draws the
+    same beside the run (:class:`bayesmix._drawing.DrawingProcess`). ``catalogue`` is not
+    read (kept for callers).
     """
-    import matplotlib  # here, not at the top: the backend is set before pyplot is first loaded
-
-    matplotlib.use("Agg", force=False)
-    with _cyclic_gc_paused():
-        return _draw_run_figures(out, fit, members, catalogue, truth=truth, key=key)
-
-
-@contextlib.contextmanager
-def _cyclic_gc_paused():
-    """Python's cyclic garbage collector off for the block, back on (if it was) after.
-
-    Drawing allocates hundreds of thousands of small objects, which sets off full
-    collections, and each walks every object the process holds (JAX's and NumPyro's
-    included): measured 0.3-0.5 s of the demo's figures. The figures' own reference cycles
-    are freed by the first collection after the block.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+    drawing = DrawingProcess(True, in_process=True)
+    drawing.submit(out, posterior_figure_jobs(fit, truth=truth))
+    drawing.submit(out, membership_figure_jobs(fit, members, key=key))
+    return drawing.finish() + fit_figures(out, fit, members)
 
 
-def _draw_run_figures(out: Path, fit, members, catalogue, *, truth, key) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    model = fit.model
+def posterior_figure_jobs(fit, *, truth=None) -> list[FigureJob]:
+    """The corner, trace and EM-history figures of a run, as plain data (no JAX)."""
     names = corner_variables(fit)
     reference = _reference_values(fit, names, truth)
     labels = plotting.element_labels(fit, names)
-    written = [_save(out / "corner.png", plotting.corner_plot(fit, names, truths=reference, labels=labels)),
-               _save(out / "trace.png", plotting.trace_plot(fit, names))]
+    columns, kept, truths = plotting.corner_columns(fit, names, truths=reference, labels=labels)
+    variables, diverging = plotting.trace_variables(fit, names)
+    jobs = [FigureJob("corner.png", "corner", {"columns": columns, "labels": kept, "truths": truths}),
+            FigureJob("trace.png", "trace", {"variables": variables, "diverging": diverging})]
+    em = fit.em
+    if em is not None:
+        history = EMHistory(np.asarray(em.log_likelihood_history, float),
+                            np.asarray(em.objective_history, float), int(em.n_iter), bool(em.converged),
+                            np.asarray(em.restart_objectives, float),
+                            tuple(getattr(em, "start_kinds", ()) or ()),
+                            tuple(o.objective for o in getattr(em, "optima", ()) or ()))
+        jobs.append(FigureJob("em_history.png", "em_history", {"history": history._asdict()}))
+    return jobs
+
+
+def membership_figure_jobs(fit, members, *, key=0, n_mocks: int = 200) -> list[FigureJob]:
+    """The membership histogram(s), the posterior predictive check (``n_mocks`` mock
+    catalogues, drawn here with JAX and binned) and membership against radius, as plain data."""
     # With two components the second histogram is the first one mirrored (p2 = 1 - p1): one panel.
     shown = members.component_names if len(members.component_names) > 2 else members.component_names[:1]
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), squeeze=False,
-                             layout="constrained")
-    for k, name in enumerate(shown):
-        plotting.membership_histogram(members.mean[:, k], ax=axes[0, k], component_name=name)
-    written.append(_save(out / "membership_histogram.png", fig))
-    n_features = fit.data.n_features
-    fig, axes = plt.subplots(1, n_features, figsize=(5.0 * n_features, 3.8), squeeze=False,
-                             layout="constrained")
-    for j in range(n_features):
-        plotting.ppc_plot_fit(key, fit, feature=j, ax=axes[0, j])
-    written.append(_save(out / "ppc.png", fig))
-    if n_features >= 2:
-        fig = plotting.ellipse_plot(fit.data, fit, probability=members.mean,
-                                    component_names=model.component_names,
-                                    feature_names=plotting.feature_labels(fit), posterior=fit)
-        written.append(_save(out / "ellipses.png", fig))
+    jobs = [FigureJob("membership_histogram.png", "membership_histogram",
+                      {"probabilities": np.asarray(members.mean)[:, : len(shown)],
+                       "component_names": list(shown)})]
+    values = measured_values(fit.data)
+    replicated = posterior_predictive(key, fit, n_mocks)
+    labels = plotting.feature_labels(fit)
+    bands = [tuple(plotting.predictive_band(values, replicated, feature=j)) for j in range(values.shape[1])]
+    jobs.append(FigureJob("ppc.png", "ppc", {"bands": bands, "labels": labels}))
     radius = _radius_covariate(fit)
     if radius is not None:
-        p_first = members.mean[:, 0]
-        fig = plotting.membership_radius_plot(np.asarray(fit.data.values)[:, 0], fit.covariates[radius],
-                                              p_first, value_label=plotting.feature_labels(fit)[0],
-                                              radius_label=f"projected radius ({radius})")
-        fig.axes[0].set_title(f"probability of {model.component_names[0]!r}")
-        written.append(_save(out / "membership_radius.png", fig))
+        jobs.append(FigureJob("membership_radius.png", "membership_radius", {
+            "values": np.asarray(fit.data.values)[:, 0], "radius": np.asarray(fit.covariates[radius]),
+            "probability": np.asarray(members.mean)[:, 0], "value_label": labels[0],
+            "radius_label": f"projected radius ({radius})",
+            "title": f"probability of {fit.model.component_names[0]!r}"}))
+    return jobs
+
+
+def fit_figures(out: Path, fit, members) -> list[Path]:
+    """The figures drawn from the fit object itself, in this process: component ellipses
+    (D >= 2) and the dispersion profile (a kinematic model with a radius)."""
+    model = fit.model
+    figures = []
+    if fit.data.n_features >= 2:
+        figures.append(("ellipses.png", lambda: plotting.ellipse_plot(
+            fit.data, fit, probability=members.mean, component_names=model.component_names,
+            feature_names=plotting.feature_labels(fit), posterior=fit)))
     kinematics = getattr(model, "kinematics", None)
     if kinematics is not None and kinematics.radius is not None:
-        fig = plotting.dispersion_profile_plot(fit, probability=members.mean[:, 0])
-        written.append(_save(out / "dispersion_profile.png", fig))
-    if fit.em is not None:
-        written.append(_save(out / "em_history.png", plotting.em_history_plot(fit.em)))
-    return written
+        figures.append(("dispersion_profile.png",
+                        lambda: plotting.dispersion_profile_plot(fit, probability=members.mean[:, 0])))
+    if not figures:
+        return []
+    use_agg()
+    with cyclic_gc_paused():
+        return [save_figure(out / name, draw()) for name, draw in figures]
 
 
 def _radius_covariate(fit) -> str | None:

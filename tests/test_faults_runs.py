@@ -441,17 +441,34 @@ WITH_FIGURES = [a for a in SMALL if a != "--no-figures"]
 
 
 def test_a_failing_figure_fails_the_run_and_publishes_nothing(finished, tmp_path, monkeypatch, capsys):
-    """A figure's bug fails the run with the exit status of a bug: nothing is published, and
-    the checkpoint is kept to resume."""
+    """A figure's bug (here in preparing its data, in the run's process) fails the run with
+    the exit status of a bug: nothing is published, and the checkpoint is kept to resume."""
     import bayesmix.plotting as plotting
 
     def broken(*args, **kwargs):
         raise TypeError("simulated: a figure's bug")
 
-    monkeypatch.setattr(plotting, "trace_plot", broken)
+    monkeypatch.setattr(plotting, "trace_variables", broken)
     out = tmp_path / "new_folder"
     assert main(["fit", str(finished["spec"]), "--out", str(out), *WITH_FIGURES]) == EXIT_INTERNAL_ERROR
     assert "a figure's bug" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [PARTIAL]
     assert (out / PARTIAL / CHECKPOINT).is_file()
+
+
+def test_a_figure_failing_in_the_drawing_process_fails_the_run_in_one_line(finished, tmp_path, monkeypatch,
+                                                                            capsys):
+    """A figure that fails in the drawing process: the same exit status and nothing published;
+    the message names the figure on one line, without the process's traceback."""
+    from bayesmix import _drawing, workflow
+
+    bad = _drawing.FigureJob("trace.png", "trace", {"variables": {}, "diverging": None})
+    monkeypatch.setattr(workflow, "posterior_figure_jobs", lambda fit, truth=None: [bad])
+    monkeypatch.setattr(_drawing, "_usable_cores", lambda: 2)  # drawn in the process, as on most machines
+    out = tmp_path / "new_folder"
+    assert main(["fit", str(finished["spec"]), "--out", str(out), *WITH_FIGURES]) == EXIT_INTERNAL_ERROR
+    err = capsys.readouterr().err
+    assert "figure trace.png failed in the drawing process: ValueError: variables is empty" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == [PARTIAL]
 

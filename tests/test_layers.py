@@ -33,7 +33,7 @@ LAYERS = [
     ("sampling",),
     ("own_model", "diagnostics"),
     ("plotting",),
-    ("cluster_runs",),
+    ("cluster_runs", "_drawing"),
     ("estimator", "workflow"),
     ("cli",),
 ]

@@ -521,15 +521,15 @@ def test_run_figures_draw_one_membership_histogram_for_two_components(small_fit,
 def test_cyclic_gc_pause_restores_the_collector_state_even_on_error():
     import gc
 
-    from bayesmix.workflow import _cyclic_gc_paused
+    from bayesmix._drawing import cyclic_gc_paused
 
-    with pytest.raises(RuntimeError, match="figure bug"), _cyclic_gc_paused():
+    with pytest.raises(RuntimeError, match="figure bug"), cyclic_gc_paused():
         assert not gc.isenabled()
         raise RuntimeError("figure bug")
     assert gc.isenabled()
     gc.disable()
     try:
-        with _cyclic_gc_paused():
+        with cyclic_gc_paused():
             pass
         assert not gc.isenabled()  # a caller that had it off keeps it off
     finally:

@@ -179,8 +179,11 @@ def test_misfit_warning_fires_when_the_data_hold_a_component_the_model_lacks(see
         report = check_model_fit(seed, fit)
     assert not report.ok and report.p_value < 0.01
     assert caught[0].message.report is report
-    worst = report.worst_bins.iloc[0]
-    assert worst["observed"] > worst["p97_5"] and worst["low"] < 150.0 < worst["high"] + 20.0
+    # The unmodelled group's bin is among the worst three, above its band. (Which misfit ranks
+    # first is Monte Carlo: a field widened to take the group also under-predicts its centre.)
+    worst = report.worst_bins.iloc[:3]
+    at_group = worst[(worst["low"] < 150.0) & (150.0 < worst["high"] + 20.0)]
+    assert len(at_group) == 1 and (at_group["observed"] > at_group["p97_5"]).all(), worst
     assert "MODEL MISFIT" in str(report)
 
 

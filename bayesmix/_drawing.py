@@ -7,12 +7,11 @@ predictive check), nothing that needs JAX. :func:`draw_job` draws one with
 
 :class:`DrawingProcess` draws the jobs in two more Python processes (``python -m
 bayesmix._drawing``) that start with the run: they import matplotlib and draw a
-throw-away figure while the run samples (the sampler of a small catalogue leaves a core
-free), and draw each figure while the run checks the fit and writes its tables. A thread
-cannot do this: drawing is Python that holds the GIL (a figure thread was measured, and
-gained nothing). With one core, or where a process cannot be started, the jobs are drawn
-in the run's own process. Measured with ``bayesmix demo`` on 2 cores: figures add 1.3 s
-to the run this way, 1.8 s drawn in the run's process.
+throw-away figure while the run samples, and draw each figure while the run checks the
+fit and writes its tables. A thread cannot do this: drawing is Python that holds the GIL
+(a figure thread was measured, and gained nothing). With fewer than four cores (on two,
+the processes were measured to gain nothing, see ``_MIN_CORES``), or where a process
+cannot be started, the jobs are drawn in the run's own process.
 
 The jobs go to a process as pickles over its standard input, one installation talking to
 itself; results come back over its standard output; its log lines go to the run's
@@ -44,6 +43,13 @@ from bayesmix._files import atomic_write
 logger = logging.getLogger("bayesmix._drawing")  # also when run as __main__
 
 FIGURE_DPI = 100
+
+# Fewer usable cores than this: the figures are drawn in the run's own process. Measured on 2
+# cores (bench/demo_figures.py, 16 alternating rounds of bayesmix demo): the drawing processes'
+# start-up competes with the run for the second core, and the run finished no sooner (paired
+# median difference 0.0 s), though it waited 0.3-0.45 s for its figures instead of drawing
+# them for 1.5 s. From four cores the processes have cores of their own.
+_MIN_CORES = 4
 
 # What the process is told after the last job: finish and exit. End of input without it
 # means the run has gone, and the process stops drawing.
@@ -203,10 +209,12 @@ class DrawingProcess:
     enabled : bool
         False: :meth:`submit` does nothing and :meth:`finish` returns no paths.
     in_process : bool, optional
-        Draw in this process (default: when fewer than two cores are usable).
+        Draw in this process (default: when fewer than four cores are usable, see
+        ``_MIN_CORES``).
     n_processes : int, optional
-        Drawing processes, each taking every n-th job (default: 2 with two or more usable
-        cores; the run's own process is mostly waiting by the time they draw).
+        Drawing processes, each taking every n-th job. Default ``$BAYESMIX_DRAWING_PROCESSES``,
+        else 2 (the run's own process is mostly waiting by the time they draw); 0 draws in
+        this process (a shared login node that limits processes, say).
 
     Examples
     --------
@@ -215,12 +223,16 @@ class DrawingProcess:
     ...     paths = drawing.finish()  # waits; raises if a figure failed
     """
 
-    def __init__(self, enabled: bool, *, in_process: bool | None = None, n_processes: int = 2):
+    def __init__(self, enabled: bool, *, in_process: bool | None = None, n_processes: int | None = None):
         self._procs: list = []
         self._jobs: list[tuple[Path, FigureJob]] = []
         self._paths: dict[int, Path] = {}
         self.enabled = bool(enabled)
-        if self.enabled and not (_usable_cores() < 2 if in_process is None else in_process):
+        if n_processes is None:
+            n_processes = _processes_from_environment()
+        if in_process is None:
+            in_process = _usable_cores() < _MIN_CORES or n_processes == 0
+        if self.enabled and not in_process:
             started = (_start_process() for _ in range(n_processes))
             self._procs = [proc for proc in started if proc is not None]
 
@@ -309,6 +321,17 @@ class DrawingProcess:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _processes_from_environment() -> int:
+    """``$BAYESMIX_DRAWING_PROCESSES`` as a count (2 when unset)."""
+    text = os.environ.get("BAYESMIX_DRAWING_PROCESSES", "").strip()
+    if not text:
+        return 2
+    if not text.isdigit():
+        raise ValueError(f"BAYESMIX_DRAWING_PROCESSES={text!r}; set it to a whole number of drawing "
+                         "processes (0 draws the figures in the run's own process), or unset it.")
+    return int(text)
 
 
 def _start_process():

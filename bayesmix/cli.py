@@ -2,7 +2,7 @@
 
 Commands::
 
-    bayesmix demo [--out DIR] [--seed 0] [--n-stars 386] [--num-samples 1000] [--no-cache] [--exit-zero]
+    bayesmix demo [--out DIR] [--seed 0] [--n-stars 386] [--num-samples 1000] [--no-figures] [--exit-zero]
     bayesmix fit MODEL.toml [--out DIR] [--seed N] [--resume] [--num-samples N] [--no-figures] [--exit-zero]
     bayesmix scan MODEL.toml [--k 1..8] [--loo] [--out DIR] [--seed N]
     bayesmix simulate cluster-field --out ngc288_sim.fits [--n-stars 386] [--seed 0]
@@ -106,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--no-cache", action="store_true",
                              help="do not keep compiled programs in ~/.cache/bayesmix (or $BAYESMIX_CACHE; "
                                   "BAYESMIX_CACHE=off does the same)")
+    demo.add_argument("--no-figures", action="store_true", help="write no PNGs")
     for command in (demo, fit):
         command.add_argument("--exit-zero", action="store_true",
                              help="exit 0 even when a check fails (not converged, divergences, modes, "
@@ -161,7 +162,7 @@ def _demo(args) -> int:
     _cache(args)
     print(f"bayesmix demo: {args.n_stars} NGC 288-like stars (seed {args.seed}); EM start, then NUTS "
           f"{args.num_chains} x ({args.num_warmup} + {args.num_samples})", flush=True)
-    result = _run(spec, directory=out)
+    result = _run(spec, directory=out, figures=False if args.no_figures else None)
     _print_fit(result)
     n_members = int((result.members.labels == 0).sum())
     print(f"\n{n_members} of {args.n_stars} stars are more likely members than not; the membership "

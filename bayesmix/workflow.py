@@ -559,7 +559,7 @@ def _run_in_staging(spec, out, catalogue, truth, model, progress_bar, figures) -
     record = {"spec": spec_dict, "spec_sha256": _spec_digest(spec_dict), "status": "running",
               "provenance": make_provenance(spec=spec_dict, seed=spec.seed)}
     _write_json(stage / RUN_RECORD, record)
-    # The drawing process starts now, to import matplotlib while the sampler runs.
+    # The drawing processes start now, to import matplotlib while the sampler runs.
     with DrawingProcess(figures if figures is not None else spec.output.figures) as drawing:
         done = _fit_and_write(spec, stage, catalogue, truth, model, progress_bar, drawing)
         written = done.written + drawing.finish()

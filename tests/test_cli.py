@@ -154,8 +154,10 @@ def test_exit_status_says_whether_the_checks_passed(tmp_path, capsys):
     assert main(["fit", demo, "--out", str(tmp_path / "good"), *good]) == EXIT_OK
     printed = capsys.readouterr().out
     assert "converged:" in printed and "model check passed" in printed and "checks failed" not in printed
-    assert main(["demo", "--out", str(tmp_path / "d"), "--n-stars", "200", "--num-samples", "20",
-                 "--num-warmup", "30", "--num-chains", "2", "--no-cache"]) == EXIT_CHECKS_FAILED
+    short_demo = ["--n-stars", "200", "--num-samples", "20", "--num-warmup", "30", "--num-chains", "2"]
+    assert main(["demo", "--out", str(tmp_path / "d"), *short_demo, "--no-cache",
+                 "--no-figures"]) == EXIT_CHECKS_FAILED
+    assert (tmp_path / "d" / "posterior.nc").is_file() and not list((tmp_path / "d").glob("*.png"))
 
 
 def test_resume_refuses_another_spec_or_nothing_to_resume(tmp_path, capsys):

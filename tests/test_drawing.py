@@ -113,7 +113,13 @@ def test_the_process_stops_when_the_run_goes_without_finishing(tmp_path):
     proc.stdout.close()
 
 
-def test_one_core_draws_in_this_process_and_disabled_draws_nothing(tmp_path, monkeypatch):
+def test_few_cores_draw_in_this_process_and_disabled_draws_nothing(tmp_path, monkeypatch):
+    for cores in (1, 2, 3):  # on 2 cores the processes were measured to gain nothing
+        monkeypatch.setattr(_drawing, "_usable_cores", lambda cores=cores: cores)
+        assert DrawingProcess(True).in_process
+    monkeypatch.setattr(_drawing, "_usable_cores", lambda: 4)
+    with DrawingProcess(True) as drawing:
+        assert len(drawing._procs) == 2
     monkeypatch.setattr(_drawing, "_usable_cores", lambda: 1)
     drawing = DrawingProcess(True)
     assert drawing.in_process
@@ -128,3 +134,15 @@ def test_one_core_draws_in_this_process_and_disabled_draws_nothing(tmp_path, mon
 def test_an_unknown_job_kind_is_named():
     with pytest.raises(ValueError, match=r"'gallery\.png' has kind 'gallery'; known: \['corner'"):
         _drawing.draw_job("unused", FigureJob("gallery.png", "gallery", {}))
+
+
+def test_the_number_of_drawing_processes_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setattr(_drawing, "_usable_cores", lambda: 4)
+    monkeypatch.setenv("BAYESMIX_DRAWING_PROCESSES", "0")
+    assert DrawingProcess(True).in_process
+    monkeypatch.setenv("BAYESMIX_DRAWING_PROCESSES", "1")
+    with DrawingProcess(True) as drawing:
+        assert len(drawing._procs) == 1
+    monkeypatch.setenv("BAYESMIX_DRAWING_PROCESSES", "two")
+    with pytest.raises(ValueError, match=r"BAYESMIX_DRAWING_PROCESSES='two'; set it to a whole number"):
+        DrawingProcess(True)

@@ -464,7 +464,7 @@ def test_a_figure_failing_in_the_drawing_process_fails_the_run_in_one_line(finis
 
     bad = _drawing.FigureJob("trace.png", "trace", {"variables": {}, "diverging": None})
     monkeypatch.setattr(workflow, "posterior_figure_jobs", lambda fit, truth=None: [bad])
-    monkeypatch.setattr(_drawing, "_usable_cores", lambda: 2)  # drawn in the process, as on most machines
+    monkeypatch.setattr(_drawing, "_usable_cores", lambda: 8)  # drawn in the processes, as on most machines
     out = tmp_path / "new_folder"
     assert main(["fit", str(finished["spec"]), "--out", str(out), *WITH_FIGURES]) == EXIT_INTERNAL_ERROR
     err = capsys.readouterr().err

@@ -74,14 +74,6 @@ class FigureJob(NamedTuple):
     data: dict
 
 
-def _corner(columns, labels, truths):
-    return plotting.corner_figure(columns, labels, truths)
-
-
-def _trace(variables, diverging):
-    return plotting.trace_figure(variables, diverging)
-
-
 def _membership_histograms(probabilities, component_names):
     """One histogram panel per component (columns of ``probabilities``, (n_stars, n_shown))."""
     import matplotlib.pyplot as plt
@@ -100,7 +92,7 @@ def _predictive_bands(bands, labels):
     n = len(bands)
     fig, axes = plt.subplots(1, n, figsize=(5.0 * n, 3.8), squeeze=False, layout="constrained")
     for j, (band, label) in enumerate(zip(bands, labels, strict=True)):
-        plotting.predictive_band_plot(plotting.PredictiveBand(*band), ax=axes[0, j], label=label)
+        plotting.predictive_band_plot(band, ax=axes[0, j], label=label)
     return fig
 
 
@@ -109,10 +101,6 @@ def _membership_radius(values, radius, probability, value_label, radius_label, t
                                           radius_label=radius_label)
     fig.axes[0].set_title(title)
     return fig
-
-
-def _em_history(history):
-    return plotting.em_history_plot(EMHistory(**history))
 
 
 class EMHistory(NamedTuple):
@@ -127,8 +115,9 @@ class EMHistory(NamedTuple):
     optima: tuple  # one entry (its objective) per distinct optimum
 
 
-_DRAWERS = {"corner": _corner, "trace": _trace, "membership_histogram": _membership_histograms,
-            "ppc": _predictive_bands, "membership_radius": _membership_radius, "em_history": _em_history}
+_DRAWERS = {"corner": plotting.corner_figure, "trace": plotting.trace_figure,
+            "membership_histogram": _membership_histograms, "ppc": _predictive_bands,
+            "membership_radius": _membership_radius, "em_history": plotting.em_history_plot}
 
 
 def save_figure(path: Path, fig) -> Path:

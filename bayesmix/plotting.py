@@ -681,8 +681,9 @@ def ppc_plot(observed, replicated, *, feature: int = 0, ax=None, bins=40, label:
     -------
     matplotlib.figure.Figure
     """
-    band = predictive_band(observed, replicated, feature=feature, bins=bins)
-    j = _check_feature("feature", feature, _values_2d("observed", observed).shape[1])
+    obs = _values_2d("observed", observed)
+    band = predictive_band(obs, replicated, feature=feature, bins=bins)
+    j = _check_feature("feature", feature, obs.shape[1])
     return predictive_band_plot(band, ax=ax, label=label if label is not None else f"feature {j}")
 
 

@@ -855,7 +855,7 @@ def posterior_figure_jobs(fit, *, truth=None) -> list[FigureJob]:
                             np.asarray(em.restart_objectives, float),
                             tuple(getattr(em, "start_kinds", ()) or ()),
                             tuple(o.objective for o in getattr(em, "optima", ()) or ()))
-        jobs.append(FigureJob("em_history.png", "em_history", {"history": history._asdict()}))
+        jobs.append(FigureJob("em_history.png", "em_history", {"em_result": history}))
     return jobs
 
 
@@ -870,7 +870,7 @@ def membership_figure_jobs(fit, members, *, key=0, n_mocks: int = 200) -> list[F
     values = measured_values(fit.data)
     replicated = posterior_predictive(key, fit, n_mocks)
     labels = plotting.feature_labels(fit)
-    bands = [tuple(plotting.predictive_band(values, replicated, feature=j)) for j in range(values.shape[1])]
+    bands = [plotting.predictive_band(values, replicated, feature=j) for j in range(values.shape[1])]
     jobs.append(FigureJob("ppc.png", "ppc", {"bands": bands, "labels": labels}))
     radius = _radius_covariate(fit)
     if radius is not None:

@@ -23,7 +23,7 @@ def _jobs(seed=0):
     p = rng.beta(0.3, 0.3, 300)
     values = rng.normal(0.0, 10.0, (300, 1))
     replicated = rng.normal(0.0, 10.0, (50, 300, 1))
-    band = tuple(plotting.predictive_band(values, replicated))
+    band = plotting.predictive_band(values, replicated)
     history = EMHistory(np.array([-10.0, -5.0, -4.0]), np.array([-10.0, -5.0, -4.0]), 2, True,
                         np.array([-4.0, -4.5]), ("kmeans++", "peak"), (-4.0,))
     return [FigureJob("corner.png", "corner", {"columns": columns, "labels": ["m", "s", "f"],
@@ -35,7 +35,7 @@ def _jobs(seed=0):
             FigureJob("membership_radius.png", "membership_radius", {
                 "values": values[:, 0], "radius": rng.uniform(0, 10, 300), "probability": p,
                 "value_label": "RV", "radius_label": "R", "title": "probability of 'cluster'"}),
-            FigureJob("em_history.png", "em_history", {"history": history._asdict()})]
+            FigureJob("em_history.png", "em_history", {"em_result": history})]
 
 
 def test_the_drawing_process_draws_every_job_in_submission_order(tmp_path):

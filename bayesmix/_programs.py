@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
+import importlib.metadata
 import logging
 from pathlib import Path
 
@@ -115,6 +116,15 @@ def source_fingerprint() -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def _library_versions() -> tuple[str, str, str]:
+    """JAX's, NumPyro's and BlackJAX's versions: a program traced under another release is
+    another program (the NUTS kernel is BlackJAX's). Read from the installed packages'
+    metadata, not by importing them: a stored program runs without BlackJAX, whose import
+    (optax's with it) would cost a fresh process a third of a second."""
+    return tuple(importlib.metadata.version(name) for name in ("jax", "numpyro", "blackjax"))
+
+
 def register(*classes) -> None:
     """Let jax.export store these NamedTuples in a program's signature (idempotent)."""
     from jax import export
@@ -171,14 +181,9 @@ class Program:
 
     def _load_or_export(self, args, signature):
         """(callable, path of the stored file it was read from, or None when freshly exported)."""
-        import blackjax
-        import numpyro
-
         register(*self.classes)
-        # The NUTS kernel is BlackJAX's: a program traced under another release is another program.
-        key = hashlib.sha256("|".join([self.name, source_fingerprint(), jax.__version__, numpyro.__version__,
-                                       blackjax.__version__, jax.default_backend(), self.fingerprint,
-                                       signature])
+        key = hashlib.sha256("|".join([self.name, source_fingerprint(), *_library_versions(),
+                                       jax.default_backend(), self.fingerprint, signature])
                              .encode()).hexdigest()[:32]
         path = _STORE / f"{self.name}-{key}.jaxexport"
         if path in _LOADED:

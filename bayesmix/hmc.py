@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.scipy.linalg import solve_triangular
 
@@ -68,12 +69,15 @@ def _blackjax() -> types.SimpleNamespace:
 __all__ = [
     "AdaptState",
     "ChainState",
+    "DualAveragingState",
     "HMCState",
     "LaplaceResult",
     "StepInfo",
     "Tuning",
     "WarmupSchedule",
+    "WelfordState",
     "adapt_init",
+    "inert_adapt",
     "init",
     "laplace",
     "laplace_log_mass",
@@ -249,8 +253,10 @@ def laplace_log_mass(lap: LaplaceResult):
     ``-U(mode) + log det(H^-1) / 2``: comparing two modes' values compares the posterior
     mass around them, the height of each peak corrected for its volume.
     """
-    chol = jnp.linalg.cholesky(0.5 * (lap.inverse_hessian + lap.inverse_hessian.T))
-    return -lap.potential_energy + jnp.sum(jnp.log(jnp.diagonal(chol)))
+    # NumPy: called on the host between programs, where each JAX operation would compile.
+    inverse_hessian = np.asarray(lap.inverse_hessian)
+    chol = np.linalg.cholesky(0.5 * (inverse_hessian + inverse_hessian.T))
+    return -float(lap.potential_energy) + float(np.sum(np.log(np.diagonal(chol))))
 
 
 def start(key, potential_fn, modes, inverse_hessians, args, *, dispersion: float = 2.0):
@@ -387,43 +393,80 @@ def step(key, potential_fn, state: HMCState, tuning: Tuning, args, *, max_tree_d
     return HMCState(new.position, potential, -new.logdensity_grad), out
 
 
+class DualAveragingState(NamedTuple):
+    """Dual averaging's state, field for field BlackJAX's ``DualAveragingAdaptationState``
+    (log step size, its running average, iteration, averaged error, shrinkage target ``mu``).
+
+    Our own type, converted at BlackJAX's boundary inside the compiled programs (as
+    :class:`HMCState` is): a program stored with its states then loads and runs without
+    importing BlackJAX, whose import (with optax's) cost a fresh process 0.35 s.
+    """
+
+    log_step_size: Any
+    log_step_size_avg: Any
+    step: Any
+    avg_error: Any
+    mu: Any
+
+
+class WelfordState(NamedTuple):
+    """The mass window's running moments, field for field BlackJAX's ``WelfordAlgorithmState``
+    (mean (n_params,), sum of squared deviations (n_params, n_params), count ())."""
+
+    mean: Any
+    m2: Any
+    sample_size: Any
+
+
 class AdaptState(NamedTuple):
-    """Warmup bookkeeping of one chain: BlackJAX's dual-averaging state, the window's Welford
+    """Warmup bookkeeping of one chain: the dual-averaging state, the window's Welford
     state, the Laplace inverse mass a window estimate is shrunk towards, divergences counted."""
 
-    da: Any
-    welford: Any
+    da: DualAveragingState
+    welford: WelfordState
     laplace_inverse: Any
     divergences: Any
 
 
 def state_types() -> tuple[type, ...]:
     """The NamedTuples in this module's states and results (what ``jax.export`` must know to
-    store a program that takes or returns them)."""
-    return (HMCState, Tuning, ChainState, StepInfo, LaplaceResult, AdaptState,
-            _blackjax().DualAveragingAdaptationState, _blackjax().WelfordAlgorithmState)
+    store a program that takes or returns them); all of them this module's own."""
+    return (HMCState, Tuning, ChainState, StepInfo, LaplaceResult, DualAveragingState, WelfordState,
+            AdaptState)
 
 
 def _dual_averaging(target_accept: float = 0.8):
-    """BlackJAX's dual averaging (Hoffman & Gelman 2014, section 3.2; t0=10, gamma=0.05, kappa=0.75)."""
-    return _blackjax().dual_averaging_adaptation(target_accept)
+    """BlackJAX's dual averaging (Hoffman & Gelman 2014, section 3.2; t0=10, gamma=0.05,
+    kappa=0.75) as ``(init, update, final)`` on :class:`DualAveragingState`."""
+    init, update, final = _blackjax().dual_averaging_adaptation(target_accept)
+    theirs = _blackjax().DualAveragingAdaptationState
+    return (lambda step_size: DualAveragingState(*init(step_size)),
+            lambda da, accept: DualAveragingState(*update(theirs(*da), accept)),
+            lambda da: final(theirs(*da)))
 
 
 def _da_init(step_size):
     """Fresh dual averaging at ``step_size``, with fixed dtypes (a loop carry must keep them)."""
     da = _dual_averaging()[0](step_size)
     real = jnp.result_type(step_size)
-    return da._replace(log_step_size=jnp.asarray(da.log_step_size, real),
-                       log_step_size_avg=jnp.asarray(da.log_step_size_avg, real),
-                       step=jnp.asarray(da.step, jnp.int32), avg_error=jnp.asarray(da.avg_error, real),
-                       mu=jnp.asarray(da.mu, real))
+    return DualAveragingState(jnp.asarray(da.log_step_size, real), jnp.asarray(da.log_step_size_avg, real),
+                              jnp.asarray(da.step, jnp.int32), jnp.asarray(da.avg_error, real),
+                              jnp.asarray(da.mu, real))
 
 
 def _welford_init(n_params: int, dtype):
-    """An empty dense Welford state (BlackJAX's), with the position's dtype and an int32 count
+    """An empty dense Welford state, with the position's dtype and an int32 count
     (BlackJAX's own ``init`` starts the count as a Python int, which a loop carry cannot keep)."""
-    return _blackjax().WelfordAlgorithmState(jnp.zeros(n_params, dtype),
-                                             jnp.zeros((n_params, n_params), dtype), jnp.zeros((), jnp.int32))
+    return WelfordState(jnp.zeros(n_params, dtype), jnp.zeros((n_params, n_params), dtype),
+                        jnp.zeros((), jnp.int32))
+
+
+def _welford(state: WelfordState, position, *, finish: bool = False):
+    """BlackJAX's dense Welford algorithm: ``state`` updated with ``position``, or with
+    ``finish`` its (covariance, count, mean)."""
+    _, update, final = _blackjax().welford_algorithm(False)
+    theirs = _blackjax().WelfordAlgorithmState(*state)
+    return final(theirs) if finish else WelfordState(*update(theirs, position))
 
 
 def adapt_init(state: ChainState) -> AdaptState:
@@ -431,6 +474,21 @@ def adapt_init(state: ChainState) -> AdaptState:
     position = state.hmc.position
     return AdaptState(_da_init(state.tuning.step_size), _welford_init(position.shape[0], position.dtype),
                       state.tuning.inverse_mass, jnp.zeros((), jnp.int32))
+
+
+def inert_adapt(states: ChainState) -> AdaptState:
+    """Zero warmup bookkeeping shaped for ``states`` (batched over chains): what :func:`run`
+    takes, and ignores, when ``num_warmup`` is 0 (draws after warmup, an extension).
+
+    Host arrays, built without tracing or compiling anything.
+    """
+    position = np.asarray(states.hmc.position)
+    (n_chains, n_params), real = position.shape, position.dtype
+    scalar, count = np.zeros(n_chains, real), np.zeros(n_chains, np.int32)
+    da = DualAveragingState(scalar, scalar, count, scalar, scalar)
+    matrix = np.zeros((n_chains, n_params, n_params), real)
+    welford = WelfordState(np.zeros((n_chains, n_params), real), matrix, count)
+    return AdaptState(da, welford, matrix, count)
 
 
 def _where(flag, new, old):
@@ -450,11 +508,10 @@ def _adapt(i, schedule, chain: ChainState, adapt: AdaptState, hmc: HMCState, inf
     accept = jnp.where(jnp.isfinite(info.accept_prob), info.accept_prob, 0.0)
     da = _where(warming, da_update(adapt.da, accept), adapt.da)
     in_window = warming & (i >= window_start) & (i < window_end)
-    welford_update = _blackjax().welford_algorithm(False)[1]
-    welford = _where(in_window, welford_update(adapt.welford, hmc.position), adapt.welford)
+    welford = _where(in_window, _welford(adapt.welford, hmc.position), adapt.welford)
 
     def end_window(da):
-        cov, n, _ = _blackjax().welford_algorithm(False)[2](welford)
+        cov, n, _ = _welford(welford, None, finish=True)
         n = n.astype(cov.dtype)
         # Shrunk towards the Laplace inverse mass by a pseudo-count of n_params + 5 draws:
         # BlackJAX's own imm_shrinkage_to_previous also adds a 1e-3 identity, which in the

@@ -341,9 +341,12 @@ class _Sampler:
         self.potential = potential
         self._pending = None
         self.warmup_divergences = None
+        self._chain_shardings = self._placed_args = None
         fingerprint = (f"{target.program_key()}|{_template_structure(template)}|chains={self.num_chains}|"
                        f"method={chain_method}|block={self.block}|accept={target_accept}|"
                        f"depth={max_tree_depth}")
+        if chain_method == "parallel":
+            fingerprint += f"|devices={_n_parallel_devices(self.num_chains)}"
         classes = (Observations, MixtureParams, *hmc.state_types())
         jit = _mesh_jit(mesh)
         self._laplace = _placed(mesh, _programs.Program(
@@ -355,8 +358,7 @@ class _Sampler:
         self._run = self._over_chains(lambda st, args, extra: hmc.run(
             potential, st[0], st[1], args, extra[0], extra[1], self.block, target_accept=target_accept,
             max_tree_depth=max_tree_depth))
-        if chain_method != "parallel":  # jax.export cannot store a pmap
-            self._run = _placed(mesh, _programs.Program("run", self._run, fingerprint, classes))
+        self._run = _placed(mesh, _programs.Program("run", self._run, fingerprint, classes))
         # Deterministic sites only: XLA drops the (unused) likelihood from this program.
         self._constrain = _placed(mesh, _programs.Program(
             "constrain", jit(jax.vmap(constrain, in_axes=(0, None))), fingerprint, classes))
@@ -372,30 +374,31 @@ class _Sampler:
 
         if method == "sequential":
             return _mesh_jit(self.mesh)(per_device)
-        n_dev = _n_parallel_devices(n_chains)
+        # "parallel": the chains split over a mesh of local devices, each device running its
+        # share one after another. shard_map under jit, unlike pmap, is a program jax.export
+        # stores, so a fresh process loads it instead of tracing and compiling it (1.1-1.6 s
+        # at N = 20000 on 2 cores). A stored multi-device program runs only on arguments
+        # already on its devices: _place_for_run puts them there.
+        chain_mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:_n_parallel_devices(n_chains)]),
+                                       ("chain",))
+        split, whole = jax.sharding.PartitionSpec("chain"), jax.sharding.PartitionSpec()
+        self._chain_shardings = (jax.sharding.NamedSharding(chain_mesh, split),
+                                 jax.sharding.NamedSharding(chain_mesh, whole))
+        # check_vma=False: every device runs whole chains on its own, with no collective; the
+        # check would reject the sampler's lax.cond, whose branches mix per-chain values with
+        # the (replicated) data's.
+        return jax.jit(jax.shard_map(per_device, mesh=chain_mesh, in_specs=(split, whole, whole),
+                                     out_specs=split, check_vma=False))
 
-        # Typed PRNG keys have no NumPy form: across the host copies below they travel as
-        # their raw uint32 data.
-        def with_keys(convert, states):
-            return (states[0]._replace(key=convert(states[0].key)), *states[1:])
-
-        def per_device_raw(states, args, extra):
-            return with_keys(jax.random.key_data,
-                             per_device(with_keys(jax.random.wrap_key_data, states), args, extra))
-
-        mapped = jax.pmap(per_device_raw, in_axes=(0, None, None), devices=jax.local_devices()[:n_dev])
-
-        def run(states, args, extra):
-            # Host copies: pmap places them itself (arrays committed to one device, as a
-            # stored program returns them, would be refused).
-            split = jax.tree_util.tree_map(
-                lambda x: np.asarray(x).reshape((n_dev, n_chains // n_dev, *np.shape(x)[1:])),
-                with_keys(jax.random.key_data, states))
-            out = mapped(split, args, extra)
-            out = jax.tree_util.tree_map(lambda x: x.reshape((n_chains, *x.shape[2:])), out)
-            return with_keys(jax.random.wrap_key_data, out)
-
-        return run
+    def _place_for_run(self, states, args, extra):
+        """The run program's arguments on its devices: chains split over the chain mesh, the
+        data (copied once, not on every call) and settings on every device."""
+        if self._chain_shardings is None:
+            return states, args, extra
+        split, whole = self._chain_shardings
+        if self._placed_args is None or self._placed_args[0] is not args:
+            self._placed_args = (args, jax.device_put(args, whole))
+        return _via_host(states, split), self._placed_args[1], jax.device_put(extra, whole)
 
     def standardised(self, theta) -> jax.Array:
         """The sampler's coordinates ``u = (theta - theta_0) / scale`` of an unconstrained vector."""
@@ -477,9 +480,10 @@ class _Sampler:
                 # No warmup: the bookkeeping only fills the program's argument. Placed like the
                 # states (as the start program's bookkeeping is): an uncommitted argument would
                 # make JAX compile the stored run program a second time (1.4 s at N = 1500).
-                adapt, schedule = _on_devices_of(states, _fresh_adapt(states)), (zero, zero, zero)
+                adapt, schedule = _on_devices_of(states, hmc.inert_adapt(states)), (zero, zero, zero)
             n_now = jnp.asarray(m, jnp.int32)
-            states, adapt, z, info = self._run((states, adapt), self.args, (schedule, n_now))
+            carry, args, extra = self._place_for_run((states, adapt), self.args, (schedule, n_now))
+            states, adapt, z, info = self._run(carry, args, extra)
             if int(np.asarray(schedule[0])) > 0:
                 self.warmup_divergences = int(np.sum(np.asarray(adapt.divergences)))
             parts.append((np.asarray(z)[:, :m], {k: np.asarray(v)[:, :m] for k, v in info._asdict().items()}))
@@ -512,18 +516,26 @@ class _Sampler:
                 for k in parts[0]}
 
 
-@jax.jit
-def _fresh_adapt(states):
-    """Fresh warmup bookkeeping for every chain: one small program (the eager ops it replaces
-    each compiled on their own, 8 x 20 ms on the first ``extend()`` of a process)."""
-    return jax.vmap(hmc.adapt_init)(states)
+def _via_host(tree, sharding):
+    """``tree`` placed with ``sharding`` through host copies (typed PRNG keys as their raw
+    data): moving an array from one device to a split over several compiles a slicing
+    program per shape (0.2 s for a run's chain states), a copy from the host none."""
+    def put(x):
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(jax.device_put(np.asarray(jax.random.key_data(x)), sharding),
+                                            impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree_util.tree_map(put, tree)
 
 
 def _on_devices_of(states, tree):
     """``tree`` on the device(s) of the chain states (committed there, like a program's output)."""
     first = jax.tree_util.tree_leaves(states)[0]
     if not isinstance(first, jax.Array) or not first.committed or not first.sharding.is_fully_replicated:
-        return tree  # host values, or chains split over devices (pmap): each call places them itself
+        return tree  # host values, or chains split over devices: _place_for_run places them
     return jax.device_put(tree, first.sharding)
 
 

@@ -378,3 +378,32 @@ def test_blackjax_public_pieces_are_what_hmc_uses():
     state = hmc_base.init(jnp.zeros(2), lambda z: -0.5 * jnp.sum(z**2))
     new, info = kernel(jax.random.key(0), state, lambda z: -0.5 * jnp.sum(z**2), 0.5, metric, 3)
     assert new.position.shape == (2,) and int(info.num_trajectory_expansions) <= 3
+
+
+def test_draws_without_warmup_ignore_the_bookkeeping_they_are_given():
+    """With num_warmup 0 the run program only needs warmup bookkeeping of the right shapes:
+    inert_adapt's host zeros (no tracing, no BlackJAX) give exactly the draws of fresh
+    bookkeeping (adapt_init), and of warmup bookkeeping carried over from the warmup run."""
+    states, adapts, args = _started(3)
+    warmed, carried, _, _ = _run(states, adapts, args, _schedule(100), 0)
+    fresh = jax.vmap(hmc.adapt_init)(warmed)
+    inert = hmc.inert_adapt(warmed)
+    assert isinstance(inert.da.log_step_size, np.ndarray)
+    assert jax.tree.structure(inert) == jax.tree.structure(fresh)
+    shapes = [[(x.shape, x.dtype) for x in jax.tree.leaves(tree)] for tree in (inert, fresh)]
+    assert shapes[0] == shapes[1]
+    runs = [_run(warmed, bookkeeping, args, _schedule(0), 40) for bookkeeping in (fresh, inert, carried)]
+    for other in runs[1:]:
+        np.testing.assert_array_equal(np.asarray(other[2]), np.asarray(runs[0][2]))
+
+
+def test_state_types_are_bayesmix_own_and_mirror_blackjax_field_for_field():
+    """The states a stored program takes and returns are this module's NamedTuples, so a stored
+    program loads without importing BlackJAX; converting at BlackJAX's boundary is positional,
+    so the field names and order must stay BlackJAX's."""
+    from blackjax.adaptation.mass_matrix import WelfordAlgorithmState
+    from blackjax.adaptation.step_size import DualAveragingAdaptationState
+
+    assert all(cls.__module__ == "bayesmix.hmc" for cls in hmc.state_types())
+    assert hmc.DualAveragingState._fields == DualAveragingAdaptationState._fields
+    assert hmc.WelfordState._fields == WelfordAlgorithmState._fields

@@ -394,3 +394,59 @@ def test_sample_posterior_keeps_the_stars_weights_of_an_observations():
     padded, _ = padded_data(cluster_field_model(obs), resolved, {})
     np.testing.assert_array_equal(np.asarray(padded.weight)[:obs.n_stars], w)
     assert not np.asarray(padded.weight)[obs.n_stars:].any()
+
+
+PARALLEL_SCRIPT = """
+import json, sys
+import numpy as np
+from bayesmix import _programs
+from bayesmix.models import cluster_field_model
+from bayesmix.sampling import enable_compilation_cache, extend, sample_posterior
+from bayesmix.simulate import simulate_cluster_field
+
+enable_compilation_cache(sys.argv[1])
+sim = simulate_cluster_field(3, 300)
+model = cluster_field_model(sim.catalogue)
+out = {}
+for method in ("parallel", "sequential"):
+    _programs.program_counts(reset=True)
+    fit = extend(sample_posterior(5, model, sim.catalogue, chain_method=method, num_chains=4, num_warmup=40,
+                                  num_samples=20, progress_bar=False), 10)
+    out[method] = fit.posterior["mean1"].values.tolist()
+    out[method + "_method"] = fit.posterior.attrs["chain_method"]
+    out[method + "_counts"] = _programs.program_counts()
+out["blackjax_imported"] = "blackjax" in sys.modules
+print("RESULT " + json.dumps(out), flush=True)
+"""
+
+
+def test_parallel_chains_equal_sequential_ones_and_are_stored_programs(tmp_path):
+    """chain_method="parallel" splits the chains over a device mesh (two host devices here) and
+    gives exactly the sequential draws; its run program is stored like the others, so a fresh
+    process on a warm store traces nothing and never imports BlackJAX."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("JAX_PLATFORMS", None)
+    results = []
+    for _ in range(2):  # the first process fills the store, the second finds everything in it
+        proc = subprocess.run([sys.executable, "-c", PARALLEL_SCRIPT, str(tmp_path)], env=env,
+                              capture_output=True, text=True, timeout=400)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+        results.append(json.loads(lines[-1][7:]))
+    first, second = results
+    for out in results:
+        assert out["parallel_method"] == "parallel" and out["sequential_method"] == "sequential"
+        assert np.shape(out["parallel"]) == (4, 30)
+        np.testing.assert_array_equal(out["parallel"], out["sequential"])
+    assert first["parallel_counts"].get("stored_exported", 0) >= 4  # run, start, laplace, constrain...
+    for method in ("parallel", "sequential"):
+        counts = second[method + "_counts"]
+        assert counts.get("stored_exported", 0) == 0 and counts.get("stored_read", 0) >= 1, counts
+    assert not second["blackjax_imported"]

@@ -5,13 +5,13 @@ arrays, numbers and strings (the draws a corner plot shows, the binned counts of
 predictive check), nothing that needs JAX. :func:`draw_job` draws one with
 :mod:`bayesmix.plotting` and writes the PNG atomically.
 
-:class:`DrawingProcess` draws the jobs in two more Python processes (``python -m
-bayesmix._drawing``) that start with the run: they import matplotlib and draw a
-throw-away figure while the run samples, and draw each figure while the run checks the
-fit and writes its tables. A thread cannot do this: drawing is Python that holds the GIL
-(a figure thread was measured, and gained nothing). With fewer than four cores (on two,
-the processes were measured to gain nothing, see ``_MIN_CORES``), or where a process
-cannot be started, the jobs are drawn in the run's own process.
+:class:`DrawingProcess` draws the jobs in one or two more Python processes (``python -m
+bayesmix._drawing``; one on two or three cores, two from four, see ``_default_processes``)
+that start with the run: they import matplotlib and draw a throw-away figure while the
+run samples, and draw each figure while the run checks the fit and writes its tables. A
+thread cannot do this: drawing is Python that holds the GIL (a figure thread was
+measured, and gained nothing). With one core, or where a process cannot be started, the
+jobs are drawn in the run's own process.
 
 The jobs go to a process as pickles over its standard input, one installation talking to
 itself; results come back over its standard output; its log lines go to the run's
@@ -44,12 +44,15 @@ logger = logging.getLogger("bayesmix._drawing")  # also when run as __main__
 
 FIGURE_DPI = 100
 
-# Fewer usable cores than this: the figures are drawn in the run's own process. Measured on 2
-# cores (bench/demo_figures.py, 16 alternating rounds of bayesmix demo): the drawing processes'
-# start-up competes with the run for the second core, and the run finished no sooner (paired
-# median difference 0.0 s), though it waited 0.3-0.45 s for its figures instead of drawing
-# them for 1.5 s. From four cores the processes have cores of their own.
-_MIN_CORES = 4
+# Drawing processes by usable cores: one on two or three, two from four; with one core the
+# figures are drawn in the run's own process. Measured on 2 cores (bench/demo_figures.py,
+# alternating rounds of bayesmix demo): one process finished the demo a median 0.97 s sooner
+# than drawing in the run's process (10 rounds, 8 of them sooner); two processes gained
+# nothing (paired median 0.0 s over 16 rounds), their start-up competing with the run for the
+# second core.
+def _default_processes(cores: int) -> int:
+    return 0 if cores < 2 else 1 if cores < 4 else 2
+
 
 # What the process is told after the last job: finish and exit. End of input without it
 # means the run has gone, and the process stops drawing.
@@ -198,12 +201,12 @@ class DrawingProcess:
     enabled : bool
         False: :meth:`submit` does nothing and :meth:`finish` returns no paths.
     in_process : bool, optional
-        Draw in this process (default: when fewer than four cores are usable, see
-        ``_MIN_CORES``).
+        Draw in this process (default: when ``n_processes`` is 0).
     n_processes : int, optional
         Drawing processes, each taking every n-th job. Default ``$BAYESMIX_DRAWING_PROCESSES``,
-        else 2 (the run's own process is mostly waiting by the time they draw); 0 draws in
-        this process (a shared login node that limits processes, say).
+        else by usable cores: none with one, 1 with two or three, 2 from four (the run's own
+        process is mostly waiting by the time they draw); 0 draws in this process (a shared
+        login node that limits processes, say).
 
     Examples
     --------
@@ -220,7 +223,7 @@ class DrawingProcess:
         if n_processes is None:
             n_processes = _processes_from_environment()
         if in_process is None:
-            in_process = _usable_cores() < _MIN_CORES or n_processes == 0
+            in_process = n_processes == 0
         if self.enabled and not in_process:
             started = (_start_process() for _ in range(n_processes))
             self._procs = [proc for proc in started if proc is not None]
@@ -313,10 +316,10 @@ class DrawingProcess:
 
 
 def _processes_from_environment() -> int:
-    """``$BAYESMIX_DRAWING_PROCESSES`` as a count (2 when unset)."""
+    """``$BAYESMIX_DRAWING_PROCESSES`` as a count (when unset, by usable cores)."""
     text = os.environ.get("BAYESMIX_DRAWING_PROCESSES", "").strip()
     if not text:
-        return 2
+        return _default_processes(_usable_cores())
     if not text.isdigit():
         raise ValueError(f"BAYESMIX_DRAWING_PROCESSES={text!r}; set it to a whole number of drawing "
                          "processes (0 draws the figures in the run's own process), or unset it.")

@@ -7,13 +7,18 @@ store, so every timed run is a repeat run (as a user's second demo). The figures
 mode's median wall time minus that of the runs without figures, and their share is that
 cost over the mode's median wall time.
 
-Modes: ``processes`` (the default: two drawing processes beside the run),
-``in_process`` (``BAYESMIX_DRAWING_PROCESSES=0``), ``none`` (``--no-figures``).
+Modes: ``processes`` (the default: drawing processes beside the run, one on two or three
+cores, two from four), ``in_process`` (``BAYESMIX_DRAWING_PROCESSES=0``), ``none``
+(``--no-figures``), and on request ``two_processes`` (``BAYESMIX_DRAWING_PROCESSES=2``).
+As a shared machine's wall times drift by more than the figures cost, each round's
+difference to ``in_process`` is also reported (its median over rounds: ``paired_vs_in_process_s``,
+negative when the mode finished sooner).
 
 Usage::
 
-    python bench/demo_figures.py                  # 8 rounds of the three modes
+    python bench/demo_figures.py                  # 8 rounds of the three default modes
     python bench/demo_figures.py --rounds 4 --save figures.json
+    python bench/demo_figures.py --modes processes two_processes in_process none
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import time
 from pathlib import Path
 
 MODES = {"processes": ({}, []), "in_process": ({"BAYESMIX_DRAWING_PROCESSES": "0"}, []),
-         "none": ({}, ["--no-figures"])}
+         "none": ({}, ["--no-figures"]), "two_processes": ({"BAYESMIX_DRAWING_PROCESSES": "2"}, [])}
+DEFAULT_MODES = ["processes", "in_process", "none"]
 
 
 def _run_demo(mode: str, folder: Path, store: Path) -> float:
@@ -52,26 +58,30 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=8, help="timed runs per mode (8)")
     parser.add_argument("--save", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=DEFAULT_MODES,
+                        help="modes to time (in_process and none are always included)")
     args = parser.parse_args(argv)
-    walls: dict[str, list[float]] = {mode: [] for mode in MODES}
+    modes = list(dict.fromkeys([*args.modes, "in_process", "none"]))
+    walls: dict[str, list[float]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
         _run_demo("processes", Path(tmp) / "warm", store)  # fills the store: untimed
         for r in range(args.rounds):
-            for mode in MODES:
+            for mode in modes:
                 walls[mode].append(_run_demo(mode, Path(tmp) / f"{mode}-{r}", store))
-                print(f"  round {r} {mode:10s} {walls[mode][-1]:6.2f} s", flush=True)
+                print(f"  round {r} {mode:13s} {walls[mode][-1]:6.2f} s", flush=True)
     none = statistics.median(walls["none"])
     rows = []
     print(f"\nbayesmix demo, {os.cpu_count()} cores, medians of {args.rounds} fresh processes per mode")
-    print(f"{'mode':12s} {'wall s':>7s} {'figures s':>10s} {'share':>6s}")
+    print(f"{'mode':14s} {'wall s':>7s} {'figures s':>10s} {'share':>6s} {'paired vs in_process s':>23s}")
     for mode, values in walls.items():
         median = statistics.median(values)
         cost = median - none
         share = cost / median if mode != "none" else 0.0
+        paired = statistics.median(a - b for a, b in zip(values, walls["in_process"], strict=True))
         rows.append({"mode": mode, "median_wall_s": median, "figures_s": cost, "share": share,
-                     "walls_s": values})
-        print(f"{mode:12s} {median:7.2f} {cost:10.2f} {100 * share:5.1f}%")
+                     "paired_vs_in_process_s": paired, "walls_s": values})
+        print(f"{mode:14s} {median:7.2f} {cost:10.2f} {100 * share:5.1f}% {paired:23.2f}")
     if args.save:
         Path(args.save).write_text(json.dumps({"cores": os.cpu_count(), "rounds": args.rounds, "rows": rows},
                                               indent=1))

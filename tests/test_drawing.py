@@ -96,7 +96,7 @@ def test_figures_a_dead_process_left_are_drawn_here_with_a_warning(tmp_path, cap
 
 
 def test_a_stopping_run_ends_the_process_and_it_draws_nothing_more(tmp_path):
-    with pytest.raises(KeyboardInterrupt), DrawingProcess(True, in_process=False) as drawing:
+    with pytest.raises(KeyboardInterrupt), DrawingProcess(True, in_process=False, n_processes=2) as drawing:
         procs = list(drawing._procs)
         assert len(procs) == 2
         raise KeyboardInterrupt
@@ -113,13 +113,13 @@ def test_the_process_stops_when_the_run_goes_without_finishing(tmp_path):
     proc.stdout.close()
 
 
-def test_few_cores_draw_in_this_process_and_disabled_draws_nothing(tmp_path, monkeypatch):
-    for cores in (1, 2, 3):  # on 2 cores the processes were measured to gain nothing
+def test_drawing_processes_by_cores_and_disabled_draws_nothing(tmp_path, monkeypatch):
+    # One core: in this process; two or three: one process (measured on 2 cores: two gained
+    # nothing, one finished the demo sooner); from four: two.
+    for cores, expected in ((2, 1), (3, 1), (4, 2), (16, 2)):
         monkeypatch.setattr(_drawing, "_usable_cores", lambda cores=cores: cores)
-        assert DrawingProcess(True).in_process
-    monkeypatch.setattr(_drawing, "_usable_cores", lambda: 4)
-    with DrawingProcess(True) as drawing:
-        assert len(drawing._procs) == 2
+        with DrawingProcess(True) as drawing:
+            assert len(drawing._procs) == expected and not drawing.in_process
     monkeypatch.setattr(_drawing, "_usable_cores", lambda: 1)
     drawing = DrawingProcess(True)
     assert drawing.in_process

@@ -1004,11 +1004,12 @@ def em_history_plot(em_result, *, ax=None):
         lines.append(_starts_text(em_result, restarts, finite))
         ax.plot(np.full(finite.size, it[-1] + 0.03 * max(it[-1], 1)), finite, marker="_", ms=14, mew=1.5,
                 color="C3", ls="none", label="final objective of each start", clip_on=False)
-    ax.text(0.98, 0.04, "\n".join(lines), transform=ax.transAxes, ha="right", va="bottom", fontsize="small",
-            bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9})
+    # The summary above the axes and the legend where it covers least: inside, either could hide
+    # a start's tick (a local optimum far below the best one sits in the lower right corner).
+    ax.set_title("\n".join(lines), loc="left", fontsize="small")
     ax.set_xlabel("EM iteration (0 = initialisation)")
     ax.set_ylabel("log-likelihood (nats)")
-    ax.legend(fontsize="small", loc="center right")
+    ax.legend(fontsize="small", loc="best")
     return fig
 
 

@@ -11,22 +11,27 @@ Everything else bayesmix does (``idata.posterior[name]``, ``.sizes``, ``.coords`
 ``.to_netcdf``, ``ess``/``rhat``/``mcse`` on an ``xarray.Dataset``) is spelled the same in both, so
 the rest of the package reads either object through attribute access and these few functions.
 Nothing here is private API of ArviZ: only its public functions, chosen by major version.
+
+The ``arviz`` meta-package of 1.x imports arviz-stats and arviz-plots (SciPy, Matplotlib) as
+well: a second and a half, and a third more objects for every full garbage collection of the
+run. Building results needs only arviz-base, so ``arviz`` itself is imported by the functions
+that compute (``hdi``, ``loo``) and on the 0.x line, where it is the only package.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-import arviz as az
 import numpy as np
 import xarray as xr
 
 __all__ = ["ARVIZ_MAJOR", "LooResult", "from_groups", "group_dataset", "group_names", "has_group", "hdi",
            "loo", "with_group"]
 
-ARVIZ_MAJOR = int(str(az.__version__).split(".")[0])
-"""Major version of the installed ArviZ (0: InferenceData, 1: DataTree)."""
+ARVIZ_MAJOR = int(importlib.metadata.version("arviz").split(".")[0])
+"""Major version of the installed ArviZ (0: InferenceData, 1: DataTree), read from its metadata."""
 
 
 class LooResult(NamedTuple):
@@ -82,8 +87,12 @@ def from_groups(groups: Mapping[str, Mapping[str, Any]], *, coords=None, dims=No
     """
     groups = {name: dict(variables) for name, variables in groups.items() if variables}
     if ARVIZ_MAJOR >= 1:
-        idata = az.from_dict(groups, coords=coords, dims=dims)
+        from arviz_base import from_dict  # what arviz.from_dict is on this line
+
+        idata = from_dict(groups, coords=coords, dims=dims)
     else:
+        import arviz as az
+
         idata = az.from_dict(**groups, coords=coords, dims=dims)
     if attrs:
         idata.attrs.update(attrs)
@@ -120,6 +129,8 @@ def with_group(idata, name: str, dataset: xr.Dataset):
         children = {child: node.copy() for child, node in idata.children.items()}
         children[name] = xr.DataTree(dataset)
         return xr.DataTree(idata.to_dataset(inherit=False), children=children)
+    import arviz as az
+
     groups = {group: getattr(idata, group) for group in idata.groups()}
     groups[name] = dataset
     return az.InferenceData(attrs=dict(idata.attrs), **groups)
@@ -127,6 +138,8 @@ def with_group(idata, name: str, dataset: xr.Dataset):
 
 def hdi(dataset: xr.Dataset, prob: float) -> xr.Dataset:
     """Highest-density intervals of every variable; the last dimension is ``hdi`` (lower, upper)."""
+    import arviz as az
+
     if ARVIZ_MAJOR >= 1:
         return az.hdi(dataset, prob=prob).rename({"ci_bound": "hdi"})
     return az.hdi(dataset, hdi_prob=prob)
@@ -134,6 +147,8 @@ def hdi(dataset: xr.Dataset, prob: float) -> xr.Dataset:
 
 def loo(idata, var_name: str | None = None) -> LooResult:
     """PSIS-LOO of the ``log_likelihood`` group (``arviz.loo`` with pointwise values)."""
+    import arviz as az
+
     result = az.loo(idata, pointwise=True, var_name=var_name)
     if ARVIZ_MAJOR >= 1:
         elpd, p_loo = result.elpd, result.p

@@ -46,7 +46,7 @@ def as_key(key, name: str = "key"):
     if isinstance(key, (int, np.integer)):
         if not 0 <= int(key) < 2**63:
             raise ValueError(f"{name} as a seed must be an integer in [0, 2**63); got {key}.")
-        return jax.random.key(int(key))
+        return _seed_key(int(key))
     if isinstance(key, jax.Array):
         if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
             if key.shape == ():
@@ -58,3 +58,16 @@ def as_key(key, name: str = "key"):
         f"{type(key).__name__} with shape {getattr(key, 'shape', None)} "
         f"and dtype {getattr(key, 'dtype', None)}."
     )
+
+
+def _seed_key(seed: int):
+    """``jax.random.key(seed)``, made on the host where the key is threefry's (JAX's default).
+
+    ``jax.random.key`` runs two small programs, compiled (or read from the cache) once per
+    process; threefry's key of a seed is the seed's high and low 32-bit words, so it is
+    wrapped here without running anything. ``test_random`` checks the two agree.
+    """
+    if jax.config.jax_default_prng_impl != "threefry2x32":
+        return jax.random.key(seed)
+    words = np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32)
+    return jax.random.wrap_key_data(words, impl="threefry2x32")

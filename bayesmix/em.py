@@ -65,6 +65,7 @@ from bayesmix._choices import EM_INITS
 from bayesmix._constraints import Interval, Options, validate_params
 from bayesmix._padding import bucket, pad_rows
 from bayesmix._random import as_key
+from bayesmix._x64 import device_array
 from bayesmix.components import GaussianBackground, UniformBackground
 from bayesmix.likelihood import (
     UNROLL_MAX_FEATURES,
@@ -903,11 +904,15 @@ _FIT_PROGRAMS: dict = {}
 def _fit_program(static: _Static, impl: str):
     """The restarts' program for one static configuration; stored on disk when the
     compilation cache is on (:mod:`bayesmix._programs`), so a repeated run skips tracing.
-    Keys travel as raw key data (of PRNG implementation ``impl``), which a stored
-    program can take; the random streams are those of the keys themselves."""
+    The key travels as raw key data (of PRNG implementation ``impl``), which a stored
+    program can take, and is split into the starts' keys inside it: the same keys as a
+    split outside, without a split program of its own to compile or load in each process."""
     if (static, impl) not in _FIT_PROGRAMS:
+        n_starts = max(static.n_init + static.n_peaks, 1)
+
         def fit(key_data, model):
-            return _fit_core(jax.random.wrap_key_data(key_data, impl=impl), model, static)
+            keys = jax.random.split(jax.random.wrap_key_data(key_data, impl=impl), n_starts)
+            return _fit_core(keys, model, static)
 
         _FIT_PROGRAMS[static, impl] = _programs.Program("em_fit", jax.jit(fit), f"{static!r}|{impl}",
                                                         (_Model, _Loop, MixtureParams))
@@ -1293,24 +1298,24 @@ def _prepare(data, n_components, *, errors, options: EMOptions, init_params, sam
                      n_peaks=int(options.n_peaks) if init == "auto" and k > 1 else 0,
                      given_start=init == "given" or (init == "auto" and init_params is not None))
     model = _Model(
-        values=jnp.asarray(blocks.values),
-        error_covs=jnp.asarray(blocks.error_covs),
-        sample_weight=jnp.asarray(blocks.sample_weight),
-        log_background=jnp.asarray(blocks.log_background),
-        frozen_weights=jnp.asarray(frozen.weights),
-        frozen_means=jnp.asarray(frozen.means),
-        frozen_covariances=jnp.asarray(frozen.covariances),
-        alpha_minus_one=jnp.asarray(reg.alpha_minus_one),
-        psi=jnp.asarray(reg.psi),
-        prior_count=jnp.asarray(reg.prior_count),
-        tol=jnp.asarray(float(options.tol)),
-        total_weight=jnp.asarray(stars.total),
-        given=MixtureParams(*(jnp.asarray(a, dtype=jnp.float64) for a in frozen.given)),
+        values=device_array(blocks.values),
+        error_covs=device_array(blocks.error_covs),
+        sample_weight=device_array(blocks.sample_weight),
+        log_background=device_array(blocks.log_background),
+        frozen_weights=device_array(frozen.weights),
+        frozen_means=device_array(frozen.means),
+        frozen_covariances=device_array(frozen.covariances),
+        alpha_minus_one=device_array(reg.alpha_minus_one),
+        psi=device_array(reg.psi),
+        prior_count=device_array(reg.prior_count),
+        tol=device_array(float(options.tol)),
+        total_weight=device_array(stars.total),
+        given=MixtureParams(*(device_array(a, np.float64) for a in frozen.given)),
         # The observed spread (errors included) plus the regularisation / prior floor,
         # so that initial covariances are positive definite whenever the fit can be.
-        global_cov=jnp.asarray(stars.obs_cov + reg.psi[0]),
-        feature_scale=jnp.asarray(scale),
-        observed=None if blocks.observed is None else jnp.asarray(blocks.observed),
+        global_cov=device_array(stars.obs_cov + reg.psi[0]),
+        feature_scale=device_array(scale),
+        observed=None if blocks.observed is None else device_array(blocks.observed),
     )
     n_params = n_free_parameters(k, d, frozen_weights=frozen.weights[:k], frozen_means=frozen.means,
                                  frozen_covariances=frozen.covariances, background=bg.background)
@@ -1399,8 +1404,8 @@ def _distinct_optima(params, final_obj, final_ll, last, status, kinds, static: _
         r = group[0]
         weights = np.asarray(params.weights[r])
         optima.append(EMOptimum(
-            params=MixtureParams(jnp.asarray(weights[:k]), jnp.asarray(params.means[r]),
-                                 jnp.asarray(params.covariances[r])),
+            params=MixtureParams(device_array(weights[:k]), device_array(params.means[r]),
+                                 device_array(params.covariances[r])),
             background_weight=float(weights[k]) if static.has_background else None,
             log_likelihood=float(final_ll[r]), log_prior=float(final_obj[r] - final_ll[r]),
             n_iter=int(last[r]), converged=bool(status[r] == 1), starts=tuple(group),
@@ -1523,10 +1528,9 @@ def _merged_options(options: EMOptions | None, overrides: dict) -> EMOptions:
 
 
 def _run_starts(key, static: _Static, model: _Model) -> _Loop:
-    """Every start's EM run, on the host (one compiled program; keys travel as key data)."""
-    keys = jax.random.split(key, max(static.n_init + static.n_peaks, 1))
-    impl = str(jax.random.key_impl(keys))
-    return jax.device_get(_fit_program(static, impl)(jax.random.key_data(keys), model))
+    """Every start's EM run, on the host (one compiled program; the key travels as key data)."""
+    impl = str(jax.random.key_impl(key))
+    return jax.device_get(_fit_program(static, impl)(np.asarray(jax.random.key_data(key)), model))
 
 
 class _RestartEnds(NamedTuple):

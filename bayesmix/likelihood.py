@@ -43,6 +43,7 @@ from bayesmix import (
     _padding,
     _x64,  # noqa: F401  (float64 before any array is made)
 )
+from bayesmix._x64 import device_array
 
 __all__ = [
     "MixtureParams",
@@ -932,8 +933,8 @@ def as_observations(values, errors=None, *, observed=None) -> Observations:
         )
     covs = _error_covariances(errors, n_stars, n_features)
     if weight is not None:
-        weight = jnp.asarray(_checked_weight(weight, n_stars, "Observations.weight"))
-    return Observations(jnp.asarray(x), jnp.asarray(covs), None if mask is None else jnp.asarray(mask),
+        weight = device_array(_checked_weight(weight, n_stars, "Observations.weight"))
+    return Observations(device_array(x), device_array(covs), None if mask is None else device_array(mask),
                         weight)
 
 

@@ -42,7 +42,6 @@ from bayesmix import (
     _x64,  # noqa: F401  (float64 before any array is made)
 )
 from bayesmix._random import as_key
-from bayesmix.catalogue import PROVENANCE_KEY, make_provenance
 from bayesmix.likelihood import (
     MixtureParams,
     Observations,
@@ -399,6 +398,8 @@ def membership_table(fit, result: MembershipResult, prefix: str = "p_", *, label
     """
     from astropy.table import Table
 
+    # Here, not at the top: the catalogue module imports astropy, which a sampling run does not need.
+    from bayesmix.catalogue import PROVENANCE_KEY, make_provenance
 
     _check_fit(fit)
     catalogue = getattr(fit, "catalogue", None)

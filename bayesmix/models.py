@@ -39,6 +39,7 @@ from bayesmix import (
     spatial,
 )
 from bayesmix._choices import DISPERSION_PROFILES, ORDERINGS, RADIUS_LAWS, SPATIAL_PROFILES
+from bayesmix._x64 import device_array
 from bayesmix.likelihood import (
     MixtureParams,
     Observations,
@@ -593,7 +594,7 @@ class MixtureModel:
             hyper["frozen_means"] = self.frozen.means
             hyper["frozen_covariances"] = self.frozen.covariances
             hyper["frozen_weights"] = self.frozen.weights
-        return {k: jnp.asarray(v, dtype=jnp.float64) for k, v in hyper.items()}
+        return {k: device_array(v, np.float64) for k, v in hyper.items()}
 
     def model(self, data: Observations, covariates: dict | None = None, hyper: dict | None = None):
         """The NumPyro program: priors, then ``factor(sum_i logsumexp_k(...))``.

@@ -37,6 +37,7 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -50,6 +51,7 @@ from bayesmix import __version__, _arviz, _padding, _programs, _x64, hmc  # noqa
 from bayesmix._choices import CHAIN_METHODS
 from bayesmix._constraints import Interval, Options, validate_params
 from bayesmix._random import as_key
+from bayesmix._x64 import device_array
 from bayesmix.checkpoint import Checkpoint, check_continues, read_checkpoint, write_checkpoint
 from bayesmix.checkpoint import checkpoint_draws as _checkpoint_draws
 from bayesmix.em import EMResult, fit_em
@@ -307,7 +309,6 @@ class _Sampler:
     def __init__(self, model: MixtureModel, obs: Observations, covariates: dict, template: dict, *,
                  num_chains: int, chain_method: str, block: int, target_accept: float,
                  max_tree_depth: int, mesh=None):
-        from jax.flatten_util import ravel_pytree
         from numpyro.infer.util import constrain_fn, potential_energy
 
         self.model = model
@@ -315,12 +316,13 @@ class _Sampler:
         self.num_chains = int(num_chains)
         self.block = int(block)
         self.chain_method = chain_method
-        flat, self.unravel = ravel_pytree(template)
+        flat, self.unravel = _ravel_on_host(template)
         self.n_params = int(flat.shape[0])
         unravel = self.unravel
-        shift = jnp.asarray(flat, jnp.float64)
-        scale = jnp.asarray(ravel_pytree(model.coordinate_scales(obs, template))[0], jnp.float64)
+        shift = device_array(flat, np.float64)
+        scale = device_array(_ravel_on_host(model.coordinate_scales(obs, template))[0], np.float64)
         shift, scale = _shared_map(mesh, model, shift, scale)
+        self._map_on_host = (np.asarray(shift), np.asarray(scale))
         # The map travels with the data as arguments, not as constants of the programs;
         # the stars are padded to a bucket size, so catalogues of many sizes share them
         # (with a mesh: split over its devices, and the potential sums over the shards).
@@ -400,10 +402,10 @@ class _Sampler:
             self._placed_args = (args, jax.device_put(args, whole))
         return _via_host(states, split), self._placed_args[1], jax.device_put(extra, whole)
 
-    def standardised(self, theta) -> jax.Array:
+    def standardised(self, theta) -> np.ndarray:
         """The sampler's coordinates ``u = (theta - theta_0) / scale`` of an unconstrained vector."""
-        shift, scale = self.args[3]
-        return (jnp.asarray(theta, jnp.float64) - shift) / scale
+        shift, scale = self._map_on_host
+        return (np.asarray(theta, np.float64) - shift) / scale
 
     def modes(self, starts: list[np.ndarray]) -> tuple[list, dict]:
         """Laplace approximations at the candidate starts; the modes the chains start from.
@@ -452,15 +454,15 @@ class _Sampler:
         """
         laps, info = self.modes(starts)
         assignment = np.arange(self.num_chains) % len(laps)
-        modes = jnp.asarray(np.stack([laps[m].mode for m in assignment]))
-        inverse_hessians = jnp.asarray(np.stack([laps[m].inverse_hessian for m in assignment]))
-        states, adapt = self._start(key, modes, inverse_hessians, jnp.asarray(float(dispersion)), self.args)
+        modes = device_array(np.stack([laps[m].mode for m in assignment]))
+        inverse_hessians = device_array(np.stack([laps[m].inverse_hessian for m in assignment]))
+        states, adapt = self._start(key, modes, inverse_hessians, device_array(float(dispersion)), self.args)
         info["mode_of_chain"] = assignment.tolist()
         if len(laps) > 1:
             logger.warning("EM found %d distinct optima with non-negligible posterior mass (log mass "
                            "relative to the best: %s); chains start in each, so the diagnostics can tell "
                            "whether they agree", len(laps), info["mode_log_mass"])
-        self._pending = (adapt, tuple(jnp.asarray(v, jnp.int32) for v in schedule))
+        self._pending = (adapt, tuple(device_array(v, np.int32) for v in schedule))
         return states, info
 
     def draws(self, states, n: int, progress=None):
@@ -470,7 +472,7 @@ class _Sampler:
         """
         parts = []
         done = 0
-        zero = jnp.zeros((), jnp.int32)
+        zero = device_array(0, np.int32)
         while done < n:
             m = min(self.block, n - done)
             if self._pending is not None:
@@ -481,7 +483,7 @@ class _Sampler:
                 # states (as the start program's bookkeeping is): an uncommitted argument would
                 # make JAX compile the stored run program a second time (1.4 s at N = 1500).
                 adapt, schedule = _on_devices_of(states, hmc.inert_adapt(states)), (zero, zero, zero)
-            n_now = jnp.asarray(m, jnp.int32)
+            n_now = device_array(m, np.int32)
             carry, args, extra = self._place_for_run((states, adapt), self.args, (schedule, n_now))
             states, adapt, z, info = self._run(carry, args, extra)
             if int(np.asarray(schedule[0])) > 0:
@@ -510,7 +512,7 @@ class _Sampler:
         parts = []
         for begin in range(0, total, chunk):
             rows = np.minimum(np.arange(begin, begin + chunk), total - 1)  # pad: one compiled shape
-            out = jax.device_get(self._constrain(jnp.asarray(flat[rows]), self.args))
+            out = jax.device_get(self._constrain(device_array(flat[rows]), self.args))
             parts.append({k: np.asarray(v)[: min(chunk, total - begin)] for k, v in out.items()})
         return {k: np.concatenate([p[k] for p in parts]).reshape((n_chains, n_draws, *parts[0][k].shape[1:]))
                 for k in parts[0]}
@@ -575,6 +577,30 @@ def _shared_map(mesh, model: MixtureModel, shift, scale):
                          "from each process's own stars?); build it identically in every process, e.g. "
                          "mixture_model(...) on the same stars or with explicit priors=.")
     return tuple(jnp.asarray(a) for a in _from_process_zero((np.asarray(shift), np.asarray(scale))))
+
+
+def _ravel_on_host(tree) -> tuple[np.ndarray, Callable]:
+    """``jax.flatten_util.ravel_pytree(tree)``, the flat vector computed with NumPy.
+
+    ``ravel_pytree`` reshapes and concatenates with JAX, a compiled program per leaf shape
+    (a few ms each in every fresh process); the vector here is a host copy. The ``unravel``
+    returned works on JAX values (traced or not) and gives leaves of the shapes in ``tree``.
+
+    Returns
+    -------
+    (ndarray (n_params,) of float64, unravel: vector -> tree)
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    shapes = [np.shape(leaf) for leaf in leaves]
+    flat = np.concatenate([np.ravel(np.asarray(leaf, np.float64)) for leaf in leaves] or [np.zeros(0)])
+    ends = np.cumsum([math.prod(shape) for shape in shapes])
+
+    def unravel(vector):
+        parts = jnp.split(vector, ends[:-1]) if len(ends) else []
+        leaves = [part.reshape(shape) for part, shape in zip(parts, shapes, strict=True)]
+        return jax.tree_util.tree_unflatten(treedef, leaves)
+
+    return flat, unravel
 
 
 def _mesh_jit(mesh):
@@ -716,7 +742,8 @@ def _to_idata(model: MixtureModel, obs: Observations, covariates, samples, extra
     if "field_weights" in samples:
         coords["field_column"] = list(model.component_names[1:])
     ids = np.asarray(catalogue.ids) if catalogue is not None else np.arange(obs.n_stars)
-    coords["star"] = ids.tolist() if ids.dtype.kind in "iuUS" else np.arange(obs.n_stars).tolist()
+    # An array, not a list: xarray indexes a list of 20000 Python ints ten times slower.
+    coords["star"] = ids if ids.dtype.kind in "iuUS" else np.arange(obs.n_stars)
     dims = {"weights": ["component"], "means": ["component", "feature"],
             "means_free": ["component", "feature"], "scales": ["component", "feature"],
             "scales_free": ["component", "feature"], "means_ordered": ordered,
@@ -1072,14 +1099,12 @@ def _start_or_resume(key, sampler: _Sampler, saved: Checkpoint | None, start: tu
     the modes of the EM optima (``start`` is the best one: ``(params, background_weight,
     em_result)``), and the warmup is left pending in ``sampler`` for its first draws.
     """
-    from jax.flatten_util import ravel_pytree
-
     if saved is not None:
         return _restored_states(saved.state), [(saved.samples, saved.stats)], dict(saved.start_info)
     model, (obs, covariates) = sampler.model, sampler.data
     # The first candidate is the best optimum, whose unconstrained values are the template.
     others = _candidate_starts(*start, sampler.num_chains)[1:]
-    starts = [np.asarray(ravel_pytree(values)[0]) for values in [template, *(
+    starts = [_ravel_on_host(values)[0] for values in [template, *(
         _unconstrained(model, obs, covariates, model.init_values(p, bw, data=obs, covariates=covariates))
         for p, bw in others)]]
     states, start_info = sampler.start(key, starts, warmup, dispersion)
@@ -1122,7 +1147,7 @@ def _unconstrained(model: MixtureModel, obs, covariates, values: dict) -> dict:
     args = (*padded_data(model, obs, covariates), model.hyperparameters())
     fn = _programs.Program("unconstrain", jax.jit(lambda v, a: unconstrain_fn(model.model, a, {}, v)),
                            model.program_key(), (Observations,))
-    return jax.device_get(fn({k: jnp.asarray(v) for k, v in values.items()}, args))
+    return jax.device_get(fn({k: device_array(v) for k, v in values.items()}, args))
 
 
 def _finish(model, obs, covariates, catalogue, em_result, settings, samples, stats, states, sampler,

@@ -340,3 +340,35 @@ def test_total_log_likelihood_extra_needs_log_weights_and_accepts_1d():
     lw = jnp.log(jnp.array([0.5, 0.3, 0.2]))
     np.testing.assert_allclose(float(total_log_likelihood(params, data, lw, extra)),
                                float(total_log_likelihood(params, data, lw, extra[:, None])), rtol=1e-14)
+
+
+def test_observations_and_seeds_reach_the_device_without_compiling():
+    """A fresh run's host-side glue runs no JAX program: ``jnp.asarray`` of a NumPy array and
+    ``jax.random.key`` each compile one per new shape (3-4 ms each from the cache, some thirty
+    in a run); ``device_array`` and ``as_key`` copy instead."""
+    import jax
+
+    from bayesmix._random import as_key
+    from bayesmix._x64 import device_array
+
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        if event.endswith("backend_compile_duration"):
+            compiled.append(event)
+
+    rng = np.random.default_rng(0)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        # Shapes no other test uses, so nothing is found in this process's caches.
+        observed = rng.random((1237, 3)) > 0.1
+        observed[:, 0] = True  # every star measured in something
+        obs = as_observations(rng.normal(size=(1237, 3)), np.full((1237, 3), 0.1), observed=observed)
+        arrays = [device_array(rng.normal(size=(7, 11, 13))), device_array(3.5), device_array(17, np.int32)]
+        key = as_key(2**40 + 99)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiled == []
+    assert obs.values.dtype == np.float64 and obs.observed.dtype == bool
+    assert [a.dtype for a in arrays] == [np.float64, np.float64, np.int32]
+    assert all(isinstance(a, jax.Array) for a in (*arrays, obs.values, obs.error_covs, key))

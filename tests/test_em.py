@@ -214,6 +214,7 @@ def test_integer_sample_weights_equal_duplicated_stars():
     assert weighted.n_effective == reps.sum()
 
 
+@pytest.mark.filterwarnings("ignore::bayesmix.em.EMConvergenceWarning")  # fixed iterations
 def test_weights_carried_by_the_observations_are_used_not_dropped():
     rng = np.random.default_rng(13)
     x = _blobs(rng, 60, [[0, 0], [3, 2]], [np.eye(2), 0.3 * np.eye(2)])

@@ -247,6 +247,8 @@ def test_data_must_match_the_model():
         sample_posterior(0, model, sim.catalogue, covariates={"R_proj": np.ones(3)})
 
 
+# ArviZ 1.x warns when any star's k exceeds its threshold; the test bounds that fraction itself.
+@pytest.mark.filterwarnings("ignore:Estimated shape parameter of Pareto:UserWarning")
 def test_pointwise_log_likelihood_on_request_in_chunks(ngc288_like):
     _, fit = ngc288_like
     assert not _arviz.has_group(fit.idata, "log_likelihood")

@@ -14,8 +14,9 @@ Nothing here is private API of ArviZ: only its public functions, chosen by major
 
 The ``arviz`` meta-package of 1.x imports arviz-stats and arviz-plots (SciPy, Matplotlib) as
 well: a second and a half, and a third more objects for every full garbage collection of the
-run. Building results needs only arviz-base, so ``arviz`` itself is imported by the functions
-that compute (``hdi``, ``loo``) and on the 0.x line, where it is the only package.
+run. Building results needs only arviz-base and the statistics only arviz-stats
+(:func:`stats`), so on 1.x bayesmix never imports the meta-package; on 0.x ``arviz`` is the
+only package.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 import xarray as xr
 
 __all__ = ["ARVIZ_MAJOR", "LooResult", "from_groups", "group_dataset", "group_names", "has_group", "hdi",
-           "loo", "with_group"]
+           "loo", "stats", "with_group"]
 
 ARVIZ_MAJOR = int(importlib.metadata.version("arviz").split(".")[0])
 """Major version of the installed ArviZ (0: InferenceData, 1: DataTree), read from its metadata."""
@@ -102,6 +103,17 @@ def from_groups(groups: Mapping[str, Mapping[str, Any]], *, coords=None, dims=No
     return idata
 
 
+def stats():
+    """The module whose ``ess``, ``rhat``, ``mcse``, ``hdi`` and ``loo`` bayesmix calls:
+    ``arviz_stats`` on ArviZ 1.x (what ``arviz`` re-exports, without arviz-plots and
+    Matplotlib), ``arviz`` on 0.x. Imported on first use."""
+    if ARVIZ_MAJOR >= 1:
+        import arviz_stats as module
+    else:
+        import arviz as module
+    return module
+
+
 def group_names(idata) -> tuple[str, ...]:
     """The groups of an InferenceData or DataTree, e.g. ``('posterior', 'sample_stats')``."""
     if isinstance(idata, xr.DataTree):
@@ -138,8 +150,7 @@ def with_group(idata, name: str, dataset: xr.Dataset):
 
 def hdi(dataset: xr.Dataset, prob: float) -> xr.Dataset:
     """Highest-density intervals of every variable; the last dimension is ``hdi`` (lower, upper)."""
-    import arviz as az
-
+    az = stats()
     if ARVIZ_MAJOR >= 1:
         return az.hdi(dataset, prob=prob).rename({"ci_bound": "hdi"})
     return az.hdi(dataset, hdi_prob=prob)
@@ -147,9 +158,7 @@ def hdi(dataset: xr.Dataset, prob: float) -> xr.Dataset:
 
 def loo(idata, var_name: str | None = None) -> LooResult:
     """PSIS-LOO of the ``log_likelihood`` group (``arviz.loo`` with pointwise values)."""
-    import arviz as az
-
-    result = az.loo(idata, pointwise=True, var_name=var_name)
+    result = stats().loo(idata, pointwise=True, var_name=var_name)
     if ARVIZ_MAJOR >= 1:
         elpd, p_loo = result.elpd, result.p
     else:

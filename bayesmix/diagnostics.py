@@ -24,7 +24,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -233,6 +232,7 @@ def _diagnostics(stacked, hdi_prob):
         rhat_ds = xr.Dataset({"x": (dims, stacked[0, : 2 * half].reshape(2, half, -1))})
     else:
         rhat_ds = ds
+    az = _arviz.stats()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # constant rows: 0/0 in ESS, R-hat
         out = {

@@ -34,6 +34,13 @@ def test_major_version_matches_the_installed_arviz():
     assert _arviz.ARVIZ_MAJOR in (0, 1)
 
 
+def test_statistics_are_arvizs_own_functions():
+    # On 1.x from arviz-stats (without the meta-package's arviz-plots and Matplotlib), on 0.x from
+    # arviz: either way the very functions arviz.ess, arviz.rhat, ... are.
+    for name in ("ess", "rhat", "mcse", "hdi", "loo"):
+        assert getattr(_arviz.stats(), name) is getattr(az, name), name
+
+
 def test_from_groups_coords_dims_and_attributes_survive_netcdf(tmp_path):
     idata = _idata(np.random.default_rng(0))
     assert _arviz.group_names(idata) == ("posterior", "observed_data")

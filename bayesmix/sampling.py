@@ -322,7 +322,6 @@ class _Sampler:
         shift = device_array(flat, np.float64)
         scale = device_array(_ravel_on_host(model.coordinate_scales(obs, template))[0], np.float64)
         shift, scale = _shared_map(mesh, model, shift, scale)
-        self._map_on_host = (np.asarray(shift), np.asarray(scale))
         # The map travels with the data as arguments, not as constants of the programs;
         # the stars are padded to a bucket size, so catalogues of many sizes share them
         # (with a mesh: split over its devices, and the potential sums over the shards).
@@ -404,7 +403,7 @@ class _Sampler:
 
     def standardised(self, theta) -> np.ndarray:
         """The sampler's coordinates ``u = (theta - theta_0) / scale`` of an unconstrained vector."""
-        shift, scale = self._map_on_host
+        shift, scale = (np.asarray(a) for a in self.args[3])
         return (np.asarray(theta, np.float64) - shift) / scale
 
     def modes(self, starts: list[np.ndarray]) -> tuple[list, dict]:

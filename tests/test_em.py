@@ -562,3 +562,33 @@ def test_e_step_at_1e5_stars_does_not_hang(n_features):
         assert np.isfinite(ll)
     res = fit_em(0, obs, k, max_iter=5, tol=0.0)
     assert np.isfinite(res.log_likelihood_history).all()
+
+
+def test_identical_starts_share_one_run():
+    """A start bitwise identical to an earlier one (k-means++ seeds that end on the same
+    partition, two density peaks at one place) takes that start's run instead of repeating
+    it: each start's outcome equals EM run from every start on its own, and the data here
+    do give such starts, so the shortcut is exercised."""
+    from jax import lax
+
+    from bayesmix import em as em_module
+    from bayesmix.simulate import simulate_cluster_field
+
+    sim = simulate_cluster_field(0, 1500)
+    prepared = em_module._prepare(sim.catalogue, 2, errors=None, options=EMOptions(n_init=4),
+                                  init_params=None, sample_weight=None, frozen_weights=None,
+                                  frozen_means=None, frozen_covariances=None, background=None, prior=None)
+    static, model = prepared.static, prepared.model
+    keys = jax.random.split(jax.random.key(0), static.n_starts)
+    twins = np.asarray(em_module._identical_twins(em_module._starts(keys, model, static)))
+    assert np.all(twins <= np.arange(static.n_starts)) and np.any(twins < np.arange(static.n_starts))
+    shared = em_module._fit_core(keys, model, static)
+    each = jax.jit(lambda keys, model: lax.map(lambda p: em_module._run_em(p, model, static),
+                                               em_module._starts(keys, model, static)))(keys, model)
+    assert np.array_equal(np.asarray(shared.t), np.asarray(each.t))
+    assert np.array_equal(np.asarray(shared.status), np.asarray(each.status))
+    for got, want in zip(jax.tree_util.tree_leaves(shared), jax.tree_util.tree_leaves(each), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-12)
+    for j, i in enumerate(twins):  # a twin's outcome is its original's, exactly
+        for leaf in jax.tree_util.tree_leaves(shared.params):
+            np.testing.assert_array_equal(np.asarray(leaf)[j], np.asarray(leaf)[i])

@@ -19,6 +19,7 @@ __all__ = [
     "ESTIMATOR_METHODS",
     "FOOTPRINT_KINDS",
     "GROUP_FIELDS",
+    "LIKELIHOOD_PRECISIONS",
     "MISSING_FEATURES",
     "MODEL_KINDS",
     "ORDERINGS",
@@ -33,6 +34,9 @@ __all__ = [
 
 # bayesmix.simulate.simulate_named: the named simulations (also `bayesmix simulate`).
 SIMULATIONS = ("cluster-field", "contaminated-field", "disc")
+# bayesmix.models.mixture_model(likelihood_precision=) / config.SamplerSpec: the sampler
+# likelihood's floating point ("auto": "mixed" for large catalogues, see models._resolve_precision).
+LIKELIHOOD_PRECISIONS = ("auto", "float64", "mixed")
 # bayesmix.workflow / config.ModelSpec.kind: the general mixture or the 1-D cluster-field model.
 MODEL_KINDS = ("mixture", "cluster-field")
 # bayesmix.models.Ordering.kind: what increases with the component index.

@@ -51,6 +51,7 @@ from bayesmix._choices import (
     EM_INITS,
     FOOTPRINT_KINDS,
     GROUP_FIELDS,
+    LIKELIHOOD_PRECISIONS,
     MISSING_FEATURES,
     MODEL_KINDS,
     ORDERINGS,
@@ -1045,6 +1046,9 @@ class SamplerSpec:
     chain_method: str = _field("auto", _string(CHAIN_METHODS),
                                doc="chains vectorised, over devices in parallel, or one after another")
     checkpoint_every: int | None = _field(None, _integer(1), doc="draws per chain between saved states")
+    likelihood_precision: str = _field("auto", _string(LIKELIHOOD_PRECISIONS), doc=(
+        "the potential's per-star arithmetic: float64, mixed (float32 per star, float64 sums), or auto "
+        "(mixed from 10000 star-component terms)"))
     membership_draws: int = _field(1000, _integer(MIN_MEMBERSHIP_DRAWS, why=(
         ": the membership intervals are the 16th and 84th percentiles over these draws, and "
         f"{MIN_MEMBERSHIP_DRAWS} draws put at least 3 beyond each; with fewer, one or two draws set an "

@@ -341,13 +341,15 @@ def shard_observations(data, mesh: Mesh | None = None, errors=None) -> Observati
                         None, _global_array(weight, mesh, rows))
 
 
-def sharded_total_log_likelihood(mesh: Mesh | None = None):
+def sharded_total_log_likelihood(mesh: Mesh | None = None, *, precision: str = "float64"):
     """:func:`bayesmix.likelihood.total_log_likelihood` as a sum over star shards.
 
     Parameters
     ----------
     mesh : Mesh, optional
         Default :func:`star_mesh`.
+    precision : {"float64", "mixed"}
+        Each shard's :func:`~bayesmix.likelihood.total_log_likelihood` ``precision``.
 
     Returns
     -------
@@ -367,7 +369,8 @@ def sharded_total_log_likelihood(mesh: Mesh | None = None):
     rows, rep = PartitionSpec(STARS), PartitionSpec()
 
     def local(params, data, log_weights, extra):
-        return jax.lax.psum(total_log_likelihood(params, data, log_weights, extra), STARS)
+        total = total_log_likelihood(params, data, log_weights, extra, precision=precision)
+        return jax.lax.psum(total, STARS)
 
     data_spec = Observations(rows, rows, None, rows)
 
@@ -420,7 +423,7 @@ def sharded_model(model, mesh: Mesh | None = None):
             raise ValueError(f"sharded_model: the model has per-star log weights ({name}); only mixtures "
                              "with global weights (and a fixed background) can be sharded here.")
     mesh = star_mesh() if mesh is None else mesh
-    sharded = sharded_total_log_likelihood(mesh)
+    sharded = sharded_total_log_likelihood(mesh, precision=model.likelihood_precision)
 
     class ShardedMixtureModel(type(model)):
         def total_log_likelihood(self, params, log_w, data):

@@ -267,8 +267,10 @@ def build_model(spec: RunSpec, catalogue, n_components: int | None = None):
     rf = None if m.radius_fraction is None else RadiusFraction(
         m.radius_fraction.covariate, m.radius_fraction.kind, m.radius_fraction.reference_radius)
     cluster_terms = _cluster_terms(spec, catalogue) if k + (m.background is not None) >= 2 else {}
+    precision = spec.sampler.likelihood_precision
     if m.kind == "cluster-field" and k == 2:
-        return cluster_field_model(catalogue, radius_fraction=rf, priors=priors, **cluster_terms)
+        return cluster_field_model(catalogue, radius_fraction=rf, priors=priors,
+                                   likelihood_precision=precision, **cluster_terms)
     names = m.component_names if (m.component_names and len(m.component_names) == k) else None
     background = _background(spec, catalogue.n_features)
     if names is not None and background is not None:
@@ -277,7 +279,8 @@ def build_model(spec: RunSpec, catalogue, n_components: int | None = None):
     return mixture_model(catalogue, k, priors=priors,
                          ordering=Ordering(m.ordering, _feature_index(spec, catalogue)),
                          background=background, radius_fraction=rf if field_columns >= 1 else None,
-                         component_names=names, **(cluster_terms if k >= 2 else {}))
+                         component_names=names, likelihood_precision=precision,
+                         **(cluster_terms if k >= 2 else {}))
 
 
 def _cluster_terms(spec: RunSpec, catalogue) -> dict[str, Any]:

@@ -303,6 +303,76 @@ def test_total_log_likelihood_value_gradient_hessian_match_autodiff(n_features, 
         _assert_close_rel(g, w, 1e-9)
 
 
+def _mixed_total(means, covs, log_w, values, error_covs, extra=None):
+    return total_log_likelihood(MixtureParams(None, means, covs), Observations(values, error_covs),
+                                log_w, extra, precision="mixed")
+
+
+@pytest.mark.parametrize(("n_features", "per_star_weights", "with_extra"), TOTAL_CASES,
+                         ids=[f"D{d}-{'wNK' if p else 'wK'}-{'extra' if e else 'noextra'}"
+                              for d, p, e in TOTAL_CASES])
+def test_mixed_precision_value_gradient_hessian_match_autodiff(n_features, per_star_weights, with_extra):
+    """precision="mixed" (float32 per star, float64 sums) gives float64 autodiff's value,
+    gradient and Hessian-vector product to float32's relative precision (6e-8 per star).
+
+    Breaks if a mixed sum accumulates in float32 (its error grows with the stars), if a
+    float32 residual is formed from float32 data and means (cancellation), or if the
+    rounding to float32 breaks the JVP rule's own derivative.
+    """
+    rng = np.random.default_rng(2000 + 10 * n_features + 2 * per_star_weights + with_extra)
+    primals, extra = _total_problem(rng, n_features, per_star_weights, with_extra, n_stars=300)
+    tangent = tuple(jnp.asarray(rng.normal(size=p.shape)) for p in primals[:3])
+    got = _value_grad_hvp(_mixed_total, with_extra)(primals, extra, tangent)
+    want = _value_grad_hvp(_reference_total, with_extra)(primals, extra, tangent)
+    assert np.asarray(got[0]).dtype == np.float64
+    _assert_close_rel(got[0], want[0], 1e-6)
+    for g, w in zip(got[1], want[1], strict=True):
+        assert np.asarray(g).dtype == np.float64
+        _assert_close_rel(g, w, 1e-5)
+    # A responsibility in float32 is exact to about 1e-7 absolute: per-star entries of the
+    # Hessian (per-star log weights) that are themselves that small carry it as their error.
+    for g, w in zip(got[2], want[2], strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4,
+                                   atol=max(1e-4 * float(np.abs(np.asarray(w)).max()), 1e-6))
+
+
+@pytest.mark.parametrize("n_features", [1, 2])
+def test_mixed_precision_with_star_weights_missing_features_and_many_stars(n_features):
+    """Mixed precision with padding (weight 0) and fractional star weights, missing
+    features, and 30000 stars, whose float64 sums keep the total's error at float32's
+    per-star precision times sqrt(N) rather than N; and the program really computes in
+    float32 (the HLO holds f32 arithmetic), so the option is not a silent float64 path."""
+    rng = np.random.default_rng(7 + n_features)
+    n = 30000
+    x = rng.normal(100.0, 40.0, size=(n, n_features))  # far from 0: a float32 residual would cancel
+    err = rng.uniform(0.5, 3.0, size=(n, n_features))
+    observed = np.ones((n, n_features), bool)
+    if n_features > 1:
+        observed[rng.random(n) < 0.2, 1] = False
+    obs = as_observations(np.where(observed, x, np.nan), err, observed=observed)
+    weight = np.where(rng.random(n) < 0.1, 0.0, rng.uniform(0.2, 1.0, n))
+    obs = obs._replace(weight=jnp.asarray(weight))
+    means = jnp.asarray([[95.0] * n_features, [101.0] * n_features])
+    covs = jnp.asarray(np.stack([np.eye(n_features) * 4.0, np.eye(n_features) * 1600.0]))
+    log_w = jnp.log(jnp.asarray([0.3, 0.7]))
+
+    def f(precision):
+        def total(m, c, lw):
+            return total_log_likelihood(MixtureParams(None, m, c), obs, lw, precision=precision)
+        return jax.jit(jax.value_and_grad(total, argnums=(0, 1, 2)))
+
+    v64, g64 = f("float64")(means, covs, log_w)
+    v32, g32 = f("mixed")(means, covs, log_w)
+    assert abs(float(v32 - v64)) < 1e-5 * abs(float(v64)) and abs(float(v32 - v64)) < 0.05
+    for g, w in zip(g32, g64, strict=True):
+        _assert_close_rel(g, w, 1e-5)
+    hlo = jax.jit(lambda m: total_log_likelihood(MixtureParams(None, m, covs), obs, log_w,
+                                                 precision="mixed")).lower(means).as_text()
+    assert "f32" in hlo
+    with pytest.raises(ValueError, match="precision='half'"):
+        total_log_likelihood(MixtureParams(None, means, covs), obs, log_w, precision="half")
+
+
 def test_total_log_likelihood_equals_log_likelihood_with_default_weights():
     """With no log_weights it is log_likelihood with log(params.weights) (the documented default)."""
     rng = np.random.default_rng(11)

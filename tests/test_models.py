@@ -287,3 +287,29 @@ def test_frozen_weights_reject_impossible_settings(velocity_data):
         mixture_model(sim.catalogue, 2, frozen=fixed, frozen_weights=[True, True])
     with pytest.raises(ValueError, match="ordering by weight"):
         mixture_model(sim.catalogue, 2, frozen=fixed, frozen_weights=[True, False], ordering="weight")
+
+
+def test_likelihood_precision_auto_follows_the_catalogue_and_reaches_the_program():
+    """"auto" is mixed precision from 10000 star-component terms when the data's variances
+    sit well inside float32's range, float64 otherwise; an explicit choice is kept; the
+    choice is part of the programs' key and the NumPyro program evaluates with it."""
+    small = simulate_cluster_field(0, 200).catalogue
+    big = simulate_cluster_field(1, 6000)
+    assert cluster_field_model(small).likelihood_precision == "float64"
+    assert cluster_field_model(small, likelihood_precision="mixed").likelihood_precision == "mixed"
+    mixed = cluster_field_model(big.catalogue)
+    exact = cluster_field_model(big.catalogue, likelihood_precision="float64")
+    assert mixed.likelihood_precision == "mixed" and exact.likelihood_precision == "float64"
+    assert mixed.program_key() != exact.program_key()
+    obs = as_observations(big.catalogue)
+    errors = np.sqrt(np.asarray(obs.error_covs)[:, :, 0])
+    tiny = as_observations(np.asarray(obs.values) * 1e-17, errors * 1e-17)
+    assert cluster_field_model(tiny).likelihood_precision == "float64"  # variances ~1e-32: float64
+    with pytest.raises(ValueError, match=r"likelihood_precision='mixed' rounds .* outside 1e-30\.\.1e\+30"):
+        cluster_field_model(tiny, likelihood_precision="mixed")
+    values = {"weights": np.array([0.3, 0.7]), "means_free": np.array([[-44.0], [5.0]]),
+              "scales_ordered": np.array([2.5, 45.0])}
+    got = [float(log_density(m.model, (obs, {}, m.hyperparameters()), {}, values)[0]) for m in (mixed, exact)]
+    assert got[0] != got[1] and abs(got[0] - got[1]) < 1e-6 * abs(got[1])
+    with pytest.raises(ValueError, match="likelihood_precision='single'"):
+        cluster_field_model(small, likelihood_precision="single")

@@ -948,7 +948,7 @@ def sample_posterior(
                 "num_samples": int(num_samples), "target_accept": float(target_accept),
                 "adapt_mass": bool(adapt_mass), "max_tree_depth": int(max_tree_depth),
                 "start_dispersion": float(start_dispersion), "bayesmix_version": __version__,
-                "likelihood_precision": getattr(model, "likelihood_precision", "float64"),
+                "likelihood_precision": model.likelihood_precision,
                 "data_sha256": _data_digest(obs, covariates), **_mesh_settings(mesh)}
     k_em, k_start = jax.random.split(key)
 

@@ -215,6 +215,9 @@ def _print_fit(result) -> None:
         if name in scalar_truth:
             line += f" {scalar_truth[name]:9.4g}  {_TUTORIAL_MEANING.get(name, '')}"
         print(line)
+    if result.fit.settings.get("likelihood_precision") == "mixed":  # chosen by "auto" for this catalogue
+        print("(likelihood in mixed precision: float64 residuals and sums, float32 per-star terms; "
+              "[sampler] likelihood_precision = \"float64\" turns it off)")
     report = result.convergence
     print(f"\n{report}")
     if not report.ok and (report.modes is None or report.modes.ok):

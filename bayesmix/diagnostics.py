@@ -1290,9 +1290,7 @@ def check_model_fit(key, fit, *, n_replicates: int = 500, alpha: float = 0.01, n
     """
     # Here, not at the top: these import JAX, which the rest of this module (diagnostics of a
     # saved InferenceData, `bayesmix.check_convergence`) does not need.
-    import jax
-
-    from bayesmix._random import as_key
+    from bayesmix._random import as_key, split
     from bayesmix.membership import posterior_predictive, posterior_predictive_counts
 
     _check_model_fit_options(n_replicates, alpha, n_bins)
@@ -1304,7 +1302,7 @@ def check_model_fit(key, fit, *, n_replicates: int = 500, alpha: float = 0.01, n
     # every bin expects about the same number of stars under the model: stars the model does not
     # expect (a cold stream it lacks) pile up in one or two bins instead of being spread over
     # several narrow bins, as edges at the data's own quantiles would do.
-    key_pilot, key_counts = jax.random.split(as_key(key))
+    key_pilot, key_counts = split(as_key(key))
     pilot = posterior_predictive(key_pilot, fit, _PILOT_CATALOGUES).reshape(-1, n_features)
     # A star's missing feature is missing (NaN) in its mocks too, and counted in neither.
     edges = [_quantile_edges(pilot[np.isfinite(pilot[:, j]), j], fine) for j in range(n_features)]

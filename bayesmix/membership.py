@@ -41,7 +41,7 @@ from bayesmix import (
     _programs,
     _x64,  # noqa: F401  (float64 before any array is made)
 )
-from bayesmix._random import as_key
+from bayesmix._random import as_key, split_data
 from bayesmix.likelihood import (
     MixtureParams,
     Observations,
@@ -692,7 +692,7 @@ def posterior_predictive(key, fit, n_draws: int = 100) -> np.ndarray:
     _check_fit(fit)
     n_draws = _positive_int("n_draws", n_draws)
     programs = _Predictive(fit)
-    keys = jax.random.key_data(jax.random.split(key, n_draws))
+    keys = split_data(key, n_draws)
     mocks = programs.draws(keys, programs.sites(fit, n_draws), *programs.data_args)
     return np.asarray(mocks)[:, :programs.n_stars]
 
@@ -735,7 +735,7 @@ def posterior_predictive_counts(key, fit, edges, n_draws: int = 500) -> np.ndarr
     table = jnp.asarray(np.stack([np.concatenate([e, np.full(n_padded + 1 - e.size, np.inf)])
                                   for e in edges]))
     programs = _Predictive(fit)
-    keys = jax.random.key_data(jax.random.split(key, n_draws))
+    keys = split_data(key, n_draws)
     counts = programs.counts(keys, programs.sites(fit, n_draws), *programs.data_args, table,
                              jnp.asarray(n_bins - 1, jnp.int32))
     return np.asarray(counts)[..., :n_bins]

@@ -50,7 +50,7 @@ from jax import lax
 from bayesmix import __version__, _arviz, _padding, _programs, _x64, hmc  # noqa: F401
 from bayesmix._choices import CHAIN_METHODS
 from bayesmix._constraints import Interval, Options, validate_params
-from bayesmix._random import as_key
+from bayesmix._random import as_key, split
 from bayesmix._x64 import device_array
 from bayesmix.checkpoint import Checkpoint, check_continues, read_checkpoint, write_checkpoint
 from bayesmix.checkpoint import checkpoint_draws as _checkpoint_draws
@@ -950,7 +950,7 @@ def sample_posterior(
                 "start_dispersion": float(start_dispersion), "bayesmix_version": __version__,
                 "likelihood_precision": model.likelihood_precision,
                 "data_sha256": _data_digest(obs, covariates), **_mesh_settings(mesh)}
-    k_em, k_start = jax.random.split(key)
+    k_em, k_start = split(key)
 
     ckpt = Path(checkpoint) if checkpoint is not None else None
     saved = _saved_run(ckpt, settings, num_samples) if ckpt is not None and ckpt.exists() else None

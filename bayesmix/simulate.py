@@ -28,7 +28,7 @@ import numpy as np
 from astropy.table import Table
 
 from bayesmix import _x64  # noqa: F401
-from bayesmix._random import as_key
+from bayesmix._random import as_key, split
 from bayesmix.catalogue import Catalogue, read_catalogue
 from bayesmix.config import simulated_stars_problem
 from bayesmix.likelihood import MixtureParams, check_params
@@ -207,7 +207,7 @@ def simulate_cluster_field(
     truth = ClusterFieldTruth(float(cluster_mean), float(cluster_dispersion), float(field_mean),
                               float(field_dispersion), float(member_fraction),
                               float(plummer_radius), float(max_radius))
-    k_member, k_vel, k_err, k_noise, k_rad = jax.random.split(as_key(key), 5)
+    k_member, k_vel, k_err, k_noise, k_rad = split(as_key(key), 5)
     is_member = np.asarray(jax.random.bernoulli(k_member, member_fraction, (n_stars,)))
     z = np.asarray(jax.random.normal(k_vel, (n_stars,)))
     true_rv = np.where(is_member, cluster_mean + cluster_dispersion * z,
@@ -402,7 +402,7 @@ def simulate_contaminated_field(
                          f"below 1; got {member_fraction} and {stream_fraction}.")
     if error_log_sd < 0 or not 0 < error_range[0] < error_range[1]:
         raise ValueError("error_log_sd must be >= 0 and error_range an increasing positive pair.")
-    keys = jax.random.split(as_key(key), 9)
+    keys = split(as_key(key), 9)
     cluster_mean, stream_offset, halo_means = _field_means(keys[0], cluster_mean, stream_offset, halo_means,
                                                            len(halo_dispersions))
     halo_fractions = tuple((1.0 - member_fraction - stream_fraction) * halo_weights / halo_weights.sum())

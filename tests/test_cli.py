@@ -147,8 +147,16 @@ def test_exit_status_says_whether_the_checks_passed(tmp_path, capsys):
     assert "NOT converged" in printed and "checks failed (" in printed and "exit status 3" in printed
     assert (tmp_path / "short" / "posterior.nc").exists()
     assert (tmp_path / "short" / "membership.fits").exists()
-    assert main(["fit", demo, "--out", str(tmp_path / "zero"), *short, "--exit-zero"]) == EXIT_OK
-    assert "--exit-zero gives 0" not in capsys.readouterr().out
+    assert "mixed precision" not in printed  # "auto" keeps float64 for 386 stars
+    # The same run in mixed precision (chosen by hand here; "auto" chooses it for large
+    # catalogues) says so, with the setting that turns it off.
+    mixed = tmp_path / "mixed.toml"
+    mixed.write_text((REPO_ROOT / "models" / "demo.toml").read_text()
+                     .replace("[sampler]", '[sampler]\nlikelihood_precision = "mixed"'))
+    assert main(["fit", str(mixed), "--out", str(tmp_path / "zero"), *short, "--exit-zero"]) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert "--exit-zero gives 0" not in printed
+    assert 'likelihood in mixed precision' in printed and 'likelihood_precision = "float64"' in printed
     # Long enough, on data drawn from the fitted model: every check passes.
     good = ["--num-warmup", "300", "--num-samples", "300", "--num-chains", "4", "--no-figures"]
     assert main(["fit", demo, "--out", str(tmp_path / "good"), *good]) == EXIT_OK

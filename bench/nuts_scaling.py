@@ -49,9 +49,10 @@ sampling: even 4 x (20 + 20) estimated beyond twice the limit), "failed", "timeo
 ``reason``, ``num_warmup``, ``num_samples`` (as run), ``total_s``, ``em_s``, ``sample_s`` (the
 ``sample_posterior`` call), ``compile_s``, ``n_compiles``, ``extend_s``, ``extend_compile_s``,
 ``per_1000_draws_s``, ``steps_per_draw``, ``grad_s``, ``logp_s``, ``grad_over_logp``,
-``estimate_s``, ``cost_factor``, ``divergences``, ``ess_bulk_min`` (over weights, means, scales
-and the off-diagonal correlations), ``r_hat_max``, ``peak_mb``, ``base_mb``, ``import_s``,
-``wall_s`` (the subprocess, start to end)}.
+``estimate_s``, ``cost_factor``, ``likelihood_precision`` (as ``"auto"`` chose it),
+``divergences``, ``ess_bulk_min`` (over weights, means, scales and the off-diagonal
+correlations), ``r_hat_max``, ``peak_mb``, ``base_mb``, ``import_s``, ``wall_s`` (the
+subprocess, start to end)}.
 ``targets``: {``n1e5_total_under_300s``, ``n1e5_peak_under_2GiB``} (null when N = 1e5 was not
 run in full).
 """
@@ -177,6 +178,7 @@ def _worker(args):
     em_s = time.perf_counter() - t_start
     c_em = clog.snapshot()
     model = mixture_model(obs, K)
+    out["likelihood_precision"] = model.likelihood_precision  # as "auto" resolved it for this N
     # Cost of one gradient, for the estimate and the breakdown (outside the timed path).
     cost = _cost(model, obs, model.init_values(em.params), repeats=5 if args.worker_n >= 300_000 else 20)
     out.update(cost)
@@ -348,7 +350,7 @@ def main(argv=None):
           f"{args.chains} chains x ({args.warmup} warmup + {args.samples} draws) unless reduced")
     head = (f"{'N':>8} {'status':8} {'total s':>8} {'EM s':>6} {'compile s':>9} {'#comp':>6} "
             f"{'s/1000dr':>9} {'steps/dr':>8} {'grad ms':>8} {'grad/logp':>9} {'peak MiB':>8} "
-            f"{'ESS min':>7} {'R-hat':>6}")
+            f"{'ESS min':>7} {'R-hat':>6} {'lik.':7s}")
     print(head)
     print("-" * len(head))
     for r in results:
@@ -359,7 +361,8 @@ def main(argv=None):
               f"{_fmt(r.get('grad_s') and 1e3 * r['grad_s'], '8.3g')} "
               f"{_fmt(r.get('grad_over_logp'), '9.2f')} "
               f"{_fmt(r.get('peak_mb'), '8.0f')} {_fmt(r.get('ess_bulk_min'), '7.0f')} "
-              f"{_fmt(r.get('r_hat_max'), '6.3f')}  {r.get('reason') or ''}")
+              f"{_fmt(r.get('r_hat_max'), '6.3f')} {r.get('likelihood_precision') or '':7s} "
+              f"{r.get('reason') or ''}")
     print()
     print("targets: " + ", ".join(f"{k}={v}" for k, v in targets.items()))
     return 0

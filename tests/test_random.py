@@ -64,10 +64,12 @@ def test_split_runs_no_program_and_falls_back_for_other_keys():
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
         key_a, key_b = split(as_key(11), 2)
-        split_data(as_key(12), 37)
+        data = split_data(as_key(12), 37)
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
     assert traces == []  # no program traced: nothing to lower, compile or load in a fresh process
+    assert jax.random.key_impl(key_a) == jax.random.key_impl(key_b) == jax.random.key_impl(as_key(0))
+    assert data.shape == (37, 2) and len(np.unique(data, axis=0)) == 37
     # Another PRNG implementation, and a key traced inside a program, go through jax.random.split.
     rbg = jax.random.key(3, impl="rbg")
     np.testing.assert_array_equal(split_data(rbg, 4), jax.random.key_data(jax.random.split(rbg, 4)))

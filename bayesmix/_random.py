@@ -135,13 +135,13 @@ def split_data(key, num: int = 2) -> np.ndarray:
     words = _host_threefry_words(key)
     if words is None:
         return np.asarray(jax.random.key_data(jax.random.split(key, num)))
-    count = np.arange(2 * num if not jax.config.jax_threefry_partitionable else num, dtype=np.uint64)
     if jax.config.jax_threefry_partitionable:
-        # Counter i as two words (high, low): the i-th key is the cipher of (0, i) below 2**32.
+        # Key i is the cipher of counter i written as two words (high, low).
+        count = np.arange(num, dtype=np.uint64)
         bits = _threefry2x32(words, (count >> np.uint64(32)).astype(np.uint32), count.astype(np.uint32))
         return np.stack(bits, axis=-1)
-    # The original scheme: the cipher of the counters 0..2 num - 1 split in halves, read in order.
-    half = count.astype(np.uint32).reshape(2, num)
+    # The original scheme: the cipher of the counters 0..2 num - 1 taken as halves, read in order.
+    half = np.arange(2 * num, dtype=np.uint32).reshape(2, num)
     return np.concatenate(_threefry2x32(words, half[0], half[1])).reshape(num, 2)
 
 

@@ -135,6 +135,11 @@ def split_data(key, num: int = 2) -> np.ndarray:
     words = _host_threefry_words(key)
     if words is None:
         return np.asarray(jax.random.key_data(jax.random.split(key, num)))
+    return _split_words(words, num)
+
+
+def _split_words(words: np.ndarray, num: int) -> np.ndarray:
+    """(num, 2) uint32: the data of ``num`` keys split from the threefry key ``words``."""
     if jax.config.jax_threefry_partitionable:
         # Key i is the cipher of counter i written as two words (high, low).
         count = np.arange(num, dtype=np.uint64)
@@ -162,6 +167,7 @@ def split(key, num: int = 2) -> tuple:
     >>> from bayesmix._random import as_key, split
     >>> key_em, key_start = split(as_key(1))
     """
-    if _host_threefry_words(key) is None:
+    words = _host_threefry_words(key)
+    if words is None:
         return tuple(jax.random.split(key, num))
-    return tuple(jax.random.wrap_key_data(row, impl="threefry2x32") for row in split_data(key, num))
+    return tuple(jax.random.wrap_key_data(row, impl="threefry2x32") for row in _split_words(words, num))

@@ -791,6 +791,36 @@ class _Peaks(NamedTuple):
     bandwidth: Any
 
 
+def _mean_shift(z, w, h):
+    """Mean-shift of every row of ``z`` (M, D) uphill on the Gaussian kernel density (width
+    ``h``) of the rows with ``w`` (M,) = 1, in float32: the modes (M, D), the weighted count of
+    rows within the narrow kernel of each mode (M,) and within a kernel of width 1 (M,).
+
+    ``z`` is centred, in units of each feature's spread: positions are needed to a small
+    fraction of ``h`` (0.06-0.2 here), and centring keeps the expansion of the squared
+    distance from cancelling. float32 runs the search 2.3-2.7x faster than float64 on CPU
+    (2048 rows, D = 1-8, 30 steps: 0.29-0.33 s -> 0.11-0.15 s on 2 cores). HIGHEST keeps
+    GPUs from computing the products in TF32 (a 10-bit mantissa).
+    """
+    z = z.astype(jnp.float32)
+    w = w.astype(jnp.float32)
+    zz = jnp.sum(z**2, axis=1)
+
+    def kernel(p, width):
+        cross = jnp.matmul(p, z.T, precision=lax.Precision.HIGHEST)
+        r2 = jnp.sum(p**2, axis=1)[:, None] + zz[None, :] - 2.0 * cross
+        return jnp.exp(-0.5 * jnp.maximum(r2, 0.0) / width**2) * w[None, :]
+
+    def shift(_, p):
+        k = kernel(p, h)
+        total = jnp.maximum(jnp.sum(k, axis=1), jnp.finfo(jnp.float32).tiny)
+        return jnp.matmul(k, z, precision=lax.Precision.HIGHEST) / total[:, None]
+
+    h = jnp.asarray(h, jnp.float32)
+    modes = lax.fori_loop(0, _MEAN_SHIFT_STEPS, shift, z)
+    return modes, jnp.sum(kernel(modes, h), axis=1), jnp.sum(kernel(modes, jnp.float32(1.0)), axis=1)
+
+
 def _density_peaks(model: _Model, static: _Static) -> _Peaks:
     """The ``n_peaks`` most significant local over-densities of the stars (mean-shift).
 
@@ -816,19 +846,11 @@ def _density_peaks(model: _Model, static: _Static) -> _Peaks:
     w = (sw[rows] > 0).astype(z.dtype)
     n_used = jnp.maximum(jnp.sum(w), 1.0)
     h = _PEAK_BANDWIDTH * n_used ** (-1.0 / (d + 4))
-    zz = jnp.sum(z**2, axis=1)
-
-    def kernel(p, width):
-        r2 = jnp.sum(p**2, axis=1)[:, None] + zz[None, :] - 2.0 * p @ z.T
-        return jnp.exp(-0.5 * jnp.maximum(r2, 0.0) / width**2) * w[None, :]
-
-    def shift(_, p):
-        k = kernel(p, h)
-        return (k @ z) / jnp.maximum(jnp.sum(k, axis=1), 1e-300)[:, None]
-
-    modes = lax.fori_loop(0, _MEAN_SHIFT_STEPS, shift, z)
-    inside = jnp.sum(kernel(modes, h), axis=1)
-    expected = jnp.sum(kernel(modes, 1.0), axis=1) * h**d
+    centre = jnp.sum(z * w[:, None], axis=0) / n_used
+    modes, inside, broad = _mean_shift(z - centre, w, h)
+    modes = modes.astype(z.dtype) + centre
+    inside = inside.astype(z.dtype)
+    expected = broad.astype(z.dtype) * h**d
     score = jnp.where(w > 0, (inside - expected) / jnp.sqrt(expected + 1.0), -jnp.inf)
 
     def pick(score, _):

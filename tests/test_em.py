@@ -465,6 +465,58 @@ def test_peak_starts_find_the_faint_cluster_that_kmeans_misses():
     assert kmeans_wrong >= 3  # the case is really hard for k-means++ alone
 
 
+def _mean_shift_peaks_float64(x, scale, n_peaks, steps, bandwidth):
+    """Brute-force reference of the density-peak search, in float64 numpy: every star moved
+    uphill on the narrow kernel density, scored against the broad one, peaks picked greedily."""
+    z = x / scale
+    n, d = z.shape
+    h = bandwidth * n ** (-1.0 / (d + 4))
+
+    def kernel(p, width):
+        r2 = ((p[:, None, :] - z[None, :, :]) ** 2).sum(-1)
+        return np.exp(-0.5 * r2 / width**2)
+
+    modes = z.copy()
+    for _ in range(steps):
+        k = kernel(modes, h)
+        modes = k @ z / k.sum(1, keepdims=True)
+    inside = kernel(modes, h).sum(1)
+    expected = kernel(modes, 1.0).sum(1) * h**d
+    score = (inside - expected) / np.sqrt(expected + 1.0)
+    peaks = []
+    for _ in range(n_peaks):
+        i = int(np.argmax(score))
+        peaks.append((modes[i] * scale, inside[i] - expected[i]))
+        score = np.where(((modes - modes[i]) ** 2).sum(1) > (2 * h) ** 2, score, -np.inf)
+    return peaks, h * scale
+
+
+def test_density_peaks_match_a_float64_mean_shift_far_from_the_origin():
+    """The peak search runs in float32 on centred data: on features whose offsets are 40-80
+    times their spread (where an uncentred float32 distance would lose most of its digits),
+    every peak is where a float64 mean-shift puts it, to 1e-3 of the kernel width, with the
+    same excess star count, and the first is the faint cluster."""
+    from bayesmix import em as em_module
+
+    rng = np.random.default_rng(7)
+    field = rng.normal([3000.0, -200.0], [40.0, 5.0], size=(1400, 2))
+    cluster = rng.normal([3025.0, -197.0], [1.0, 0.2], size=(100, 2))
+    x = np.concatenate([field, cluster])[rng.permutation(1500)]
+    prepared = em_module._prepare(x, 2, errors=None, options=EMOptions(), init_params=None,
+                                  sample_weight=None, frozen_weights=None, frozen_means=None,
+                                  frozen_covariances=None, background=None, prior=None)
+    peaks = em_module._density_peaks(prepared.model, prepared.static)
+    scale = np.asarray(prepared.model.feature_scale)
+    want, width = _mean_shift_peaks_float64(x, scale, prepared.static.n_peaks, em_module._MEAN_SHIFT_STEPS,
+                                            em_module._PEAK_BANDWIDTH)
+    np.testing.assert_allclose(np.asarray(peaks.bandwidth), width, rtol=1e-12)
+    for j, (location, excess) in enumerate(want):
+        got = np.asarray(peaks.locations)[j]
+        assert np.all(np.abs(got - location) < 1e-3 * width), (j, got, location)
+        assert abs(float(peaks.excess[j]) - excess) <= 1e-4 * max(abs(excess), 1.0), j
+    assert np.all(np.abs(np.asarray(peaks.locations)[0] - [3025.0, -197.0]) < [1.0, 0.2])
+
+
 def test_distinct_optima_are_ranked_deduplicated_and_cover_every_start():
     from bayesmix.simulate import simulate_contaminated_field
 

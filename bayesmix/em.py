@@ -804,6 +804,7 @@ def _mean_shift(z, w, h):
     """
     z = z.astype(jnp.float32)
     w = w.astype(jnp.float32)
+    h = jnp.asarray(h, jnp.float32)
     zz = jnp.sum(z**2, axis=1)
 
     def kernel(p, width):
@@ -816,7 +817,6 @@ def _mean_shift(z, w, h):
         total = jnp.maximum(jnp.sum(k, axis=1), jnp.finfo(jnp.float32).tiny)
         return jnp.matmul(k, z, precision=lax.Precision.HIGHEST) / total[:, None]
 
-    h = jnp.asarray(h, jnp.float32)
     modes = lax.fori_loop(0, _MEAN_SHIFT_STEPS, shift, z)
     return modes, jnp.sum(kernel(modes, h), axis=1), jnp.sum(kernel(modes, jnp.float32(1.0)), axis=1)
 

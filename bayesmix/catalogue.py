@@ -38,6 +38,7 @@ from astropy.table import Column, MaskedColumn, Table
 
 from bayesmix import __version__
 from bayesmix._choices import DUPLICATES, MISSING_FEATURES, SELECT_OPERATORS
+from bayesmix._covariances import smallest_eigenvalues
 from bayesmix._files import atomic_write  # also importable from here, as before it moved
 
 logger = logging.getLogger(__name__)
@@ -1734,9 +1735,9 @@ def _whole_error_covs(table, col, rows, n_features, missing=None) -> np.ndarray:
 
 
 def _require_pd(covs, rows, what, allow_singular_diag) -> None:
-    eig_min = np.linalg.eigvalsh(covs)[:, 0]
     scale = np.max(np.abs(covs), axis=(1, 2))
     tol = 1e-12 * scale
+    eig_min = smallest_eigenvalues(covs, tol)
     bad = eig_min < -tol if allow_singular_diag else eig_min <= tol
     if bad.any():
         raise ValueError(

@@ -17,7 +17,7 @@ PACKAGE = REPO_ROOT / "bayesmix"
 # Bottom to top. A module may import modules of lower rows only (never its own row).
 LAYERS = [
     ("_files",),
-    ("_x64", "_random", "_padding", "_choices", "_arviz", "_programs"),
+    ("_x64", "_random", "_padding", "_choices", "_arviz", "_programs", "_covariances"),
     ("_constraints",),
     ("sky",),
     ("config", "runfolder"),
